@@ -1,0 +1,78 @@
+"""Labeler registry: name -> (spec, factory). Filled by decorators at import, and by entry points.
+
+A package of your own adds a labeler without editing this one: expose a module under the entry-point group
+`multimae_forge.labelers` whose import registers its entries with `@register_labeler(spec)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from importlib import import_module
+from importlib.metadata import entry_points
+from typing import Any
+
+from labelers.spec import Labeler, LabelerSpec
+
+Factory = Callable[..., Labeler]
+ENTRY_POINT_GROUP = "multimae_forge.labelers"
+_BUILTIN_MODULES = ("labelers.dpt", "labelers.mask2former")
+_REGISTRY: dict[str, tuple[LabelerSpec, Factory]] = {}
+_loaded = False
+
+
+class UnknownLabelerError(KeyError):
+    pass
+
+
+def register_labeler(spec: LabelerSpec) -> Callable[[Factory], Factory]:
+    """Decorator: register `factory(spec, device=..., precision=...) -> Labeler` under `spec.name`."""
+
+    def wrap(factory: Factory) -> Factory:
+        if spec.name in _REGISTRY and _REGISTRY[spec.name][1] is not factory:
+            raise ValueError(f"labeler {spec.name!r} is registered twice")
+        _REGISTRY[spec.name] = (spec, factory)
+        return factory
+
+    return wrap
+
+
+def _load_all() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for module in _BUILTIN_MODULES:
+        import_module(module)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        ep.load()
+
+
+def available() -> list[str]:
+    _load_all()
+    return sorted(_REGISTRY)
+
+
+def resolve_spec(name: str, overrides: Mapping[str, Any] | None = None) -> LabelerSpec:
+    """The registered spec of `name` with recipe overrides applied; unknown names or fields are errors."""
+    _load_all()
+    if name not in _REGISTRY:
+        raise UnknownLabelerError(f"unknown labeler {name!r}; available: {', '.join(available())}")
+    spec = _REGISTRY[name][0]
+    overrides = dict(overrides or {})
+    fields = {f.name for f in dataclasses.fields(LabelerSpec)} - {"name", "modality", "output", "model_class"}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"labeler {name!r}: unknown setting(s) {unknown}; allowed: {sorted(fields)}")
+    for key in ("mean", "std"):
+        if key in overrides:
+            overrides[key] = tuple(overrides[key])
+    return dataclasses.replace(spec, **overrides)
+
+
+def build_labeler(spec: LabelerSpec, *, device: str = "cpu", precision: str = "fp32") -> Labeler:
+    """Instantiate (load weights of) the labeler that `spec` describes."""
+    _load_all()
+    if spec.name not in _REGISTRY:
+        raise UnknownLabelerError(f"unknown labeler {spec.name!r}")
+    return _REGISTRY[spec.name][1](spec, device=device, precision=precision)

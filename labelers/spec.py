@@ -1,0 +1,70 @@
+"""What every labeler declares about itself: weights provenance, preprocessing and the kind of map it makes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+OUTPUT_KINDS = ("depth", "inverse_depth", "classes")
+GEOMETRIES = ("square", "short_side", "multiple_of_32")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LabelerSpec:
+    """Provenance and preprocessing of one labeler (timm's `pretrained_cfg`, for pseudo-labelers).
+
+    `modality` names the sample member the labeler fills (a key of `pipeline.codecs.CODECS`).
+    `geometry` says how an image is resized for the network: `square` to size x size, `short_side` so the
+    short side is near `size` with both sides multiples of 32, `multiple_of_32` to the nearest multiples of
+    32 of the image itself, clamped to [min_side, max_side]. Maps always come back at the image's size.
+    """
+
+    name: str
+    modality: str
+    model_class: str
+    weights: str
+    revision: str | None = None
+    license: str
+    size: int
+    geometry: str = "square"
+    min_side: int = 32
+    max_side: int = 1024
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    output: str
+    num_classes: int | None = None
+    meaningless: bool = False
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.output not in OUTPUT_KINDS:
+            raise ValueError(f"{self.name}: output must be one of {OUTPUT_KINDS}, got {self.output!r}")
+        if self.geometry not in GEOMETRIES:
+            raise ValueError(f"{self.name}: geometry must be one of {GEOMETRIES}, got {self.geometry!r}")
+        if self.output == "classes" and not (self.num_classes and 0 < self.num_classes < 255):
+            raise ValueError(f"{self.name}: a class labeler needs 0 < num_classes < 255 (255 = ignore)")
+        if self.size < 32 or self.min_side > self.max_side:
+            raise ValueError(f"{self.name}: size must be >= 32 and min_side <= max_side")
+
+    @property
+    def labeler_id(self) -> str:
+        """Short id recorded in every sample: name@revision (or the local weights folder's name)."""
+        return f"{self.name}@{self.revision or 'local'}"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        d["labeler_id"] = self.labeler_id
+        return d
+
+
+class Labeler(Protocol):
+    """Maps a batch of uint8 H x W x 3 RGB images to one H x W map each (float32 depth or uint8 classes)."""
+
+    spec: LabelerSpec
+
+    def __call__(self, images: Sequence[np.ndarray]) -> list[np.ndarray]: ...

@@ -1,0 +1,157 @@
+"""The one codec table of the data contract: how each sample member is written and read.
+
+Writer, verifier, trainer and previewer all import this table. Readers never use WebDataset's stock image
+decoders on these members: they clip 16-bit depth to 8 bits and turn palette class ids into grey levels.
+
+| member        | value in memory                         | bytes on disk                          |
+|---------------|-----------------------------------------|----------------------------------------|
+| `rgb.jpg`     | uint8 H x W x 3                         | JPEG (original bytes when safe)        |
+| `depth.png`   | uint16 H x W                            | 16-bit greyscale PNG                   |
+| `semseg.png`  | uint8 H x W, ids 0..N-1, 255 = ignore    | 8-bit PNG, palette mode for viewing    |
+| `json`        | dict                                    | UTF-8 JSON, sorted keys                |
+| `cls`         | int                                     | ASCII decimal                          |
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+IGNORE_ID = 255
+DEPTH_LEVELS = 65535
+
+
+@dataclass(frozen=True)
+class Codec:
+    """Encoder and decoder of one member type; `suffix` is the member name after the sample key."""
+
+    suffix: str
+    encode: Callable[..., bytes]
+    decode: Callable[[bytes], Any]
+
+
+def _png_bytes(image: Image.Image, level: int) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=level)
+    return buf.getvalue()
+
+
+def encode_rgb(rgb: np.ndarray, quality: int = 95) -> bytes:
+    """uint8 H x W x 3 -> baseline JPEG (4:4:4 chroma so labels and pixels stay aligned in colour too)."""
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"rgb must be uint8 HxWx3, got {rgb.dtype} {rgb.shape}")
+    buf = io.BytesIO()
+    Image.fromarray(rgb, "RGB").save(buf, format="JPEG", quality=quality, subsampling=0)
+    return buf.getvalue()
+
+
+def decode_rgb(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def encode_depth(depth: np.ndarray, level: int = 1) -> bytes:
+    """uint16 H x W -> 16-bit greyscale PNG. Use `quantize_depth` to get the uint16 map from floats."""
+    if depth.dtype != np.uint16 or depth.ndim != 2:
+        raise ValueError(f"depth must be uint16 HxW, got {depth.dtype} {depth.shape}")
+    return _png_bytes(Image.fromarray(depth), level)
+
+
+def decode_depth(data: bytes) -> np.ndarray:
+    """16-bit PNG -> uint16 H x W. Refuses anything that is not a single-channel 16-bit image."""
+    with Image.open(io.BytesIO(data)) as im:
+        if im.mode not in ("I;16", "I;16B", "I;16L", "I"):
+            raise ValueError(f"depth PNG must be 16-bit single channel, got mode {im.mode}")
+        arr = np.asarray(im)
+    if arr.dtype != np.uint16:
+        if arr.min() < 0 or arr.max() > DEPTH_LEVELS:
+            raise ValueError("depth PNG values outside the uint16 range")
+        arr = arr.astype(np.uint16)
+    return arr
+
+
+def quantize_depth(depth: np.ndarray, kind: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """float H x W -> (uint16 H x W, encoding) with value = png * scale + offset (per sample, min-max).
+
+    The encoding is recorded in the sample's json so the map is invertible within one uint16 step.
+    """
+    d = np.nan_to_num(depth.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = float(d.min()), float(d.max())
+    scale = (hi - lo) / DEPTH_LEVELS if hi > lo else 1.0
+    q = np.clip(np.rint((d - lo) / scale), 0, DEPTH_LEVELS).astype(np.uint16)
+    return q, {"kind": kind, "scale": scale, "offset": lo, "levels": DEPTH_LEVELS}
+
+
+def dequantize_depth(q: np.ndarray, encoding: dict[str, Any]) -> np.ndarray:
+    """uint16 H x W + encoding -> float32 depth (or inverse depth, as `encoding['kind']` says)."""
+    return (q.astype(np.float64) * encoding["scale"] + encoding["offset"]).astype(np.float32)
+
+
+def encode_semseg(ids: np.ndarray, palette: list[int] | None = None, level: int = 1) -> bytes:
+    """uint8 H x W class ids -> 8-bit PNG; with a palette it is stored in palette mode (ids unchanged)."""
+    if ids.dtype != np.uint8 or ids.ndim != 2:
+        raise ValueError(f"semseg must be uint8 HxW, got {ids.dtype} {ids.shape}")
+    image = Image.fromarray(ids, "L")
+    if palette is not None:
+        image = Image.fromarray(ids, "P")
+        image.putpalette(palette)
+    return _png_bytes(image, level)
+
+
+def decode_semseg(data: bytes) -> np.ndarray:
+    """8-bit PNG -> uint8 H x W class ids (palette indices are the ids; no colour conversion)."""
+    with Image.open(io.BytesIO(data)) as im:
+        if im.mode not in ("L", "P"):
+            raise ValueError(f"semseg PNG must be 8-bit single channel or palette, got mode {im.mode}")
+        return np.asarray(im).astype(np.uint8, copy=False)
+
+
+def encode_json(meta: dict[str, Any]) -> bytes:
+    return json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def decode_json(data: bytes) -> dict[str, Any]:
+    value = json.loads(data.decode("utf-8"))
+    if not isinstance(value, dict):
+        raise ValueError("sample json must be an object")
+    return value
+
+
+def encode_cls(index: int) -> bytes:
+    return str(int(index)).encode()
+
+
+def decode_cls(data: bytes) -> int:
+    return int(data.decode("ascii").strip())
+
+
+CODECS: dict[str, Codec] = {
+    "rgb": Codec("rgb.jpg", encode_rgb, decode_rgb),
+    "depth": Codec("depth.png", encode_depth, decode_depth),
+    "semseg": Codec("semseg.png", encode_semseg, decode_semseg),
+    "json": Codec("json", encode_json, decode_json),
+    "cls": Codec("cls", encode_cls, decode_cls),
+}
+
+BY_SUFFIX: dict[str, str] = {codec.suffix: name for name, codec in CODECS.items()}
+
+
+def split_member(name: str) -> tuple[str, str]:
+    """'00000100003.depth.png' -> ('00000100003', 'depth.png'): the key is everything before the first dot."""
+    key, dot, suffix = name.partition(".")
+    if not dot or not key:
+        raise ValueError(f"member name {name!r} has no key.suffix form")
+    return key, suffix
+
+
+def decode_member(suffix: str, data: bytes) -> Any:
+    """Decode one member by its suffix; unknown suffixes are refused (no pickle, no torch.load)."""
+    if suffix not in BY_SUFFIX:
+        raise ValueError(f"unknown member type {suffix!r}; allowed: {sorted(BY_SUFFIX)}")
+    return CODECS[BY_SUFFIX[suffix]].decode(data)

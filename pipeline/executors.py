@@ -1,0 +1,193 @@
+"""Distributors over `process_shard`: in-process (tests, debugging) and Ray (a laptop or a GPU cluster).
+
+Both run the same per-shard function and report each shard's outcome through the same callbacks, with
+bounded retries: a shard that keeps failing is reported failed and the other shards go on.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from labelers import LabelerSpec, build_labeler
+from pipeline.config import RuntimeConfig
+from pipeline.plan import ShardSpec
+from pipeline.shard import LabelingUnavailable, Labels, ShardContext, Submit, local_submit, process_shard
+
+
+@dataclass
+class Callbacks:
+    images: Callable[[int], None]
+    done: Callable[[ShardSpec, dict[str, Any]], None]
+    failed: Callable[[ShardSpec, str], None]
+
+
+def _error_text(err: BaseException) -> str:
+    return f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else repr(err)}"
+
+
+def run_local(shards: Sequence[ShardSpec], ctx: ShardContext, runtime: RuntimeConfig, cb: Callbacks) -> None:
+    device = "cuda" if _cuda() else "cpu"
+    labelers = [build_labeler(s, device=device, precision=runtime.precision) for s in ctx.labelers]
+    submit = local_submit(labelers)
+    for shard in shards:
+        for attempt in range(runtime.max_retries + 1):
+            try:
+                stats = process_shard(shard, ctx, submit, progress=cb.images)
+            except Exception as err:
+                if attempt == runtime.max_retries:
+                    cb.failed(shard, _error_text(err) + "\n" + traceback.format_exc(limit=3))
+                continue
+            cb.done(shard, stats)
+            break
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+# ---------------------------------------------------------------------------------------------- Ray
+
+
+class LabelerActor:
+    """Holds one labeler's weights, loaded once inside the actor."""
+
+    def __init__(self, spec: LabelerSpec, precision: str, threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.labeler = build_labeler(spec, device=device, precision=precision)
+
+    def label(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        return self.labeler(images)
+
+
+class ProgressActor:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def add(self, n: int) -> None:
+        self.count += n
+
+    def take(self) -> int:
+        n, self.count = self.count, 0
+        return n
+
+
+def _ray_submit(actors: dict[str, list[Any]], shard_index: int) -> Submit:
+    import ray
+    from ray.exceptions import RayActorError
+
+    chosen = {m: pool[shard_index % len(pool)] for m, pool in actors.items()}
+
+    def submit(images: list[np.ndarray]) -> Callable[[], Labels]:
+        ref = ray.put(images)
+        refs = {m: actor.label.remote(ref) for m, actor in chosen.items()}
+
+        def wait() -> Labels:
+            try:
+                return {m: ray.get(r) for m, r in refs.items()}
+            except RayActorError as err:
+                raise LabelingUnavailable(str(err)) from err
+
+        return wait
+
+    return submit
+
+
+def _shard_task(shard: ShardSpec, ctx: ShardContext, actors: dict[str, list[Any]], progress: Any) -> dict[str, Any]:
+    return process_shard(shard, ctx, _ray_submit(actors, shard.index), progress=lambda n: progress.add.remote(n))
+
+
+def _resources(runtime: RuntimeConfig) -> tuple[float, float, int]:
+    """(gpus per actor, cpus per actor, actors per labeler) for the cluster Ray sees."""
+    import ray
+
+    total = ray.cluster_resources()
+    gpus, cpus = float(total.get("GPU", 0)), float(total.get("CPU", 1))
+    gpu_each = runtime.gpus_per_actor if gpus else 0.0
+    cpu_each = runtime.cpus_per_actor or (1.0 if gpus else min(1.0, max(0.25, cpus / 4)))
+    replicas = runtime.actors_per_labeler or (max(1, int(gpus)) if gpus else 1)
+    return gpu_each, cpu_each, replicas
+
+
+def init_ray(address: str | None, quiet: bool) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": not quiet,
+        "configure_logging": True,
+        "logging_level": "WARNING",
+    }
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=os.cpu_count(), **kwargs)
+
+
+def run_ray(shards: Sequence[ShardSpec], ctx: ShardContext, runtime: RuntimeConfig, cb: Callbacks) -> None:
+    import ray
+
+    gpu_each, cpu_each, replicas = _resources(runtime)
+    threads = max(1, int(cpu_each))
+    actor_cls = ray.remote(LabelerActor).options(
+        num_cpus=cpu_each, num_gpus=gpu_each, max_restarts=1, max_task_retries=0
+    )
+    actors = {
+        s.modality: [actor_cls.remote(s, runtime.precision, threads) for _ in range(replicas)] for s in ctx.labelers
+    }
+    progress = ray.remote(ProgressActor).options(num_cpus=0).remote()
+    task = ray.remote(_shard_task).options(num_cpus=1, max_retries=0)
+    in_flight = runtime.shards_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+    try:
+        _drive(list(shards), lambda s: task.remote(s, ctx, actors, progress), progress, in_flight, runtime, cb)
+    finally:
+        for pool in actors.values():
+            for actor in pool:
+                ray.kill(actor)
+        ray.kill(progress)
+
+
+def _drive(
+    queue: list[ShardSpec],
+    start: Callable[[ShardSpec], Any],
+    progress: Any,
+    in_flight: int,
+    runtime: RuntimeConfig,
+    cb: Callbacks,
+) -> None:
+    """Keep `in_flight` shard tasks running; retry a failed shard up to max_retries times."""
+    import ray
+
+    running: dict[Any, tuple[ShardSpec, int]] = {}
+    attempts = dict.fromkeys((s.index for s in queue), 0)
+    queue = list(reversed(queue))
+    while queue or running:
+        while queue and len(running) < in_flight:
+            shard = queue.pop()
+            running[start(shard)] = (shard, attempts[shard.index])
+        ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
+        cb.images(ray.get(progress.take.remote()))
+        for ref in ready:
+            shard, attempt = running.pop(ref)
+            try:
+                cb.done(shard, ray.get(ref))
+            except Exception as err:
+                if attempt < runtime.max_retries:
+                    attempts[shard.index] = attempt + 1
+                    queue.append(shard)
+                else:
+                    cb.failed(shard, _error_text(err))
+    cb.images(ray.get(progress.take.remote()))

@@ -1,0 +1,148 @@
+"""Plan: walk the source once, assign class ids, cut into shards, and freeze it in OUT/plan/.
+
+The plan is written once; a resumed run reads it back, so it makes the same shards in the same order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline import fs
+from pipeline.config import ConfigError, SourceConfig
+
+PLAN_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: str  # relative to the source root, POSIX separators
+    cls: int | None
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """One unit of work: a few hundred to a few thousand entries, never the whole dataset."""
+
+    index: int
+    name: str
+    entries: tuple[Entry, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    split: str
+    source: str
+    source_fingerprint: str
+    recipe_fingerprint: str
+    classes: tuple[str, ...] | None
+    shards: tuple[ShardSpec, ...]
+
+    @property
+    def num_inputs(self) -> int:
+        return sum(len(s.entries) for s in self.shards)
+
+
+def _skip(name: str) -> bool:
+    return name.startswith(".") or name.startswith("._")
+
+
+def walk_images(root: Path, extensions: tuple[str, ...]) -> list[tuple[str, int, int]]:
+    """(relative path, size, mtime_ns) of every image under root: case-insensitive extensions, hidden and
+    `._*` files skipped, symlinked folders followed once (loops cut by device+inode)."""
+    exts = {e.lower() for e in extensions}
+    seen: set[tuple[int, int]] = set()
+    found: list[tuple[str, int, int]] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirnames[:] = sorted(d for d in dirnames if not _skip(d))
+        for name in filenames:
+            if _skip(name) or os.path.splitext(name)[1].lower() not in exts:
+                continue
+            full = os.path.join(dirpath, name)
+            try:
+                fst = os.stat(full)
+            except OSError:  # dangling symlink: not an image we can read; still listed so it is accounted for
+                fst = os.lstat(full)
+            found.append((Path(full).relative_to(root).as_posix(), fst.st_size, fst.st_mtime_ns))
+    found.sort()
+    return found
+
+
+def fingerprint(files: list[tuple[str, int, int]]) -> str:
+    h = hashlib.sha256()
+    for rel, size, mtime in files:
+        h.update(f"{rel}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def class_names(files: list[tuple[str, int, int]], root: Path, mode: str) -> tuple[str, ...] | None:
+    """Sorted class folder names (ImageNet layout: every image exactly one folder deep), else None."""
+    depths = {rel.count("/") for rel, _, _ in files}
+    layout_ok = depths == {1}
+    if mode == "no" or (mode == "auto" and not layout_ok):
+        return None
+    if not layout_ok:
+        raise ConfigError(f"class_folders = yes, but images under {root} are not all exactly one folder deep")
+    return tuple(sorted({rel.split("/", 1)[0] for rel, _, _ in files}))
+
+
+def make_plan(root: Path, source: SourceConfig, shard_size: int, recipe_fingerprint: str) -> Plan:
+    files = walk_images(root, source.extensions)
+    classes = class_names(files, root, source.class_folders)
+    ids = {name: i for i, name in enumerate(classes or ())}
+    entries = [Entry(rel, ids[rel.split("/", 1)[0]] if classes else None) for rel, _, _ in files]
+    shards = tuple(
+        ShardSpec(i, f"{source.split}-{i:06d}", tuple(entries[start : start + shard_size]))
+        for i, start in enumerate(range(0, len(entries), shard_size))
+    )
+    return Plan(source.split, str(root), fingerprint(files), recipe_fingerprint, classes, shards)
+
+
+def source_fingerprint(root: Path, source: SourceConfig) -> str:
+    return fingerprint(walk_images(root, source.extensions))
+
+
+def save_plan(plan: Plan, folder: Path) -> None:
+    """One small file per shard plus a header, so no process ever holds the whole list it does not need."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for shard in plan.shards:
+        fs.write_json_atomic(
+            folder / f"{shard.name}.json",
+            {"index": shard.index, "name": shard.name, "entries": [[e.path, e.cls] for e in shard.entries]},
+        )
+    header = {
+        "format": PLAN_FORMAT,
+        "split": plan.split,
+        "source": plan.source,
+        "source_fingerprint": plan.source_fingerprint,
+        "recipe_fingerprint": plan.recipe_fingerprint,
+        "classes": list(plan.classes) if plan.classes is not None else None,
+        "shards": [{"name": s.name, "count": len(s.entries)} for s in plan.shards],
+        "num_inputs": plan.num_inputs,
+    }
+    fs.write_json_atomic(folder / "plan.json", header)  # written last: its presence marks the plan complete
+
+
+def load_plan(folder: Path) -> Plan:
+    header: dict[str, Any] = fs.read_json(folder / "plan.json")
+    shards = []
+    for i, item in enumerate(header["shards"]):
+        data = fs.read_json(folder / f"{item['name']}.json")
+        shards.append(ShardSpec(i, item["name"], tuple(Entry(p, c) for p, c in data["entries"])))
+    classes = tuple(header["classes"]) if header["classes"] is not None else None
+    return Plan(
+        header["split"],
+        header["source"],
+        header["source_fingerprint"],
+        header["recipe_fingerprint"],
+        classes,
+        tuple(shards),
+    )

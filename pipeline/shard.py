@@ -1,0 +1,242 @@
+"""The per-shard work: read + decode, label in batches, encode, write a temp tar, publish, write stats.
+
+A plain function, testable without Ray. Labelling is handed to a `submit` callable so decoding of the next
+batch overlaps labelling of the current one. One bad image is a recorded failure, never a lost shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from labelers import LabelerSpec
+from labelers.coco import palette as coco_palette
+from pipeline import fs
+from pipeline.codecs import CODECS, encode_cls, encode_json, quantize_depth
+from pipeline.config import EncodingConfig, ImageConfig
+from pipeline.images import DecodedImage, decode_image
+from pipeline.plan import Entry, ShardSpec
+from pipeline.tarwrite import SampleTarWriter
+
+Labels = dict[str, list[np.ndarray]]  # modality -> one map per image
+Submit = Callable[[list[np.ndarray]], Callable[[], Labels]]  # start labelling; call the result to wait
+STATS_FORMAT = 1
+
+
+class LabelingUnavailable(RuntimeError):
+    """The labelling service itself is gone (e.g. a dead actor): the shard fails and is retried whole."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardContext:
+    src: str
+    out: str
+    classes: tuple[str, ...] | None
+    image: ImageConfig
+    encoding: EncodingConfig
+    labelers: tuple[LabelerSpec, ...]
+    batch_size: int
+
+
+@dataclass
+class _Tally:
+    failures: list[dict[str, str]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("read", "label", "encode", "write"), 0.0))
+    written: int = 0
+
+
+class _HashingFile:
+    """File wrapper that hashes and counts what tarfile writes."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f, self.sha, self.size = f, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        return self._f.write(data)
+
+    def tell(self) -> int:
+        return self.size
+
+
+def sample_key(shard_index: int, position: int) -> str:
+    return f"{shard_index:06d}{position:05d}"
+
+
+def shard_paths(out: str | Path, name: str) -> tuple[Path, Path]:
+    folder = Path(out) / "shards"
+    return folder / f"{name}.tar", folder / f"{name}.stats.json"
+
+
+def _failure(entry: Entry, err: BaseException) -> dict[str, str]:
+    return {"path": entry.path, "error": type(err).__name__, "message": str(err)[:500] or repr(err)}
+
+
+def _read(
+    entries: Sequence[tuple[int, Entry]], ctx: ShardContext, tally: _Tally
+) -> list[tuple[int, Entry, DecodedImage]]:
+    t0, ok = time.perf_counter(), []
+    for pos, entry in entries:
+        try:
+            data = fs.read_file(Path(ctx.src) / entry.path)
+            img = decode_image(
+                data, max_pixels=ctx.image.max_pixels, max_side=ctx.image.max_side, jpeg_quality=ctx.image.jpeg_quality
+            )
+            ok.append((pos, entry, img))
+        except Exception as err:  # bad images are data: recorded with their reason
+            tally.failures.append(_failure(entry, err))
+    tally.timings["read"] += time.perf_counter() - t0
+    return ok
+
+
+def _label_map(spec: LabelerSpec, label: np.ndarray, ctx: ShardContext) -> tuple[bytes, dict[str, Any] | None]:
+    codec = CODECS[spec.modality]
+    if spec.output == "classes":
+        n = spec.num_classes or 0
+        if label.size and int(label.max()) >= n:
+            raise ValueError(f"{spec.name} produced class id {int(label.max())} >= {n}")
+        return codec.encode(label.astype(np.uint8), coco_palette(n), ctx.encoding.png_level), None
+    q, encoding = quantize_depth(label, spec.output)
+    return codec.encode(q, ctx.encoding.png_level), encoding
+
+
+def _members(
+    shard: ShardSpec, pos: int, entry: Entry, img: DecodedImage, maps: dict[str, np.ndarray], ctx: ShardContext
+) -> dict[str, bytes]:
+    h, w = img.rgb.shape[:2]
+    meta: dict[str, Any] = {
+        "key": sample_key(shard.index, pos),
+        "source": entry.path,
+        "source_sha256": img.source_sha256,
+        "source_format": img.source_format,
+        "source_mode": img.source_mode,
+        "orig_size": {"width": img.orig_size[0], "height": img.orig_size[1]},
+        "size": {"width": w, "height": h},
+        "rgb": "original" if img.stored_original else "reencoded",
+        "class": ctx.classes[entry.cls] if ctx.classes is not None and entry.cls is not None else None,
+        "labelers": {s.modality: s.labeler_id for s in ctx.labelers},
+    }
+    members = {CODECS["rgb"].suffix: img.jpeg}
+    for spec in ctx.labelers:
+        label = maps[spec.modality]
+        if label.shape[:2] != (h, w):
+            raise ValueError(f"{spec.name} returned a {label.shape[:2]} map for a {(h, w)} image")
+        members[CODECS[spec.modality].suffix], encoding = _label_map(spec, label, ctx)
+        if encoding is not None:
+            meta[spec.modality] = encoding
+    members[CODECS["json"].suffix] = encode_json(meta)
+    if entry.cls is not None:
+        members[CODECS["cls"].suffix] = encode_cls(entry.cls)
+    return members
+
+
+def _wait_labels(
+    batch: list[tuple[int, Entry, DecodedImage]], pending: Callable[[], Labels], submit: Submit, tally: _Tally
+) -> list[tuple[int, Entry, DecodedImage, dict[str, np.ndarray]]]:
+    """Labels for a batch; if the batch fails, each image is labelled alone so only the bad one is lost."""
+    t0 = time.perf_counter()
+    try:
+        labels = pending()
+        results = [(p, e, im, {m: maps[i] for m, maps in labels.items()}) for i, (p, e, im) in enumerate(batch)]
+    except LabelingUnavailable:
+        raise
+    except Exception:
+        results = []
+        for p, e, im in batch:
+            try:
+                one = submit([im.rgb])()
+                results.append((p, e, im, {m: maps[0] for m, maps in one.items()}))
+            except LabelingUnavailable:
+                raise
+            except Exception as err:
+                tally.failures.append(_failure(e, err))
+    tally.timings["label"] += time.perf_counter() - t0
+    return results
+
+
+def _write_batch(
+    writer: SampleTarWriter, shard: ShardSpec, labelled: list[Any], ctx: ShardContext, tally: _Tally
+) -> None:
+    for pos, entry, img, maps in labelled:
+        t0 = time.perf_counter()
+        try:
+            members = _members(shard, pos, entry, img, maps, ctx)
+        except Exception as err:
+            tally.failures.append(_failure(entry, err))
+            continue
+        t1 = time.perf_counter()
+        writer.add(sample_key(shard.index, pos), members)
+        tally.written += 1
+        tally.timings["encode"] += t1 - t0
+        tally.timings["write"] += time.perf_counter() - t1
+
+
+def _flush(
+    writer: SampleTarWriter,
+    shard: ShardSpec,
+    previous: tuple[list[Any], Callable[[], Labels] | None, int],
+    ctx: ShardContext,
+    submit: Submit,
+    tally: _Tally,
+    progress: Callable[[int], None] | None,
+) -> None:
+    batch, pending, planned = previous
+    if pending is not None:
+        _write_batch(writer, shard, _wait_labels(batch, pending, submit, tally), ctx, tally)
+    if progress is not None:
+        progress(planned)
+
+
+def process_shard(
+    shard: ShardSpec, ctx: ShardContext, submit: Submit, progress: Callable[[int], None] | None = None
+) -> dict[str, Any]:
+    """Build one shard and publish it atomically; returns the stats that were written beside it."""
+    tar_path, stats_path = shard_paths(ctx.out, shard.name)
+    tally, started = _Tally(), time.perf_counter()
+    indexed = list(enumerate(shard.entries))
+    with fs.atomic_open(tar_path) as f:
+        hashing = _HashingFile(f)
+        writer = SampleTarWriter(hashing)  # type: ignore[arg-type]
+        previous: tuple[list[Any], Callable[[], Labels] | None, int] | None = None
+        for start in range(0, len(indexed), ctx.batch_size):
+            chunk = indexed[start : start + ctx.batch_size]
+            batch = _read(chunk, ctx, tally)
+            pending = submit([im.rgb for _, _, im in batch]) if batch else None
+            if previous is not None:
+                _flush(writer, shard, previous, ctx, submit, tally, progress)
+            previous = (batch, pending, len(chunk))
+        if previous is not None:
+            _flush(writer, shard, previous, ctx, submit, tally, progress)
+        writer.close()
+    stats = {
+        "format": STATS_FORMAT,
+        "shard": shard.name,
+        "index": shard.index,
+        "planned": len(shard.entries),
+        "written": tally.written,
+        "failed": len(tally.failures),
+        "failures": tally.failures,
+        "bytes": hashing.size,
+        "sha256": hashing.sha.hexdigest(),
+        "timings": {k: round(v, 4) for k, v in tally.timings.items()},
+        "seconds": round(time.perf_counter() - started, 4),
+        "labelers": {s.modality: s.labeler_id for s in ctx.labelers},
+    }
+    fs.write_json_atomic(stats_path, stats)  # last: its presence marks the shard done
+    return stats
+
+
+def local_submit(labelers: Sequence[Any]) -> Submit:
+    """In-process labelling (no Ray): runs when the shard asks for the result, so its time counts as label."""
+
+    def submit(images: list[np.ndarray]) -> Callable[[], Labels]:
+        return lambda: {lab.spec.modality: lab(images) for lab in labelers}
+
+    return submit

@@ -1,0 +1,100 @@
+"""End to end on the CPU: the bundled photos plus bad files -> shards with the smoke labelers."""
+
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.build import build_dataset
+from pipeline.codecs import decode_member, dequantize_depth, split_member
+from pipeline.config import BuildConfig, ConfigError, load_recipe, with_overrides
+from tests.conftest import DEMO_RECIPE, bad_image_bytes, odd_image_bytes
+
+pytestmark = pytest.mark.slow
+
+
+def build(src: Path, out: Path, executor: str = "local", **kw):
+    recipe = with_overrides(load_recipe(DEMO_RECIPE), shard_size=kw.pop("shard_size", 5))
+    return build_dataset(BuildConfig(src=src, out=out, recipe=recipe, executor=executor, quiet=True, **kw))
+
+
+def read_samples(out: Path) -> dict[str, dict[str, object]]:
+    """Every sample of every shard, read with nothing but tarfile and the project's codecs."""
+    samples: dict[str, dict[str, object]] = {}
+    for tar_path in sorted((out / "shards").glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            for member in tar.getmembers():
+                key, suffix = split_member(member.name)
+                data = tar.extractfile(member).read()
+                samples.setdefault(key, {})[suffix] = decode_member(suffix, data)
+    return samples
+
+
+def shard_bytes(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((out / "shards").glob("*.tar"))}
+
+
+def test_end_to_end_counts_geometry_ids_and_determinism(source_with_bad_files, tmp_path):
+    out = tmp_path / "out"
+    result = build(source_with_bad_files, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    inputs = len(list(source_with_bad_files.iterdir())) - 0
+    totals = manifest["totals"]
+    assert totals["inputs"] == inputs == totals["written"] + totals["failed"]
+    assert totals["failed"] == len(bad_image_bytes()) and not result.ok
+    assert {f["path"] for f in manifest["failures"]} == set(bad_image_bytes())
+    assert all(f["error"] and f["message"] for f in manifest["failures"])
+
+    samples = read_samples(out)
+    assert len(samples) == totals["written"]
+    written_sources = {s["json"]["source"] for s in samples.values()}
+    assert set(odd_image_bytes()) <= written_sources
+    for s in samples.values():
+        h, w = s["rgb.jpg"].shape[:2]
+        assert s["depth.png"].shape == (h, w) and s["depth.png"].dtype == np.uint16
+        assert s["semseg.png"].shape == (h, w) and int(s["semseg.png"].max()) < 133
+        assert s["json"]["size"] == {"width": w, "height": h}
+        assert np.isfinite(dequantize_depth(s["depth.png"], s["json"]["depth"])).all()
+
+    index = json.loads((out / "index.json").read_text())
+    assert sum(sh["samples"] for sh in index["shards"]) == totals["written"]
+
+    again = tmp_path / "again"
+    build(source_with_bad_files, again)
+    assert shard_bytes(again) == shard_bytes(out)
+
+
+def test_resume_skips_done_shards_and_refuses_changes(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for p in sorted(Path(DEMO_RECIPE).parents[1].joinpath("examples/images").glob("*.jpg"))[:6]:
+        (src / p.name).write_bytes(p.read_bytes())
+    out = tmp_path / "out"
+    first = build(src, out, shard_size=2)
+    assert first.ok and first.images_this_run == 6
+    (out / "shards" / "train-000001.stats.json").unlink()  # as if killed before the marker
+    second = build(src, out, shard_size=2)
+    assert second.ok and second.images_this_run == 2
+    with pytest.raises(ConfigError, match="another recipe"):
+        build(src, out, shard_size=3)
+    (src / "extra.jpg").write_bytes((src / sorted(p.name for p in src.iterdir())[0]).read_bytes())
+    with pytest.raises(ConfigError, match="changed"):
+        build(src, out, shard_size=2)
+    redo = build(src, out, shard_size=2, overwrite=True)
+    assert redo.ok and redo.manifest["totals"]["written"] == 7
+
+
+def test_class_folders_give_cls_members(tmp_path):
+    src = tmp_path / "src"
+    photos = sorted(Path(DEMO_RECIPE).parents[1].joinpath("examples/images").glob("*.jpg"))[:4]
+    for i, p in enumerate(photos):
+        (src / f"class_{i % 2}").mkdir(parents=True, exist_ok=True)
+        (src / f"class_{i % 2}" / p.name).write_bytes(p.read_bytes())
+    out = tmp_path / "out"
+    build(src, out)
+    samples = read_samples(out)
+    assert sorted(s["cls"] for s in samples.values()) == [0, 0, 1, 1]
+    assert {s["json"]["class"] for s in samples.values()} == {"class_0", "class_1"}
+    assert json.loads((out / "manifest.json").read_text())["classes"] == ["class_0", "class_1"]

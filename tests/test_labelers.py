@@ -1,0 +1,82 @@
+"""Every registry entry: a valid spec; smoke entries label aligned maps; real entries fail fast offline."""
+
+import time
+
+import numpy as np
+import pytest
+
+from labelers import available, build_labeler, resolve_spec
+from labelers.geometry import network_size
+from labelers.weights import WeightsUnavailableError
+
+ODD_SIZES = [(333, 500), (500, 281), (37, 45)]
+
+
+def _images():
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (*hw, 3), dtype=np.uint8) for hw in ODD_SIZES]
+
+
+@pytest.mark.parametrize("name", available())
+def test_spec_is_complete(name):
+    spec = resolve_spec(name)
+    assert spec.modality in ("depth", "semseg") and spec.license and spec.model_class
+    assert spec.meaningless == (not spec.weights)
+
+
+SMOKE = [n for n in available() if resolve_spec(n).meaningless]
+
+
+@pytest.mark.parametrize("name", SMOKE)
+def test_smoke_labelers_return_maps_aligned_with_the_image(name):
+    spec = resolve_spec(name)
+    maps = build_labeler(spec)(_images())
+    for m, hw in zip(maps, ODD_SIZES, strict=True):
+        assert m.shape == hw
+        if spec.output == "classes":
+            assert m.dtype == np.uint8 and int(m.max()) < spec.num_classes
+        else:
+            assert m.dtype == np.float32 and np.isfinite(m).all()
+
+
+@pytest.mark.parametrize("name", SMOKE)
+def test_smoke_labelers_are_deterministic_and_batch_independent(name):
+    lab = build_labeler(resolve_spec(name))
+    images = _images()
+    together = lab(images)
+    alone = [lab([im])[0] for im in images]
+    for a, b in zip(together, alone, strict=True):
+        assert np.allclose(a, b, atol=1e-5) if a.dtype == np.float32 else np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", [n for n in available() if not resolve_spec(n).meaningless])
+def test_real_labelers_without_weights_fail_at_once_with_instructions(name, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", "/nonexistent-hf-home")
+    started = time.monotonic()
+    with pytest.raises(WeightsUnavailableError, match="weights = "):
+        build_labeler(resolve_spec(name))
+    assert time.monotonic() - started < 10
+
+
+def test_recipe_overrides_are_checked():
+    assert resolve_spec("dpt-smoke", {"size": 96}).size == 96
+    with pytest.raises(ValueError, match="unknown setting"):
+        resolve_spec("dpt-smoke", {"sizee": 96})
+    with pytest.raises(KeyError):
+        resolve_spec("no-such-labeler")
+
+
+@pytest.mark.parametrize(
+    ("geometry", "hw", "expected"),
+    [
+        ("square", (333, 500), (64, 64)),
+        ("short_side", (333, 500), (64, 96)),
+        ("multiple_of_32", (333, 500), (320, 512)),
+        ("multiple_of_32", (3000, 100), (1024, 32)),
+        ("multiple_of_32", (20, 20), (32, 32)),
+    ],
+)
+def test_network_geometry(geometry, hw, expected):
+    spec = resolve_spec("dpt-smoke", {"geometry": geometry, "size": 64, "max_side": 1024})
+    assert network_size(spec, *hw) == expected
