@@ -1,0 +1,67 @@
+"""Shared helpers of the builder benchmarks: a source folder of N photos and random-weight real-size models."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples" / "images"
+
+
+def make_source(folder: Path, count: int, max_side: int = 500) -> Path:
+    """`count` JPEGs cut from the bundled photos at varied sizes and aspect ratios (ImageNet-like sizes)."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    photos = [Image.open(p).convert("RGB") for p in sorted(EXAMPLES.glob("*.*")) if p.suffix != ".md"]
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        im = photos[i % len(photos)]
+        w, h = im.size
+        cw, ch = int(w * rng.uniform(0.6, 1.0)), int(h * rng.uniform(0.6, 1.0))
+        x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        crop = im.crop((x, y, x + cw, y + ch))
+        scale = max_side / max(crop.size) * rng.uniform(0.7, 1.0)
+        crop = crop.resize((max(32, round(cw * scale)), max(32, round(ch * scale))), Image.Resampling.BICUBIC)
+        crop.save(folder / f"img_{i:05d}.jpg", quality=90)
+    return folder
+
+
+def real_size_folder(kind: str, cache: Path) -> Path:
+    """Random-weight models with the real architectures, saved as transformers folders (no download)."""
+    target = cache / f"random-{kind}"
+    if (target / "config.json").is_file():
+        return target
+    model = _real_size_model(kind)
+    model.save_pretrained(target)
+    return target
+
+
+def _real_size_model(kind: str) -> Any:
+    import torch
+    from transformers import (
+        DPTConfig,
+        DPTForDepthEstimation,
+        Mask2FormerConfig,
+        Mask2FormerForUniversalSegmentation,
+        SwinConfig,
+    )
+
+    torch.manual_seed(0)
+    if kind == "dpt-hybrid":
+        return DPTForDepthEstimation(DPTConfig(is_hybrid=True))
+    swin_small = SwinConfig(
+        embed_dim=96,
+        depths=[2, 2, 18, 2],
+        num_heads=[3, 6, 12, 24],
+        window_size=7,
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )
+    return Mask2FormerForUniversalSegmentation(
+        Mask2FormerConfig(backbone_config=swin_small, num_labels=133, num_queries=100)
+    )
