@@ -31,7 +31,7 @@ def semantic_scores(class_logits: torch.Tensor, mask_logits: torch.Tensor, size:
 class Mask2FormerSemsegLabeler(TorchLabeler):
     def predict(self, pixels: torch.Tensor) -> torch.Tensor:
         out = self.model(pixel_values=pixels)
-        return semantic_scores(out.class_queries_logits, out.masks_queries_logits, pixels.shape[-2:])
+        return semantic_scores(out.class_queries_logits, out.masks_queries_logits, (pixels.shape[-2], pixels.shape[-1]))
 
 
 def _build(spec: LabelerSpec, *, device: str = "cpu", precision: str = "fp32") -> Mask2FormerSemsegLabeler:

@@ -13,11 +13,14 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from labelers.spec import Labeler, LabelerSpec
+from labelers.weights import check_weights
 
 Factory = Callable[..., Labeler]
+Check = Callable[[LabelerSpec], None]
 ENTRY_POINT_GROUP = "multimae_forge.labelers"
-_BUILTIN_MODULES = ("labelers.dpt", "labelers.mask2former")
+_BUILTIN_MODULES = ("labelers.dpt", "labelers.mask2former", "labelers.omnidata")
 _REGISTRY: dict[str, tuple[LabelerSpec, Factory]] = {}
+_CHECKS: dict[str, Check] = {}
 _loaded = False
 
 
@@ -25,8 +28,14 @@ class UnknownLabelerError(KeyError):
     pass
 
 
-def register_labeler(spec: LabelerSpec) -> Callable[[Factory], Factory]:
-    """Decorator: register `factory(spec, device=..., precision=...) -> Labeler` under `spec.name`."""
+def register_labeler(spec: LabelerSpec, check: Check | None = None) -> Callable[[Factory], Factory]:
+    """Decorator: register `factory(spec, device=..., precision=...) -> Labeler` under `spec.name`.
+
+    `check(spec)` raises WeightsUnavailableError at once when the weights cannot be loaded here; the
+    default treats `spec.weights` as a transformers folder or hub id.
+    """
+    if check is not None:
+        _CHECKS[spec.name] = check
 
     def wrap(factory: Factory) -> Factory:
         if spec.name in _REGISTRY and _REGISTRY[spec.name][1] is not factory:
@@ -76,3 +85,12 @@ def build_labeler(spec: LabelerSpec, *, device: str = "cpu", precision: str = "f
     if spec.name not in _REGISTRY:
         raise UnknownLabelerError(f"unknown labeler {spec.name!r}")
     return _REGISTRY[spec.name][1](spec, device=device, precision=precision)
+
+
+def check_labeler(spec: LabelerSpec) -> None:
+    """Raise WeightsUnavailableError (within seconds) if `spec`'s weights cannot be loaded on this machine."""
+    _load_all()
+    if spec.name in _CHECKS:
+        _CHECKS[spec.name](spec)
+    elif spec.weights:
+        check_weights(spec.weights, spec.revision)

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from labelers.weights import WeightsUnavailableError, check_weights
+from labelers import check_labeler
+from labelers.weights import WeightsUnavailableError
 from pipeline import fs
 from pipeline.config import BuildConfig, ConfigError
 from pipeline.dataset_files import WIDS_INDEX, write_dataset_files
@@ -52,11 +53,10 @@ def _check_weights(cfg: BuildConfig) -> None:
     if cfg.address:
         return
     for spec in cfg.recipe.labelers:
-        if spec.weights:
-            try:
-                check_weights(spec.weights, spec.revision)
-            except WeightsUnavailableError as err:
-                raise ConfigError(f"labeler {spec.name}: {err}") from err
+        try:
+            check_labeler(spec)
+        except WeightsUnavailableError as err:
+            raise ConfigError(f"labeler {spec.name}: {err}") from err
 
 
 def _prepare(cfg: BuildConfig) -> Plan:

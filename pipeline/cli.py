@@ -67,6 +67,71 @@ def build_dataset_cmd(
         raise typer.Exit(1)
 
 
+@app.command("verify")
+def verify_cmd(
+    out: Annotated[Path, typer.Argument(help="Dataset folder written by build-dataset.")],
+    deep: Annotated[
+        bool, typer.Option(help="Also decode every member: pixel formats, sizes, class ids, json fields.")
+    ] = False,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the complete report (JSON) here.")] = None,
+    workers: Annotated[int, typer.Option(help="Processes over shards (0: one per CPU; 1: no pool).")] = 0,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Prove a dataset is complete and intact. Exit 0: all checks hold; 1: defects (listed); 2: bad usage."""
+    from pipeline.verify import NotADatasetError, VerifyConfig, summary, verify_dataset
+
+    try:
+        report = verify_dataset(VerifyConfig(out=out, deep=deep, workers=workers, json_path=json_path, quiet=quiet))
+    except NotADatasetError as err:
+        raise fail(str(err)) from None
+    typer.echo(summary(report))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command("pretrain")
+def pretrain_cmd(
+    data: Annotated[Path, typer.Option(help="Dataset folder from build-dataset (index.json, manifest.json, shards/).")],
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoints, metrics.jsonl, config.json, timm export.")],
+    config: Annotated[
+        Path | None, typer.Option(help="Trainer recipe TOML (trainer/configs/); default: ViT-B, 1600 epochs.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto (GPU when present), cpu, cuda or cuda:N.")] = "auto",
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint-last.pt when there is one.")] = True,
+    steps: Annotated[int | None, typer.Option(help="Total optimizer steps (overrides epochs).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (overrides the recipe).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Samples per rank per micro-batch.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Loader worker processes per rank.")] = None,
+) -> None:
+    """Pretrain MultiMAE on a dataset's shards. Several GPUs: torchrun ... -m trainer.train (same options)."""
+    from trainer.errors import PretrainError
+    from trainer.train import RunOptions, build_config, pretrain
+
+    try:
+        cfg = build_config(config, steps=steps, epochs=epochs, batch_size=batch_size, workers=workers)
+        result = pretrain(cfg, RunOptions(data=data, out=out, resume=resume, device=device))
+    except PretrainError as err:
+        raise fail(str(err)) from None
+    typer.echo(f"pretrained {result.steps} steps; run folder {result.run_dir}")
+
+
+@app.command("convert-weights")
+def convert_weights_cmd(
+    src: Annotated[
+        Path, typer.Argument(help="DPT-Hybrid checkpoint in the original DPT layout (.pth, Lightning .ckpt).")
+    ],
+    dst: Annotated[Path, typer.Argument(help="New folder for the transformers DPTForDepthEstimation.")],
+) -> None:
+    """Convert original-layout DPT-Hybrid weights (e.g. omnidata_rgb2depth_dpt_hybrid.pth) to a transformers folder."""
+    from labelers.dpt_original import CheckpointLayoutError, convert_weights
+
+    try:
+        folder = convert_weights(src, dst)
+    except (CheckpointLayoutError, FileNotFoundError, FileExistsError) as err:
+        raise fail(str(err)) from None
+    typer.echo(f"wrote {folder}")
+
+
 def main() -> None:
     app()
 

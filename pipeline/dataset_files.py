@@ -67,7 +67,7 @@ def manifest_doc(
     plan: Plan, recipe: Recipe, stats: dict[str, dict[str, Any]], failed_shards: dict[str, str]
 ) -> dict[str, Any]:
     failures = [f for s in plan.shards if s.name in stats for f in stats[s.name]["failures"]]
-    lost = [
+    lost: list[dict[str, Any]] = [
         {"shard": s.name, "planned": len(s.entries), "error": failed_shards[s.name]}
         for s in plan.shards
         if s.name in failed_shards

@@ -145,10 +145,10 @@ def run_ray(shards: Sequence[ShardSpec], ctx: ShardContext, runtime: RuntimeConf
     actor_cls = ray.remote(LabelerActor).options(
         num_cpus=cpu_each, num_gpus=gpu_each, max_restarts=1, max_task_retries=0
     )
-    actors = {
+    actors: dict[str, list[Any]] = {
         s.modality: [actor_cls.remote(s, runtime.precision, threads) for _ in range(replicas)] for s in ctx.labelers
     }
-    progress = ray.remote(ProgressActor).options(num_cpus=0).remote()
+    progress: Any = ray.remote(ProgressActor).options(num_cpus=0).remote()
     task = ray.remote(_shard_task).options(num_cpus=1, max_retries=0)
     in_flight = runtime.shards_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
     try:

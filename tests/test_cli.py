@@ -31,6 +31,10 @@ def test_build_dataset_options_are_pinned():
     }
 
 
+def test_convert_weights_options_are_pinned():
+    assert params("convert-weights") == {"src", "dst"}
+
+
 def run(*args: str):
     return runner.invoke(app, ["build-dataset", *args])
 
