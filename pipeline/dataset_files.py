@@ -4,6 +4,7 @@ manifest.json. Built from the shards' stats, which are the record of what each s
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,9 @@ def manifest_doc(
         if s.name in failed_shards
     ]
     written = sum(v["written"] for v in stats.values())
+    kinds: Counter[str] = Counter()
+    for v in stats.values():
+        kinds.update(v.get("source_kinds", {}))
     failed = len(failures) + sum(x["planned"] for x in lost)
     return {
         "format": FORMAT,
@@ -102,6 +106,8 @@ def manifest_doc(
             "shards": len(plan.shards),
             "shards_complete": len(stats),
             "shards_failed": len(lost),
+            "source_kinds": dict(sorted(kinds.items())),
+            "rgb_reencoded": sum(v.get("rgb_reencoded", 0) for v in stats.values()),
         },
         "failures": failures,
         "failed_shards": lost,

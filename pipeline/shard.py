@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,8 @@ class _Tally:
     failures: list[dict[str, str]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("read", "label", "encode", "write"), 0.0))
     written: int = 0
+    source_kinds: Counter[str] = field(default_factory=Counter)  # "FORMAT/MODE" of written images
+    reencoded: int = 0
 
 
 class _HashingFile:
@@ -174,6 +177,8 @@ def _write_batch(
         t1 = time.perf_counter()
         writer.add(sample_key(shard.index, pos), members)
         tally.written += 1
+        tally.source_kinds[f"{img.source_format}/{img.source_mode}"] += 1
+        tally.reencoded += not img.stored_original
         tally.timings["encode"] += t1 - t0
         tally.timings["write"] += time.perf_counter() - t1
 
@@ -228,6 +233,8 @@ def process_shard(
         "timings": {k: round(v, 4) for k, v in tally.timings.items()},
         "seconds": round(time.perf_counter() - started, 4),
         "labelers": {s.modality: s.labeler_id for s in ctx.labelers},
+        "source_kinds": dict(sorted(tally.source_kinds.items())),
+        "rgb_reencoded": tally.reencoded,
     }
     fs.write_json_atomic(stats_path, stats)  # last: its presence marks the shard done
     return stats

@@ -46,6 +46,9 @@ def test_end_to_end_counts_geometry_ids_and_determinism(source_with_bad_files, t
     assert totals["failed"] == len(bad_image_bytes()) and not result.ok
     assert {f["path"] for f in manifest["failures"]} == set(bad_image_bytes())
     assert all(f["error"] and f["message"] for f in manifest["failures"])
+    kinds = totals["source_kinds"]
+    assert sum(kinds.values()) == totals["written"]
+    assert kinds["JPEG/CMYK"] == 1 and kinds["PNG/RGB"] == 1 and kinds["PNG/I;16"] == 1
 
     samples = read_samples(out)
     assert len(samples) == totals["written"]
