@@ -4,6 +4,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export PYTHONDONTWRITEBYTECODE := 1
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: install demo test test-fast lint format bench clean
 
@@ -22,6 +23,7 @@ lint: install
 	$(BIN)/ruff check pipeline labelers trainer tests benchmarks
 	$(BIN)/ruff format --check pipeline labelers trainer tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/hadolint docker/Dockerfile
 
 test: lint
 	$(PY) -m pytest -q

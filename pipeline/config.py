@@ -120,6 +120,8 @@ def _labelers(table: dict[str, Any]) -> tuple[LabelerSpec, ...]:
         if not isinstance(entry, dict) or "name" not in entry:
             raise ConfigError(f"[labelers.{modality}] needs a `name` (a registered labeler)")
         overrides = {k: v for k, v in entry.items() if k != "name"}
+        if isinstance(overrides.get("weights"), str) and Path(overrides["weights"]).expanduser().exists():
+            overrides["weights"] = str(Path(overrides["weights"]).expanduser().resolve())  # workers need no cwd
         try:
             spec = resolve_spec(entry["name"], overrides)
         except (KeyError, ValueError) as err:
