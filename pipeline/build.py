@@ -137,11 +137,11 @@ def build_dataset(cfg: BuildConfig) -> BuildResult:
 
     def done(shard: ShardSpec, s: dict[str, Any]) -> None:
         stats[shard.name] = s
-        bar.shard_done(s["failed"])
+        bar.shard_done(shard.name, s["written"], s["failed"])
 
     def lost(shard: ShardSpec, error: str) -> None:
         failed[shard.name] = error
-        bar.shard_failed(len(shard.entries))
+        bar.shard_failed(shard.name, len(shard.entries))
 
     try:
         _run(cfg, todo, _context(cfg, plan), Callbacks(bar.images, done, lost))

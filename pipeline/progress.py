@@ -1,8 +1,10 @@
-"""One live progress bar for a build: images (with images/s and ETA), shards done, failures."""
+"""Progress of a build: a live bar (images with images/s and ETA, shards done, failures), or with `quiet`
+one log line per finished shard, for log files."""
 
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 from tqdm import tqdm
@@ -13,6 +15,8 @@ class BuildProgress:
         self, *, images: int, shards: int, done_images: int = 0, done_shards: int = 0, quiet: bool = False
     ) -> None:
         self.shards_total, self.shards_done, self.failures = shards, done_shards, 0
+        self.images_total, self.images_done, self.quiet = images, done_images, quiet
+        self._started, self._start_images = time.monotonic(), done_images
         self._bar: Any = tqdm(
             total=images,
             initial=done_images,
@@ -29,17 +33,32 @@ class BuildProgress:
             f"shards {self.shards_done}/{self.shards_total}, failed {self.failures}", refresh=True
         )
 
+    def _log(self, what: str) -> None:
+        if not self.quiet:
+            return
+        elapsed = max(time.monotonic() - self._started, 1e-9)
+        rate = (self.images_done - self._start_images) / elapsed
+        print(
+            f"{what}; {self.shards_done}/{self.shards_total} shards, {self.images_done}/{self.images_total} "
+            f"images, {rate:.1f} img/s, {self.failures} failed",
+            file=sys.stderr,
+            flush=True,
+        )
+
     def images(self, n: int) -> None:
+        self.images_done += n
         self._bar.update(n)
 
-    def shard_done(self, failed_images: int) -> None:
+    def shard_done(self, name: str, written: int, failed_images: int) -> None:
         self.shards_done += 1
         self.failures += failed_images
         self._refresh()
+        self._log(f"shard {name}: {written} written, {failed_images} failed")
 
-    def shard_failed(self, planned: int) -> None:
+    def shard_failed(self, name: str, planned: int) -> None:
         self.failures += planned
         self._refresh()
+        self._log(f"shard {name} FAILED ({planned} images)")
 
     def close(self) -> None:
         self._bar.close()
