@@ -74,7 +74,9 @@ def verify_cmd(
         bool, typer.Option(help="Also decode every member: pixel formats, sizes, class ids, json fields.")
     ] = False,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the complete report (JSON) here.")] = None,
-    workers: Annotated[int, typer.Option(help="Processes over shards (0: one per CPU; 1: no pool).")] = 0,
+    workers: Annotated[
+        int, typer.Option(help="Processes over shards (0: one per CPU, none when small; 1: no pool).")
+    ] = 0,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Prove a dataset is complete and intact. Exit 0: all checks hold; 1: defects (listed); 2: bad usage."""
