@@ -18,6 +18,7 @@ install: $(VENV)/.installed
 
 demo: install
 	$(BIN)/mmforge build-dataset examples/images out/demo --recipe manifests/demo.toml --overwrite
+	$(BIN)/mmforge verify out/demo --deep
 
 lint: install
 	$(BIN)/ruff check pipeline labelers trainer tests benchmarks
