@@ -134,7 +134,7 @@ def init_ray(address: str | None, quiet: bool) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=os.cpu_count(), **kwargs)
+        ray.init(num_cpus=len(os.sched_getaffinity(0)), **kwargs)
 
 
 def run_ray(shards: Sequence[ShardSpec], ctx: ShardContext, runtime: RuntimeConfig, cb: Callbacks) -> None:
