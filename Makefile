@@ -19,6 +19,8 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/mmforge build-dataset examples/images out/demo --recipe manifests/demo.toml --overwrite
 	$(BIN)/mmforge verify out/demo --deep
+	rm -rf out/demo-run
+	$(BIN)/mmforge pretrain --data out/demo --config trainer/configs/smoke.toml --out out/demo-run --device cpu --steps 20
 
 lint: install
 	$(BIN)/ruff check pipeline labelers trainer tests benchmarks

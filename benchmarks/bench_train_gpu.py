@@ -1,0 +1,120 @@
+"""Trainer benchmark on one GPU: ViT-B MultiMAE at batch 256 in bf16, and the loader's headroom.
+
+    HF_HUB_OFFLINE=1 python benchmarks/bench_train_gpu.py [--batch-size 256] [--steps 20] [--compile]
+        [--workers 8] [--data OUT]
+
+Prints training samples/s (random inputs on the GPU, bf16 autocast, fused AdamW; the step is the trainer's
+forward, forward_loss, backward, optimizer step), then the loader's samples/s with `--workers` DataLoader
+workers over demo-like shards (or `--data`), and headroom = loader samples/s / training samples/s: above
+1 the GPU is never starved; per GPU you need about train_samples_per_s / loader_per_worker workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from trainer.config import DataConfig, ModelConfig, OptimConfig
+from trainer.data import Cursor, EpochPlan, ShardStream, make_loader
+from trainer.dataset import load_dataset
+from trainer.model import MultiMAE
+from trainer.optim import build_optimizer
+from trainer.synthetic import write_dataset
+
+
+def random_batch(cfg: ModelConfig, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
+    s = cfg.image_size
+    return {
+        "rgb": torch.randn(batch, 3, s, s, device=device),
+        "depth": torch.randn(batch, 1, s, s, device=device),
+        "semseg": torch.randint(0, cfg.num_classes, (batch, s // 4, s // 4), device=device),
+    }
+
+
+def train_samples_per_s(batch: int, steps: int, compile_model: bool, device: torch.device) -> dict[str, float]:
+    torch.manual_seed(0)
+    model = MultiMAE(ModelConfig()).to(device)
+    optimizer = build_optimizer(model, OptimConfig(), fused=True)
+    step_model = torch.compile(model) if compile_model else model
+    data = random_batch(model.cfg, batch, device)
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            preds, masks = step_model(data)
+            loss, _ = model.forward_loss(preds, data, masks)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(3):  # warm-up (and compilation)
+        step()
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize()
+    elapsed = time.perf_counter() - started
+    return {
+        "train_samples_per_s": batch * steps / elapsed,
+        "step_s": elapsed / steps,
+        "max_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30,
+    }
+
+
+def loader_samples_per_s(root: Path, workers: int, batches: int) -> float:
+    info = load_dataset(root)
+    data = DataConfig(batch_size=32, workers=workers, shuffle_buffer=256)
+    plan = EpochPlan(seed=0, epoch=0, rank=0, world=1, workers=workers, micro_batches=batches)
+    stream = ShardStream(
+        info=info, data=data, model=ModelConfig(), plan=plan, cursors=[Cursor() for _ in range(workers)]
+    )
+    it = iter(make_loader(stream, workers, pin_memory=True))
+    for _ in range(workers):  # every worker has opened its shards and filled its buffer
+        next(it)
+    started, count = time.perf_counter(), 0
+    for batch in it:
+        count += batch["rgb"].shape[0]
+    return count / (time.perf_counter() - started)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--loader-batches", type=int, default=64)
+    p.add_argument("--data", type=Path, default=None, help="a dataset folder; default: demo-like shards")
+    args = p.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_train_gpu.py needs a CUDA device; use bench_train.py on CPUs")
+    device = torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    result: dict[str, object] = {
+        "device": torch.cuda.get_device_name(device),
+        "batch": args.batch_size,
+        "precision": "bf16 autocast",
+        "compile": args.compile,
+    }
+    result.update(train_samples_per_s(args.batch_size, args.steps, args.compile, device))
+    with tempfile.TemporaryDirectory() as tmp:
+        shards = [64] * max(args.workers, 2)
+        root = args.data or write_dataset(Path(tmp), shards, sizes=((384, 512), (512, 384)))
+        loader = loader_samples_per_s(root, args.workers, args.loader_batches)
+    result.update(
+        {
+            "loader_workers": args.workers,
+            "loader_samples_per_s": loader,
+            "loader_headroom": loader / float(result["train_samples_per_s"]),
+        }
+    )
+    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

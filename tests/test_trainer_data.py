@@ -1,0 +1,203 @@
+"""Loader over the shard contract: decoding, shared crop/flip, epoch quotas, cursors, bad input."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from trainer.augment import Crop, augment, sample_crop
+from trainer.config import DataConfig, ModelConfig
+from trainer.data import Cursor, EpochPlan, ShardStream, make_loader
+from trainer.dataset import load_dataset
+from trainer.errors import DataError
+from trainer.modalities import IMAGENET_MEAN, IMAGENET_STD
+from trainer.synthetic import write_dataset
+
+MODEL = ModelConfig(image_size=64, dim=64, depth=1, heads=4, decoder_dim=32, decoder_heads=4, num_visible=16)
+DATA = DataConfig(batch_size=3, workers=0, shuffle_buffer=8)
+
+
+def stream(
+    root: Path,
+    *,
+    micro: int,
+    rank: int = 0,
+    world: int = 1,
+    workers: int = 1,
+    cursors: list[Cursor] | None = None,
+    rotation: int = 0,
+    data: DataConfig = DATA,
+) -> ShardStream:
+    plan = EpochPlan(seed=0, epoch=0, rank=rank, world=world, workers=workers, micro_batches=micro)
+    cursors = cursors or [Cursor() for _ in range(workers)]
+    info = load_dataset(root)
+    return ShardStream(info=info, data=data, model=MODEL, plan=plan, cursors=cursors, rotation=rotation)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("data"), [7, 5, 9, 4])
+
+
+def test_batches_have_model_shapes(dataset: Path) -> None:
+    batches = list(stream(dataset, micro=3).batches(0))
+    assert len(batches) == 3
+    b = batches[0]
+    assert b["rgb"].shape == (3, 3, 64, 64) and b["rgb"].dtype == torch.float32
+    assert b["depth"].shape == (3, 1, 64, 64)
+    assert b["semseg"].shape == (3, 16, 16) and b["semseg"].dtype == torch.long
+    assert int(b["semseg"].max()) < 133
+    depth = b["depth"][0].flatten().sort().values[6 * 64 * 64 // 10 : 7 * 64 * 64 // 10]
+    assert depth.abs().max() < 5  # standardised on the trimmed range
+    assert b["__cursor__"] == {"worker": 0, "raw": 3, "batches": 1, "corrupt": 0}
+
+
+def test_uneven_shards_give_every_rank_the_same_number_of_batches(dataset: Path) -> None:
+    counts = [
+        len(list(stream(dataset, micro=5, rank=r, world=2, workers=2).batches(w))) for r in (0, 1) for w in (0, 1)
+    ]
+    assert counts == [3, 2, 3, 2]  # 5 micro-batches per rank, though ranks hold 16 and 9 samples
+
+
+def test_too_few_shards_for_ranks_times_workers(dataset: Path) -> None:
+    with pytest.raises(DataError, match="4 shards cannot feed 2 ranks x 3 loader workers"):
+        list(stream(dataset, micro=2, world=2, workers=3).batches(0))
+
+
+def test_resumed_stream_repeats_the_uninterrupted_one(dataset: Path) -> None:
+    """Worker rotation + cursors: after k micro-batches a new loader yields exactly batches k, k+1, ..."""
+    full = list(make_loader(stream(dataset, micro=7, workers=2), workers=2, pin_memory=False))
+    assert [b["__cursor__"]["worker"] for b in full] == [0, 1, 0, 1, 0, 1, 0]
+    k = 3
+    cursors = [Cursor(), Cursor()]
+    for b in full[:k]:
+        c = b["__cursor__"]
+        cursors[c["worker"]] = Cursor(raw=c["raw"], batches=c["batches"], corrupt=c["corrupt"])
+    rest = list(make_loader(stream(dataset, micro=7, workers=2, cursors=cursors, rotation=k % 2), 2, False))
+    assert len(rest) == len(full) - k
+    for a, b in zip(full[k:], rest, strict=True):
+        assert all(torch.equal(a[m], b[m]) for m in ("rgb", "depth", "semseg"))
+
+
+def synthetic_pair(flip_source: bool = False) -> dict[str, np.ndarray]:
+    h, w = 90, 120
+    ids = np.full((h, w), 2, np.uint8)
+    ids[:, :35] = 1  # class 1 on the left, an asymmetric layout
+    ids[:20, 35:] = 3
+    rgb = np.zeros((h, w, 3), np.uint8)
+    rgb[ids == 1] = 255
+    rgb[ids == 3] = 128
+    depth = (ids.astype(np.uint16) * 20000).astype(np.uint16)
+    return {"rgb": rgb, "depth": depth, "semseg": ids}
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_flipped_rgb_semseg_pair_stays_aligned(seed: int) -> None:
+    arrays = synthetic_pair()
+    rng = np.random.default_rng(seed)
+    crop = sample_crop(90, 120, rng, (0.2, 1.0), (0.75, 4 / 3), 0.5)
+    out = augment(arrays, crop, 224)
+    rgb = out["rgb"] * torch.tensor(IMAGENET_STD).view(3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    rgb_small = rgb[0, 2::4, 2::4]  # pixel centres of the 56 x 56 grid
+    expected = torch.where(rgb_small > 0.75, 1, torch.where(rgb_small > 0.25, 3, 2))
+    agree = float((expected == out["semseg"]).double().mean())
+    assert agree > 0.95, (crop, agree)
+    depth = out["depth"][0, 2::4, 2::4]  # depth 20000 x class id, standardised: classes by nearest mean
+    present = [c for c in (1, 2, 3) if (out["semseg"] == c).sum() > 0]
+    means = torch.stack([depth[out["semseg"] == c].mean() for c in present])
+    assert torch.equal(means.argsort(), torch.arange(len(present)))
+    nearest = torch.tensor(present)[(depth.unsqueeze(-1) - means).abs().argmin(-1)]
+    assert float((nearest == out["semseg"]).double().mean()) > 0.95
+
+
+def test_flip_mirrors_every_modality_together() -> None:
+    arrays = synthetic_pair()
+    box = {"top": 5, "left": 10, "height": 80, "width": 100}
+    plain, flipped = augment(arrays, Crop(**box, flip=False), 64), augment(arrays, Crop(**box, flip=True), 64)
+    for name in ("rgb", "depth", "semseg"):
+        assert torch.equal(flipped[name], plain[name].flip(-1)), name
+    assert float((flipped["semseg"][:, -4:] == 1).double().mean()) == 1.0  # class 1 moved to the right
+
+
+def test_missing_folder_and_mismatched_index(tmp_path: Path, dataset: Path) -> None:
+    with pytest.raises(DataError, match="data folder not found"):
+        load_dataset(tmp_path / "nope")
+    root = write_dataset(tmp_path / "d", [3, 3])
+    index = json.loads((root / "index.json").read_text())
+    index["shards"][1]["bytes"] += 1
+    (root / "index.json").write_text(json.dumps(index))
+    with pytest.raises(DataError, match="index does not match shards"):
+        load_dataset(root)
+    (root / "shards" / "train-000001.tar").unlink()
+    with pytest.raises(DataError, match="no file"):
+        load_dataset(root)
+
+
+def test_corrupt_samples_are_counted_and_skipped(tmp_path: Path) -> None:
+    root = write_dataset(tmp_path / "d", [6])
+    shard = root / "shards" / "train-000000.tar"
+    with tarfile.open(shard) as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]  # type: ignore[union-attr]
+    members = [(n, b"not a jpeg" if n.startswith("1.") and n.endswith("rgb.jpg") else d) for n, d in members]
+    members = [(n, d) for n, d in members if not (n.startswith("3.") and n.endswith("depth.png"))]
+    from trainer.synthetic import write_tar
+
+    write_tar(shard, members)
+    index = json.loads((root / "index.json").read_text())
+    index["shards"][0]["bytes"] = shard.stat().st_size
+    (root / "index.json").write_text(json.dumps(index))
+    batches = list(stream(root, micro=2, data=DataConfig(batch_size=4, workers=0, shuffle_buffer=1)).batches(0))
+    assert len(batches) == 2 and batches[-1]["__cursor__"]["corrupt"] >= 2
+    strict = DataConfig(batch_size=4, workers=0, shuffle_buffer=1, max_corrupt=1)
+    with pytest.raises(DataError, match="more than 1 corrupt samples"):
+        list(stream(root, micro=2, data=strict).batches(0))
+
+
+def test_class_ids_beyond_the_model_are_rejected(tmp_path: Path) -> None:
+    s = stream(write_dataset(tmp_path / "d", [2]), micro=1)
+    arrays = synthetic_pair()
+    arrays["semseg"][0, 0] = 255
+    from trainer.data import check_arrays
+
+    with pytest.raises(ValueError, match="class id 255"):
+        check_arrays(arrays, s.model)
+
+
+def test_manifest_must_provide_the_model_modalities(tmp_path: Path) -> None:
+    from trainer.dataset import check_manifest
+
+    root = write_dataset(tmp_path / "d", [2])
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["modalities"]["semseg"]["num_classes"] = 150
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=r"150 classes, model\.num_classes is 133"):
+        check_manifest(load_dataset(root), MODEL)
+    del manifest["modalities"]["depth"]
+    manifest["members"].remove("depth.png")
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match="no 'depth' member"):
+        check_manifest(load_dataset(root), MODEL)
+
+
+def test_interleave_mixes_open_shards_round_robin() -> None:
+    from trainer.data import interleave
+
+    streams = iter([iter("abc"), iter("de"), iter(""), iter("fghi"), iter("j")])
+    assert "".join(interleave(streams, 2)) == "adbecfjghi"
+    assert "".join(interleave(iter([iter("ab")]), 4)) == "ab"
+
+
+def test_depth_standardisation_uses_the_trimmed_middle() -> None:
+    from trainer.modalities import standardize_depth
+
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(1, 37, 41, generator=g) * 20).round() / 20  # many ties
+    values = x.flatten().sort().values.double()
+    kept = values[int(0.1 * values.numel()) : int(0.9 * values.numel())]
+    expected = (x.double() - kept.mean()) / torch.sqrt(kept.var() + 1e-6)
+    assert torch.allclose(standardize_depth(x).double(), expected, atol=1e-5)

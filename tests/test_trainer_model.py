@@ -1,0 +1,179 @@
+"""MultiMAE model: reference state-dict layout, explicit masks, masked-only losses, timm export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer import losses
+from trainer.config import ModelConfig
+from trainer.export import MISSING_IN_MULTIMAE, encoder_to_timm, export_timm
+from trainer.model import MultiMAE
+
+REFERENCE = Path("/work/shared/reference/multimae-b-pretrain-state-dict.tsv")
+if not REFERENCE.exists():
+    REFERENCE = Path(__file__).resolve().parents[2] / "shared/reference/multimae-b-pretrain-state-dict.tsv"
+TINY = ModelConfig(
+    image_size=64, dim=64, depth=2, heads=4, decoder_dim=32, decoder_heads=4, num_visible=16, class_emb_dim=16
+)
+
+
+def reference_layout() -> list[tuple[str, str]]:
+    rows = [line.rstrip("\n").split("\t") for line in REFERENCE.read_text().splitlines() if not line.startswith("#")]
+    return [(name, shape) for name, shape in rows]
+
+
+def tiny_inputs(b: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "rgb": torch.randn(b, 3, 64, 64, generator=g),
+        "depth": torch.randn(b, 1, 64, 64, generator=g),
+        "semseg": torch.randint(0, 133, (b, 16, 16), generator=g),
+    }
+
+
+@pytest.mark.skipif(not REFERENCE.exists(), reason="reference TSV not available")
+def test_vit_b_state_dict_equals_reference_tsv() -> None:
+    with torch.device("meta"):
+        model = MultiMAE(ModelConfig())
+    ours = [(name, "x".join(map(str, t.shape))) for name, t in model.state_dict().items()]
+    ref = reference_layout()
+    assert len(ref) == 351
+    assert ours == ref
+    assert sum(t.numel() for t in model.state_dict().values()) == 98_569_360
+
+
+def test_forward_shapes_and_drawn_masks() -> None:
+    torch.manual_seed(0)
+    model = MultiMAE(TINY)
+    preds, masks = model(tiny_inputs())
+    assert preds["rgb"].shape == (2, 3, 64, 64) and preds["norm_rgb"].shape == (2, 3, 64, 64)
+    assert preds["depth"].shape == (2, 1, 64, 64)
+    assert preds["semseg"].shape == (2, 133, 16, 16) and preds["semseg"].dtype == torch.float32
+    visible = sum((m == 0).sum(1) for m in masks.values())
+    assert visible.tolist() == [16, 16]
+
+
+def test_explicit_masks_are_used() -> None:
+    torch.manual_seed(0)
+    model = MultiMAE(TINY).eval()
+    masks = {name: torch.ones(2, 16, dtype=torch.long) for name in ("rgb", "depth", "semseg")}
+    masks["rgb"][:, :10] = 0  # 10 rgb + 6 depth tokens visible, no semseg token
+    masks["depth"][:, 5:11] = 0
+    inputs = tiny_inputs()
+    preds, returned = model(inputs, masks=masks)
+    assert all(torch.equal(returned[k], masks[k]) for k in masks)
+    changed = dict(inputs, semseg=torch.randint(0, 133, (2, 16, 16)))  # semseg fully masked: no effect
+    preds2, _ = model(changed, masks=masks)
+    assert torch.allclose(preds["rgb"], preds2["rgb"], atol=1e-5)
+    changed = dict(inputs, rgb=inputs["rgb"] + 1.0)  # a visible input changes the output
+    assert not torch.allclose(model(changed, masks=masks)[0]["rgb"], preds["rgb"])
+
+
+def test_explicit_masks_must_have_equal_visible_counts() -> None:
+    model = MultiMAE(TINY)
+    masks = {name: torch.ones(2, 16, dtype=torch.long) for name in ("rgb", "depth", "semseg")}
+    masks["rgb"][0, :4] = 0
+    masks["rgb"][1, :5] = 0
+    with pytest.raises(ValueError, match="same number of visible"):
+        model(tiny_inputs(), masks=masks)
+
+
+@pytest.mark.parametrize(
+    "loss_fn, channels",
+    [(losses.masked_mse, 3), (losses.masked_l1, 1), (losses.masked_norm_mse, 3), (losses.masked_cross_entropy, 0)],
+)
+def test_losses_ignore_visible_patches(loss_fn, channels) -> None:
+    g = torch.Generator().manual_seed(1)
+    grid = (4, 4)
+    mask = (torch.rand(2, 16, generator=g) < 0.5).long()
+    mask[:, 0], mask[:, 1] = 1, 0
+    if channels:
+        pred, target = torch.randn(2, channels, 16, 16, generator=g), torch.randn(2, channels, 16, 16, generator=g)
+    else:
+        pred, target = torch.randn(2, 7, 16, 16, generator=g), torch.randint(0, 7, (2, 16, 16), generator=g)
+    base = loss_fn(pred, target, mask, grid)
+    visible = ~losses.pixel_mask(mask, (16, 16), grid).bool()  # (B, H, W)
+    pred2 = pred.clone()
+    pred2.permute(0, 2, 3, 1)[visible] += 5.0  # change predictions at visible pixels only
+    target2 = target.clone()
+    if channels:
+        target2.permute(0, 2, 3, 1)[visible] = torch.randn(int(visible.sum()), channels, generator=g)
+    else:
+        target2[visible] = (target2[visible] + 1) % 7
+    assert torch.allclose(loss_fn(pred2, target2, mask, grid), base)
+    pred3 = pred.clone()
+    pred3[:, 0][~visible] += 1.0  # masked pixels do change it
+    assert not torch.allclose(loss_fn(pred3, target, mask, grid), base)
+
+
+def test_model_loss_only_on_masked_patches() -> None:
+    torch.manual_seed(0)
+    model = MultiMAE(TINY)
+    inputs = tiny_inputs()
+    preds, masks = model(inputs)
+    total, per_task = model.forward_loss(preds, inputs, masks)
+    assert set(per_task) == {"rgb", "depth", "semseg", "norm_rgb"}
+    assert torch.allclose(total, sum(per_task.values()))
+    rgb_visible = ~losses.pixel_mask(masks["rgb"], (64, 64), (4, 4)).bool()
+    edited = {k: v.detach().clone() for k, v in preds.items()}
+    edited["rgb"].permute(0, 2, 3, 1)[rgb_visible] = 100.0
+    _, per_task2 = model.forward_loss(edited, inputs, masks)
+    assert torch.allclose(per_task2["rgb"], per_task["rgb"])
+
+
+def test_norm_patches_have_zero_mean_unit_variance() -> None:
+    x = torch.randn(2, 3, 32, 32) * 5 + 3
+    out = losses.normalize_patches(x, (2, 2))
+    patch = out[0, :, :16, :16].reshape(-1)
+    assert abs(float(patch.mean())) < 1e-4 and abs(float(patch.var()) - 1.0) < 1e-3
+
+
+def test_fully_visible_and_zero_budget_modalities_keep_gradients_finite() -> None:
+    torch.manual_seed(0)
+    model = MultiMAE(TINY)
+    masks = {name: torch.ones(2, 16, dtype=torch.long) for name in ("rgb", "depth", "semseg")}
+    masks["rgb"][0] = 0  # sample 0: all 16 visible tokens from rgb, none from depth or semseg
+    masks["rgb"][1, :10] = 0  # sample 1: 10 from rgb, 6 from depth
+    masks["depth"][1, :6] = 0
+    preds, _ = model(tiny_inputs(), masks=masks)
+    total, _ = model.forward_loss(preds, tiny_inputs(), masks)
+    assert torch.isfinite(total)
+    total.backward()  # a fully visible modality (no masked patch) must not put 0 / 0 into the gradient
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.slow
+def test_export_loads_into_timm_vit_base(tmp_path: Path) -> None:
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import load_file
+
+    torch.manual_seed(0)
+    model = MultiMAE(ModelConfig(outputs=()))
+    path = export_timm(model.state_dict(), tmp_path / "vit.safetensors")
+    vit = timm.create_model("vit_base_patch16_224", pretrained=False)
+    result = vit.load_state_dict(load_file(str(path)), strict=False)
+    assert sorted(result.missing_keys) == sorted(MISSING_IN_MULTIMAE)
+    assert result.unexpected_keys == []
+    # timm's blocks (with an identity final norm) compute our encoder on the same visible tokens
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        tokens = model.input_adapters["rgb"](x)
+        ours = model.encoder(torch.cat([tokens, model.global_tokens], dim=1))
+        vit.norm = torch.nn.Identity()
+        theirs = vit.forward_features(x)
+    assert torch.allclose(ours[:, -1], theirs[:, 0], atol=1e-4)
+    assert torch.allclose(ours[:, :-1], theirs[:, 1:], atol=1e-4)
+    assert encoder_to_timm(model.state_dict())["pos_embed"].shape == (1, 197, 768)
+
+
+def test_sample_without_masked_patches_gets_no_nan_gradient() -> None:
+    pixel_loss = torch.rand(2, 8, 8, requires_grad=True)
+    mask = torch.tensor([[0, 0, 0, 0], [1, 0, 1, 0]])  # sample 0 has nothing masked
+    loss = losses.masked_mean(pixel_loss, mask, (2, 2))
+    loss.backward()
+    expected = pixel_loss[1][losses.pixel_mask(mask, (8, 8), (2, 2))[1].bool()].mean()
+    assert torch.allclose(loss, expected)
+    assert torch.isfinite(pixel_loss.grad).all() and pixel_loss.grad[0].eq(0).all()

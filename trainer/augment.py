@@ -1,0 +1,80 @@
+"""The shared augmentation: one random-resized crop and one horizontal flip applied to every modality.
+
+Each modality is resampled with its own interpolation (bilinear for images and depth, nearest for class
+maps), then brought to its stride's resolution (class maps: 224 -> 56 nearest) and finished (normalised).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from trainer.modalities import MODALITIES
+
+
+@dataclass(frozen=True, kw_only=True)
+class Crop:
+    top: int
+    left: int
+    height: int
+    width: int
+    flip: bool
+
+
+def sample_crop(
+    h: int,
+    w: int,
+    rng: np.random.Generator,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    hflip: float,
+) -> Crop:
+    """Random area fraction in `scale`, log-uniform aspect ratio in `ratio`; center crop after 10 misses."""
+    flip = bool(rng.random() < hflip)
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        area = h * w * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        cw, ch = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+        if 0 < cw <= w and 0 < ch <= h:
+            top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+            return Crop(top=top, left=left, height=ch, width=cw, flip=flip)
+    return _center_crop(h, w, ratio, flip)
+
+
+def _center_crop(h: int, w: int, ratio: tuple[float, float], flip: bool) -> Crop:
+    aspect = w / h
+    cw, ch = w, h
+    if aspect < ratio[0]:
+        ch = round(w / ratio[0])
+    elif aspect > ratio[1]:
+        cw = round(h * ratio[1])
+    return Crop(top=(h - ch) // 2, left=(w - cw) // 2, height=ch, width=cw, flip=flip)
+
+
+def resample(x: Tensor, crop: Crop, size: int, mode: str) -> Tensor:
+    """(C, H, W) float -> (C, size, size): crop, resize with `mode`, then flip if the crop says so."""
+    x = x[:, crop.top : crop.top + crop.height, crop.left : crop.left + crop.width]
+    smooth = mode == "bilinear"
+    kwargs = {"align_corners": False, "antialias": True} if smooth else {}
+    x = F.interpolate(x.unsqueeze(0), size=(size, size), mode=mode, **kwargs).squeeze(0)
+    return torch.flip(x, dims=[-1]) if crop.flip else x
+
+
+def augment(arrays: Mapping[str, np.ndarray], crop: Crop, image_size: int) -> dict[str, Tensor]:
+    """Decoded arrays (all H x W, pixel-aligned) -> finished tensors at each modality's resolution."""
+    out = {}
+    for name, array in arrays.items():
+        spec = MODALITIES[name]
+        x = resample(spec.to_tensor(array), crop, image_size, spec.interpolation)
+        if spec.stride > 1:
+            x = F.interpolate(x.unsqueeze(0), size=(image_size // spec.stride,) * 2, mode=spec.interpolation)
+            x = x.squeeze(0)
+        out[name] = spec.finish(x)
+    return out

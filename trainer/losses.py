@@ -1,0 +1,59 @@
+"""Masked losses: computed only on masked patches, averaged per sample, then over samples.
+
+`mask` is (B, nh * nw) with 1 = masked (hidden from the encoder), 0 = visible. A sample with no masked
+patch does not count (the official code's nan-mean, without its NaN gradient); a batch with none gives 0.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+NORM_EPS = 1e-6
+
+
+def pixel_mask(mask: Tensor, size: tuple[int, int], grid: tuple[int, int]) -> Tensor:
+    """(B, nh*nw) token mask -> (B, H, W) float pixel mask (each token covers an H/nh x W/nw patch)."""
+    (nh, nw), (h, w) = grid, size
+    m = mask.reshape(-1, nh, nw).to(torch.float32)
+    return m.repeat_interleave(h // nh, dim=1).repeat_interleave(w // nw, dim=2)
+
+
+def masked_mean(pixel_loss: Tensor, mask: Tensor, grid: tuple[int, int]) -> Tensor:
+    """pixel_loss (B, H, W) -> scalar mean over masked pixels of each sample, then over samples.
+
+    Samples without a masked pixel are left out (and get no gradient: no 0 / 0 anywhere in the graph).
+    """
+    m = pixel_mask(mask, (pixel_loss.shape[-2], pixel_loss.shape[-1]), grid)
+    count = m.flatten(1).sum(1)  # (B,) masked pixels per sample
+    per_sample = (pixel_loss * m).flatten(1).sum(1) / count.clamp(min=1)
+    counted = (count > 0).to(per_sample.dtype)
+    return (per_sample * counted).sum() / counted.sum().clamp(min=1)
+
+
+def masked_mse(pred: Tensor, target: Tensor, mask: Tensor, grid: tuple[int, int]) -> Tensor:
+    return masked_mean(((pred - target) ** 2).mean(dim=1), mask, grid)  # (B, C, H, W) -> (B, H, W)
+
+
+def masked_l1(pred: Tensor, target: Tensor, mask: Tensor, grid: tuple[int, int]) -> Tensor:
+    return masked_mean((pred - target).abs().mean(dim=1), mask, grid)
+
+
+def masked_cross_entropy(pred: Tensor, target: Tensor, mask: Tensor, grid: tuple[int, int]) -> Tensor:
+    """pred (B, classes, H, W) logits, target (B, H, W) ids."""
+    return masked_mean(F.cross_entropy(pred, target, reduction="none"), mask, grid)
+
+
+def masked_norm_mse(pred: Tensor, target: Tensor, mask: Tensor, grid: tuple[int, int]) -> Tensor:
+    """MSE against the target normalised per patch (mean 0, unbiased variance 1 over its C x p x p values)."""
+    return masked_mse(pred, normalize_patches(target, grid), mask, grid)
+
+
+def normalize_patches(x: Tensor, grid: tuple[int, int]) -> Tensor:
+    b, c, h, w = x.shape
+    (nh, nw), ph, pw = grid, h // grid[0], w // grid[1]
+    patches = x.reshape(b, c, nh, ph, nw, pw).permute(0, 2, 4, 1, 3, 5).reshape(b, nh, nw, -1)
+    mean, var = patches.mean(-1, keepdim=True), patches.var(-1, keepdim=True)
+    patches = (patches - mean) / torch.sqrt(var + NORM_EPS)
+    return patches.reshape(b, nh, nw, c, ph, pw).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)

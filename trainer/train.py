@@ -1,0 +1,318 @@
+"""The pretraining loop: `pretrain(config, options)`; under torchrun: `torchrun ... -m trainer.train ...`.
+
+One step = `accum_steps` micro-batches per rank. Each micro-batch's losses are summed over ranks together
+with a non-finite flag (one all-reduce), so every rank skips the step, or stops, together. Checkpoints are
+step-granular: model, optimizer, scaler, every rank's RNG state and loader cursors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from trainer.checkpoint import LAST, load_checkpoint
+from trainer.config import PretrainConfig, apply_overrides, config_to_dict, load_config
+from trainer.data import Cursor, EpochPlan, ShardStream, check_enough_shards, make_loader
+from trainer.dataset import check_manifest, load_dataset
+from trainer.distributed import DistInfo, init_distributed, nonfinite_anywhere, shutdown
+from trainer.errors import CheckpointError, DataError, NonFiniteLossError, PretrainError
+from trainer.export import export_timm
+from trainer.logs import RunLog
+from trainer.model import MultiMAE
+from trainer.optim import build_optimizer, lr_at, set_lr
+from trainer.resume import restore, write_checkpoint
+from trainer.run import RunOptions, RunSummary, Schedule, Trainer, TrainState, fresh_cursors, precision
+
+log = logging.getLogger(__name__)
+
+
+def pretrain(config: PretrainConfig, options: RunOptions) -> RunSummary:
+    """Pretrain MultiMAE on the shards in `options.data`, writing the run folder `options.out`."""
+    dist = init_distributed(options.device)
+    try:
+        trainer = setup(config, options, dist)
+        run_loop(trainer)
+        return finish(trainer)
+    finally:
+        shutdown()
+
+
+def setup(cfg: PretrainConfig, options: RunOptions, dist: DistInfo) -> Trainer:
+    info = load_dataset(options.data, verify_checksums=cfg.data.verify_checksums)
+    check_manifest(info, cfg.model)
+    check_enough_shards(len(info.shards), dist.world, max(1, cfg.data.workers))
+    schedule = Schedule.build(cfg, info.total_samples, dist.world)
+    run_dir = prepare_run_dir(options, cfg, dist)
+    torch.manual_seed(cfg.train.seed)
+    model = MultiMAE(cfg.model).to(dist.device)
+    optimizer = build_optimizer(model, cfg.optim, fused=dist.device.type == "cuda")
+    scaler = torch.amp.GradScaler(dist.device.type) if precision(cfg, dist) == torch.float16 else None
+    torch.manual_seed(cfg.train.seed * 1000 + dist.rank + 1)  # masking streams differ per rank
+    state = TrainState(cursors=fresh_cursors(cfg))
+    trainer = Trainer(
+        cfg=cfg,
+        dist=dist,
+        info=info,
+        schedule=schedule,
+        run_dir=run_dir,
+        model=model,
+        wrapped=model,
+        optimizer=optimizer,
+        scaler=scaler,
+        state=state,
+    )
+    if options.resume and (run_dir / LAST).exists():
+        restore(trainer, load_checkpoint(run_dir / LAST))
+    trainer.wrapped = wrap_model(model, cfg, dist)
+    return trainer
+
+
+def prepare_run_dir(options: RunOptions, cfg: PretrainConfig, dist: DistInfo) -> Path:
+    """Create the run folder and save the resolved config in it (rank 0)."""
+    run_dir = Path(options.out)
+    if not options.resume and (run_dir / LAST).exists():
+        raise CheckpointError(f"{run_dir} already holds checkpoints; pass --resume or choose another --out")
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        resolved = {"config": config_to_dict(cfg), "data": str(options.data), "world_size": dist.world}
+        (run_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+    return run_dir
+
+
+def wrap_model(model: MultiMAE, cfg: PretrainConfig, dist: DistInfo) -> nn.Module:
+    wrapped: nn.Module = model
+    if dist.world > 1:
+        ids = [dist.device.index] if dist.device.type == "cuda" else None
+        wrapped = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+    if cfg.train.compile:
+        wrapped = torch.compile(wrapped)  # type: ignore[assignment]
+    return wrapped
+
+
+def run_loop(t: Trainer) -> None:
+    main, train = t.dist.is_main, t.cfg.train
+    t.log = RunLog(
+        t.run_dir,
+        enabled=main,
+        progress=train.progress,
+        total=t.schedule.total_steps,
+        initial=t.state.step,
+        tensorboard=train.tensorboard,
+    )
+    t.log.announce(json.loads((t.run_dir / "config.json").read_text()) if main else {})
+    try:
+        while t.state.step < t.schedule.total_steps:
+            run_epoch(t)
+    finally:
+        t.log.close()
+
+
+def run_epoch(t: Trainer) -> None:
+    """Steps of the current epoch from the saved position, until the epoch or the run ends."""
+    micro_per_epoch = t.schedule.steps_per_epoch * t.cfg.optim.accum_steps
+    batches = epoch_batches(t, micro_per_epoch)
+    while t.state.step < t.schedule.total_steps and t.state.micro < micro_per_epoch:
+        started = time.perf_counter()
+        micro = [next_batch(batches) for _ in range(t.cfg.optim.accum_steps)]
+        record = train_step(t, micro, data_wait=time.perf_counter() - started)
+        record["step_s"] = time.perf_counter() - started
+        record["samples_per_s"] = t.schedule.global_batch / record["step_s"]
+        after_step(t, record)
+    if t.state.micro >= micro_per_epoch:
+        t.state.epoch, t.state.micro, t.state.cursors = t.state.epoch + 1, 0, fresh_cursors(t.cfg)
+
+
+def epoch_batches(t: Trainer, micro_per_epoch: int) -> Iterator[dict[str, Any]]:
+    cfg, dist = t.cfg, t.dist
+    plan = EpochPlan(
+        seed=cfg.train.seed,
+        epoch=t.state.epoch,
+        rank=dist.rank,
+        world=dist.world,
+        workers=max(1, cfg.data.workers),
+        micro_batches=micro_per_epoch,
+    )
+    rotation = t.state.micro % plan.workers
+    stream = ShardStream(
+        info=t.info, data=cfg.data, model=cfg.model, plan=plan, cursors=t.state.cursors, rotation=rotation
+    )
+    return iter(make_loader(stream, cfg.data.workers, pin_memory=dist.device.type == "cuda"))
+
+
+def next_batch(batches: Iterator[dict[str, Any]]) -> dict[str, Any]:
+    """The next micro-batch; an error raised in a loader worker comes back as its own one-line message."""
+    try:
+        return next(batches)
+    except StopIteration:
+        raise DataError("the loader ended before its epoch quota (internal error)") from None
+    except PretrainError as exc:
+        raise type(exc)(worker_message(str(exc))) from None
+
+
+def worker_message(text: str) -> str:
+    """DataLoader wraps a worker's exception in a traceback text; keep the original message line."""
+    last = text.strip().splitlines()[-1] if text.strip() else text
+    name, sep, message = last.partition(": ")
+    return message if sep and name.rsplit(".", 1)[-1].endswith("Error") else last
+
+
+def train_step(t: Trainer, micro: Sequence[dict[str, Any]], data_wait: float) -> dict[str, Any]:
+    """Forward/backward over the micro-batches, agreed non-finite check, then clip, step, zero."""
+    t.wrapped.train()
+    sums, skipped = torch.zeros(len(t.model.output_adapters) + 2), False
+    for i, batch in enumerate(micro):
+        t.state.cursors[batch["__cursor__"]["worker"]] = cursor_of(batch)
+        no_sync = getattr(t.wrapped, "no_sync", contextlib.nullcontext)
+        with contextlib.nullcontext() if i == len(micro) - 1 else no_sync():
+            bad, values = micro_step(t, batch, skip_backward=skipped)
+        skipped = skipped or bad
+        sums[:-1] += values[:-1].cpu()
+        sums[-1] = values[-1].cpu()  # corrupt samples so far, summed over ranks
+    grad_norm = float("nan") if skipped else optimizer_step(t)
+    skipped = skipped or not math.isfinite(grad_norm)
+    if skipped:
+        t.optimizer.zero_grad(set_to_none=True)
+    sums[:-1] /= len(micro) * t.dist.world
+    return step_record(t, sums, grad_norm, skipped, data_wait)
+
+
+def micro_step(t: Trainer, batch: dict[str, Any], skip_backward: bool) -> tuple[bool, torch.Tensor]:
+    """One micro-batch: loss, agreed non-finite flag, backward unless any rank's loss is non-finite."""
+    device, dtype = t.dist.device, precision(t.cfg, t.dist)
+    data = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    inputs = {name: data[name] for name in t.cfg.model.inputs}
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        preds, masks = t.wrapped(inputs)
+        loss, per_task = t.model.forward_loss(preds, data, masks)
+    corrupt = loss.new_tensor(float(sum(c.corrupt for c in t.state.cursors)))
+    values = torch.stack([loss.detach(), *(v.detach() for v in per_task.values()), corrupt]).float()
+    bad, summed = nonfinite_anywhere(values)
+    if not (bad or skip_backward):
+        scaled = loss / t.cfg.optim.accum_steps
+        (t.scaler.scale(scaled) if t.scaler else scaled).backward()
+    return bad, summed
+
+
+def cursor_of(batch: dict[str, Any]) -> Cursor:
+    c = batch["__cursor__"]
+    return Cursor(raw=int(c["raw"]), batches=int(c["batches"]), corrupt=int(c["corrupt"]))
+
+
+def optimizer_step(t: Trainer) -> float:
+    """Set the step's lr, clip (or just measure) the grad norm, step when it is finite. Returns the norm."""
+    set_lr(t.optimizer, current_lr(t))
+    if t.scaler:
+        t.scaler.unscale_(t.optimizer)
+    clip = t.cfg.optim.clip_grad or float("inf")
+    norm = float(torch.nn.utils.clip_grad_norm_(t.model.parameters(), clip))
+    if math.isfinite(norm):
+        (t.scaler.step(t.optimizer) if t.scaler else t.optimizer.step())
+    if t.scaler:
+        t.scaler.update()
+    t.optimizer.zero_grad(set_to_none=True)
+    return norm
+
+
+def current_lr(t: Trainer) -> float:
+    s, floor = t.schedule, t.cfg.optim.min_lr
+    return lr_at(t.state.step, peak=s.peak_lr, warmup_steps=s.warmup_steps, total_steps=s.total_steps, min_lr=floor)
+
+
+def step_record(t: Trainer, means: torch.Tensor, grad_norm: float, skipped: bool, wait: float) -> dict[str, Any]:
+    names = list(t.model.output_adapters)
+    return {
+        "step": t.state.step + 1,
+        "epoch": t.state.epoch,
+        "loss": float(means[0]),
+        "losses": {n: float(v) for n, v in zip(names, means[1:-1], strict=True)},
+        "lr": t.optimizer.param_groups[0]["lr"],
+        "grad_norm": grad_norm,
+        "data_wait_s": wait,
+        "skipped": skipped,
+        "corrupt_samples": int(means[-1]),
+    }
+
+
+def after_step(t: Trainer, record: dict[str, Any]) -> None:
+    """Advance the state, apply the non-finite policy, log, checkpoint."""
+    s = t.state
+    s.step, s.micro = s.step + 1, s.micro + t.cfg.optim.accum_steps
+    check_nonfinite(t, record["skipped"])
+    record["nonfinite_total"] = s.nonfinite_total
+    t.losses.append(record["loss"])
+    if t.log is not None:
+        t.log.write(record)
+    if s.step % t.cfg.train.checkpoint_every == 0 or s.step == t.schedule.total_steps:
+        write_checkpoint(t)
+
+
+def check_nonfinite(t: Trainer, skipped: bool) -> None:
+    s, cfg = t.state, t.cfg.train
+    s.nonfinite_streak = s.nonfinite_streak + 1 if skipped else 0
+    s.nonfinite_total += int(skipped)
+    if skipped and (cfg.nonfinite == "stop" or s.nonfinite_streak > cfg.max_nonfinite):
+        raise NonFiniteLossError(
+            f"non-finite loss or gradient at step {s.step} ({s.nonfinite_streak} in a row, policy "
+            f"{cfg.nonfinite!r}); stopped on every rank. Last good checkpoint: {t.run_dir / LAST}"
+        )
+    if skipped:
+        log.warning("step %d skipped on every rank: non-finite loss or gradient", s.step)
+
+
+def finish(t: Trainer) -> RunSummary:
+    export = None
+    if t.dist.is_main:
+        export = export_timm(t.model.state_dict(), t.run_dir / "encoder-timm.safetensors")
+    n = t.state.nonfinite_total
+    return RunSummary(run_dir=t.run_dir, steps=t.state.step, losses=t.losses, skipped_nonfinite=n, export=export)
+
+
+def build_config(config: Path | None, **overrides: Any) -> PretrainConfig:
+    """The TOML recipe (defaults: ViT-B 1600 epochs) with command-line overrides applied."""
+    return apply_overrides(load_config(config), **overrides)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m trainer.train", description="MultiMAE pretraining (torchrun)")
+    p.add_argument("--data", type=Path, required=True, help="dataset folder (index.json, manifest.json, shards/)")
+    p.add_argument("--config", type=Path, default=None, help="TOML recipe, e.g. trainer/configs/smoke.toml")
+    p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, metrics.jsonl, config.json)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
+    for name in ("steps", "epochs", "batch-size", "workers"):
+        p.add_argument(f"--{name}", type=int, default=None)
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = build_config(
+            args.config,
+            steps=args.steps,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            workers=args.workers,
+        )
+        pretrain(cfg, RunOptions(data=args.data, out=args.out, resume=args.resume, device=args.device))
+    except PretrainError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
