@@ -24,7 +24,10 @@ def _how_to(weights: str, revision: str | None) -> str:
 def _cached(weights: str, revision: str | None) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
-    hit = try_to_load_from_cache(weights, "config.json", revision=revision)
+    try:
+        hit = try_to_load_from_cache(weights, "config.json", revision=revision)
+    except Exception:  # not a valid hub id (e.g. a path that does not exist)
+        return False
     return isinstance(hit, str)
 
 

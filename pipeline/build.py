@@ -18,7 +18,7 @@ from pipeline.plan import Plan, ShardSpec, load_plan, make_plan, save_plan, sour
 from pipeline.progress import BuildProgress
 from pipeline.shard import ShardContext, shard_paths
 
-OWN_ENTRIES = ("shards", "plan", "manifest.json", "index.json", WIDS_INDEX)
+OWN_ENTRIES = ("manifest.json", "index.json", WIDS_INDEX, "shards", "plan")  # deletion order: files first
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,8 @@ def _check_paths(cfg: BuildConfig) -> None:
         raise ConfigError(f"output {cfg.out} exists and is not a folder")
     if cfg.out.resolve() == cfg.src.resolve() or cfg.src.resolve() in cfg.out.resolve().parents:
         raise ConfigError(f"output {cfg.out} must not be inside the source folder {cfg.src}")
-    foreign = sorted(p.name for p in cfg.out.iterdir() if p.name not in OWN_ENTRIES) if cfg.out.is_dir() else []
+    entries = list(cfg.out.iterdir()) if cfg.out.is_dir() else []
+    foreign = sorted(p.name for p in entries if p.name not in OWN_ENTRIES and not fs.is_temp(p))
     if foreign:
         raise ConfigError(
             f"output {cfg.out} holds files that are not part of a dataset ({', '.join(foreign[:3])}); "
@@ -69,7 +70,10 @@ def _prepare(cfg: BuildConfig) -> Plan:
     if (plan_dir / "plan.json").is_file():
         plan = load_plan(plan_dir)
         if plan.recipe_fingerprint != cfg.recipe.fingerprint():
-            raise ConfigError(f"{cfg.out} was built with another recipe; rerun with --overwrite to start over")
+            raise ConfigError(
+                f"{cfg.out} was built with another recipe (or batch size / precision); use the same, or "
+                "--overwrite to start over"
+            )
         if plan.source_fingerprint != source_fingerprint(cfg.src, cfg.recipe.source):
             raise ConfigError(f"source {cfg.src} changed since {cfg.out} was planned; rerun with --overwrite")
         return plan
@@ -82,13 +86,15 @@ def _prepare(cfg: BuildConfig) -> Plan:
 
 
 def _completed(out: Path, plan: Plan) -> dict[str, dict[str, Any]]:
-    """Stats of the shards a previous run finished: marker present and the tar's size matches it."""
+    """Stats of the shards a previous run finished: marker present, the tar's size matches it, and no image
+    failed in labelling (that may have been the labeller's fault, so a rerun tries those shards again)."""
     done = {}
     for shard in plan.shards:
         tar, marker = shard_paths(out, shard.name)
         if marker.is_file() and tar.is_file():
             stats = fs.read_json(marker)
-            if stats.get("bytes") == tar.stat().st_size:
+            retry = any(f.get("stage") == "label" for f in stats.get("failures", []))
+            if stats.get("bytes") == tar.stat().st_size and not retry:
                 done[shard.name] = stats
     return done
 
@@ -122,7 +128,8 @@ def build_dataset(cfg: BuildConfig) -> BuildResult:
     _check_weights(cfg)
     started = time.perf_counter()
     plan = _prepare(cfg)
-    fs.remove_temps(cfg.out / "shards")
+    for folder in (cfg.out, cfg.out / "plan", cfg.out / "shards"):
+        fs.remove_temps(folder)
     stats = _completed(cfg.out, plan)
     todo = [s for s in plan.shards if s.name not in stats]
     done_images = sum(len(s.entries) for s in plan.shards if s.name in stats)

@@ -113,7 +113,8 @@ def decode_semseg(data: bytes) -> np.ndarray:
 
 
 def encode_json(meta: dict[str, Any]) -> bytes:
-    return json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    # ASCII escapes: any file name (even one that is not valid UTF-8) survives the round trip
+    return json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
 
 
 def decode_json(data: bytes) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +50,8 @@ class EncodingConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class RuntimeConfig:
-    """How to run; changing these never changes the output bytes."""
+    """How to run. Batch size and precision change float rounding inside the models, so they are part of
+    the recipe's fingerprint (a resume must use the same); the rest never changes the output bytes."""
 
     batch_size: int = 16
     precision: str = "bf16"  # on GPU; CPU always runs fp32
@@ -78,8 +80,9 @@ class Recipe:
     labelers: tuple[LabelerSpec, ...] = ()
 
     def output_dict(self) -> dict[str, Any]:
-        """Everything that shapes the output bytes (the runtime section does not)."""
+        """Everything that shapes the output bytes: all but the description and most of [runtime]."""
         d = {k: v for k, v in to_dict(self).items() if k not in ("runtime", "description")}
+        d["runtime"] = {"batch_size": self.runtime.batch_size, "precision": self.runtime.precision}
         return d
 
     def fingerprint(self) -> str:
@@ -108,10 +111,22 @@ def _section(cls: type, table: dict[str, Any], where: str) -> Any:
     if unknown:
         raise ConfigError(f"unknown key(s) in [{where}]: {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in table.items()}
+    for key, value in values.items():
+        default = names[key].default
+        if default is not dataclasses.MISSING and not _same_kind(value, default):
+            raise ConfigError(f"[{where}] {key} must be {type(default).__name__}, got {value!r}")
     try:
         return cls(**values)
     except TypeError as err:
         raise ConfigError(f"[{where}]: {err}") from err
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return type(value) is type(default)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
 
 
 def _labelers(table: dict[str, Any]) -> tuple[LabelerSpec, ...]:
@@ -124,7 +139,7 @@ def _labelers(table: dict[str, Any]) -> tuple[LabelerSpec, ...]:
             overrides["weights"] = str(Path(overrides["weights"]).expanduser().resolve())  # workers need no cwd
         try:
             spec = resolve_spec(entry["name"], overrides)
-        except (KeyError, ValueError) as err:
+        except (KeyError, ValueError, TypeError) as err:
             raise ConfigError(f"[labelers.{modality}]: {err.args[0]}") from err
         if spec.modality != modality:
             raise ConfigError(f"[labelers.{modality}]: labeler {spec.name!r} makes {spec.modality!r}, not {modality!r}")
@@ -175,8 +190,10 @@ def validate(recipe: Recipe) -> None:
         raise ConfigError(f"batch size must be >= 1, got {recipe.runtime.batch_size}")
     if recipe.source.class_folders not in ("auto", "yes", "no"):
         raise ConfigError("[source] class_folders must be auto, yes or no")
-    if not recipe.source.split or "-" in recipe.source.split or "." in recipe.source.split:
-        raise ConfigError("[source] split must be a non-empty name without '-' or '.'")
+    if not re.fullmatch(r"[A-Za-z0-9_]+", recipe.source.split):
+        raise ConfigError(
+            f"split must be letters, digits or '_' (it names the shard files), got {recipe.source.split!r}"
+        )
     if not 0 <= recipe.encoding.png_level <= 9:
         raise ConfigError("[encoding] png_level must be 0..9")
     if recipe.runtime.max_retries < 0:

@@ -17,7 +17,7 @@ import numpy as np
 from labelers import LabelerSpec, build_labeler
 from pipeline.config import RuntimeConfig
 from pipeline.plan import ShardSpec
-from pipeline.shard import LabelingUnavailable, Labels, ShardContext, Submit, local_submit, process_shard
+from pipeline.shard import Labels, ShardContext, Submit, local_submit, process_shard
 
 
 @dataclass
@@ -38,7 +38,7 @@ def run_local(shards: Sequence[ShardSpec], ctx: ShardContext, runtime: RuntimeCo
     for shard in shards:
         for attempt in range(runtime.max_retries + 1):
             try:
-                stats = process_shard(shard, ctx, submit, progress=cb.images)
+                stats = process_shard(shard, ctx, submit, progress=cb.images, isolate=attempt == runtime.max_retries)
             except Exception as err:
                 if attempt == runtime.max_retries:
                     cb.failed(shard, _error_text(err) + "\n" + traceback.format_exc(limit=3))
@@ -84,7 +84,6 @@ class ProgressActor:
 
 def _ray_submit(actors: dict[str, list[Any]], shard_index: int) -> Submit:
     import ray
-    from ray.exceptions import RayActorError
 
     chosen = {m: pool[shard_index % len(pool)] for m, pool in actors.items()}
 
@@ -92,31 +91,32 @@ def _ray_submit(actors: dict[str, list[Any]], shard_index: int) -> Submit:
         ref = ray.put(images)
         refs = {m: actor.label.remote(ref) for m, actor in chosen.items()}
 
-        def wait() -> Labels:
-            try:
-                return {m: ray.get(r) for m, r in refs.items()}
-            except RayActorError as err:
-                raise LabelingUnavailable(str(err)) from err
-
-        return wait
+        return lambda: {m: ray.get(r) for m, r in refs.items()}
 
     return submit
 
 
-def _shard_task(shard: ShardSpec, ctx: ShardContext, actors: dict[str, list[Any]], progress: Any) -> dict[str, Any]:
-    return process_shard(shard, ctx, _ray_submit(actors, shard.index), progress=lambda n: progress.add.remote(n))
+def _shard_task(
+    shard: ShardSpec, ctx: ShardContext, actors: dict[str, list[Any]], progress: Any, isolate: bool
+) -> dict[str, Any]:
+    submit = _ray_submit(actors, shard.index)
+    return process_shard(shard, ctx, submit, progress=lambda n: progress.add.remote(n), isolate=isolate)
 
 
-def _resources(runtime: RuntimeConfig) -> tuple[float, float, int]:
-    """(gpus per actor, cpus per actor, actors per labeler) for the cluster Ray sees."""
+def _resources(runtime: RuntimeConfig, labelers: int) -> tuple[float, float, int]:
+    """(gpus per actor, cpus per actor, actors per labeler) for the cluster Ray sees. The actors always
+    leave at least one CPU to the shard tasks (else nothing could decode and Ray would wait forever)."""
     import ray
 
     total = ray.cluster_resources()
-    gpus, cpus = float(total.get("GPU", 0)), float(total.get("CPU", 1))
+    gpus, cpus = float(total.get("GPU", 0)), float(total.get("CPU", 0))
+    if cpus < 1:
+        raise RuntimeError(f"the Ray cluster has {cpus:g} CPUs; shard tasks need at least 1")
     gpu_each = runtime.gpus_per_actor if gpus else 0.0
-    cpu_each = runtime.cpus_per_actor or (1.0 if gpus else min(1.0, max(0.25, cpus / 4)))
     replicas = runtime.actors_per_labeler or (max(1, int(gpus)) if gpus else 1)
-    return gpu_each, cpu_each, replicas
+    cpu_each = runtime.cpus_per_actor or (1.0 if gpus else min(1.0, max(0.25, cpus / 4)))
+    spare = (cpus - 1) / (labelers * replicas)
+    return gpu_each, max(0.0, min(cpu_each, spare)), replicas
 
 
 def init_ray(address: str | None, quiet: bool) -> None:
@@ -140,10 +140,12 @@ def init_ray(address: str | None, quiet: bool) -> None:
 def run_ray(shards: Sequence[ShardSpec], ctx: ShardContext, runtime: RuntimeConfig, cb: Callbacks) -> None:
     import ray
 
-    gpu_each, cpu_each, replicas = _resources(runtime)
+    gpu_each, cpu_each, replicas = _resources(runtime, len(ctx.labelers))
     threads = max(1, int(cpu_each))
+    # An actor killed by one input restarts (-1: the shard retries bound the work, not the restarts); its
+    # in-flight calls fail, so the shard is retried, and its last attempt labels image by image.
     actor_cls = ray.remote(LabelerActor).options(
-        num_cpus=cpu_each, num_gpus=gpu_each, max_restarts=1, max_task_retries=0
+        num_cpus=cpu_each, num_gpus=gpu_each, max_restarts=-1, max_task_retries=0
     )
     actors: dict[str, list[Any]] = {
         s.modality: [actor_cls.remote(s, runtime.precision, threads) for _ in range(replicas)] for s in ctx.labelers
@@ -152,7 +154,12 @@ def run_ray(shards: Sequence[ShardSpec], ctx: ShardContext, runtime: RuntimeConf
     task = ray.remote(_shard_task).options(num_cpus=1, max_retries=0)
     in_flight = runtime.shards_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
     try:
-        _drive(list(shards), lambda s: task.remote(s, ctx, actors, progress), progress, in_flight, runtime, cb)
+        last = runtime.max_retries
+
+        def start(shard: ShardSpec, attempt: int) -> Any:
+            return task.remote(shard, ctx, actors, progress, attempt == last)
+
+        _drive(list(shards), start, progress, in_flight, runtime, cb)
     finally:
         for pool in actors.values():
             for actor in pool:
@@ -162,7 +169,7 @@ def run_ray(shards: Sequence[ShardSpec], ctx: ShardContext, runtime: RuntimeConf
 
 def _drive(
     queue: list[ShardSpec],
-    start: Callable[[ShardSpec], Any],
+    start: Callable[[ShardSpec, int], Any],
     progress: Any,
     in_flight: int,
     runtime: RuntimeConfig,
@@ -177,7 +184,7 @@ def _drive(
     while queue or running:
         while queue and len(running) < in_flight:
             shard = queue.pop()
-            running[start(shard)] = (shard, attempts[shard.index])
+            running[start(shard, attempts[shard.index])] = (shard, attempts[shard.index])
         ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
         cb.images(ray.get(progress.take.remote()))
         for ref in ready:

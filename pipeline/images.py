@@ -70,8 +70,9 @@ def _resize(im: Image.Image, max_side: int) -> Image.Image:
 def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
     if not data:
         raise ValueError("empty file (0 bytes)")
+    Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow's own limit follows the recipe's, up or down
     with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the check below raises instead
         im = Image.open(io.BytesIO(data))
         w, h = im.size
         if w * h > max_pixels:

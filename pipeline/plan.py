@@ -50,13 +50,18 @@ def _skip(name: str) -> bool:
     return name.startswith(".") or name.startswith("._")
 
 
+def _unreadable(err: OSError) -> None:
+    """A folder that cannot be listed would hide its images: stop rather than lose them silently."""
+    raise ConfigError(f"cannot read folder {err.filename}: {err.strerror}")
+
+
 def walk_images(root: Path, extensions: tuple[str, ...]) -> list[tuple[str, int, int]]:
     """(relative path, size, mtime_ns) of every image under root: case-insensitive extensions, hidden and
     `._*` files skipped, symlinked folders followed once (loops cut by device+inode)."""
     exts = {e.lower() for e in extensions}
     seen: set[tuple[int, int]] = set()
     found: list[tuple[str, int, int]] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=_unreadable):
         st = os.stat(dirpath)
         if (st.st_dev, st.st_ino) in seen:
             dirnames[:] = []

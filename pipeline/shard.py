@@ -30,10 +30,6 @@ Submit = Callable[[list[np.ndarray]], Callable[[], Labels]]  # start labelling; 
 STATS_FORMAT = 1
 
 
-class LabelingUnavailable(RuntimeError):
-    """The labelling service itself is gone (e.g. a dead actor): the shard fails and is retried whole."""
-
-
 @dataclass(frozen=True, kw_only=True)
 class ShardContext:
     src: str
@@ -49,6 +45,7 @@ class ShardContext:
 class _Tally:
     failures: list[dict[str, str]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("read", "label", "encode", "write"), 0.0))
+    isolate: bool = False  # last attempt: record images that fail labelling instead of failing the shard
     written: int = 0
     source_kinds: Counter[str] = field(default_factory=Counter)  # "FORMAT/MODE" of written images
     reencoded: int = 0
@@ -78,8 +75,10 @@ def shard_paths(out: str | Path, name: str) -> tuple[Path, Path]:
     return folder / f"{name}.tar", folder / f"{name}.stats.json"
 
 
-def _failure(entry: Entry, err: BaseException) -> dict[str, str]:
-    return {"path": entry.path, "error": type(err).__name__, "message": str(err)[:500] or repr(err)}
+def _failure(entry: Entry, err: BaseException, stage: str) -> dict[str, str]:
+    """A failed input: source path, exception class, message, and the stage (read, label, encode)."""
+    message = str(err)[:500] or repr(err)
+    return {"path": entry.path, "error": type(err).__name__, "message": message, "stage": stage}
 
 
 def _read(
@@ -94,7 +93,7 @@ def _read(
             )
             ok.append((pos, entry, img))
         except Exception as err:  # bad images are data: recorded with their reason
-            tally.failures.append(_failure(entry, err))
+            tally.failures.append(_failure(entry, err, "read"))
     tally.timings["read"] += time.perf_counter() - t0
     return ok
 
@@ -143,23 +142,22 @@ def _members(
 def _wait_labels(
     batch: list[tuple[int, Entry, DecodedImage]], pending: Callable[[], Labels], submit: Submit, tally: _Tally
 ) -> list[tuple[int, Entry, DecodedImage, dict[str, np.ndarray]]]:
-    """Labels for a batch; if the batch fails, each image is labelled alone so only the bad one is lost."""
+    """Labels for a batch. A labelling error fails the shard (it is retried whole), except on the last
+    attempt (`isolate`): then each image is labelled alone and only the ones that still fail are recorded."""
     t0 = time.perf_counter()
     try:
         labels = pending()
         results = [(p, e, im, {m: maps[i] for m, maps in labels.items()}) for i, (p, e, im) in enumerate(batch)]
-    except LabelingUnavailable:
-        raise
     except Exception:
+        if not tally.isolate:
+            raise
         results = []
         for p, e, im in batch:
             try:
                 one = submit([im.rgb])()
                 results.append((p, e, im, {m: maps[0] for m, maps in one.items()}))
-            except LabelingUnavailable:
-                raise
             except Exception as err:
-                tally.failures.append(_failure(e, err))
+                tally.failures.append(_failure(e, err, "label"))
     tally.timings["label"] += time.perf_counter() - t0
     return results
 
@@ -172,7 +170,7 @@ def _write_batch(
         try:
             members = _members(shard, pos, entry, img, maps, ctx)
         except Exception as err:
-            tally.failures.append(_failure(entry, err))
+            tally.failures.append(_failure(entry, err, "encode"))
             continue
         t1 = time.perf_counter()
         writer.add(sample_key(shard.index, pos), members)
@@ -200,11 +198,22 @@ def _flush(
 
 
 def process_shard(
-    shard: ShardSpec, ctx: ShardContext, submit: Submit, progress: Callable[[int], None] | None = None
+    shard: ShardSpec,
+    ctx: ShardContext,
+    submit: Submit,
+    progress: Callable[[int], None] | None = None,
+    isolate: bool = False,
 ) -> dict[str, Any]:
-    """Build one shard and publish it atomically; returns the stats that were written beside it."""
+    """Build one shard and publish it atomically; returns the stats that were written beside it.
+
+    `isolate` (the last attempt): images that fail labelling are recorded one by one instead of failing the
+    shard. A source or output folder this worker cannot see fails the shard, never its images.
+    """
+    for folder in (Path(ctx.src), Path(ctx.out) / "shards"):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder} is not visible on this worker (a cluster needs a shared filesystem)")
     tar_path, stats_path = shard_paths(ctx.out, shard.name)
-    tally, started = _Tally(), time.perf_counter()
+    tally, started = _Tally(isolate=isolate), time.perf_counter()
     indexed = list(enumerate(shard.entries))
     with fs.atomic_open(tar_path) as f:
         hashing = _HashingFile(f)

@@ -1,6 +1,7 @@
 """End to end on the CPU: the bundled photos plus bad files -> shards with the smoke labelers."""
 
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from pipeline.build import build_dataset
 from pipeline.codecs import decode_member, dequantize_depth, split_member
 from pipeline.config import BuildConfig, ConfigError, load_recipe, with_overrides
-from tests.conftest import DEMO_RECIPE, bad_image_bytes, odd_image_bytes
+from tests.conftest import DEMO_RECIPE, EXAMPLES, bad_image_bytes, odd_image_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -101,3 +102,67 @@ def test_class_folders_give_cls_members(tmp_path):
     assert sorted(s["cls"] for s in samples.values()) == [0, 0, 1, 1]
     assert {s["json"]["class"] for s in samples.values()} == {"class_0", "class_1"}
     assert json.loads((out / "manifest.json").read_text())["classes"] == ["class_0", "class_1"]
+
+
+class _FailsOnNarrowImages:
+    """A labeler that raises for images narrower than 40 px, to exercise labelling failures."""
+
+    def __init__(self, spec):
+        self.spec = spec
+        self.calls = 0
+
+    def __call__(self, images):
+        self.calls += 1
+        if any(im.shape[1] < 40 for im in images):
+            raise ValueError("cannot label an image this narrow")
+        return [np.zeros(im.shape[:2], np.float32) + i for i, im in enumerate(images)]
+
+
+def test_labelling_failure_is_isolated_on_the_last_attempt_and_retried_on_rerun(tmp_path, monkeypatch):
+    from labelers import LabelerSpec, registry
+
+    spec = LabelerSpec(
+        name="narrow-fails",
+        modality="depth",
+        model_class="none",
+        weights="",
+        license="CC0",
+        size=32,
+        output="depth",
+        meaningless=True,
+    )
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    registry.register_labeler(spec)(lambda spec, **kw: _FailsOnNarrowImages(spec))
+    src = tmp_path / "src"
+    src.mkdir()
+    for p in sorted(EXAMPLES.glob("*.jpg"))[:3]:
+        (src / p.name).write_bytes(p.read_bytes())
+    from PIL import Image
+
+    Image.new("RGB", (30, 50), "red").save(src / "narrow.jpg")
+    recipe = with_overrides(load_recipe(DEMO_RECIPE), shard_size=4)
+    import dataclasses
+
+    recipe = dataclasses.replace(recipe, labelers=(spec, recipe.labelers[1]))
+    cfg = BuildConfig(src=src, out=tmp_path / "out", recipe=recipe, executor="local", quiet=True)
+    first = build_dataset(cfg)
+    totals = first.manifest["totals"]
+    assert totals["written"] == 3 and totals["failed"] == 1 and first.manifest["complete"]
+    (failure,) = first.manifest["failures"]
+    assert failure["path"] == "narrow.jpg" and failure["stage"] == "label" and failure["error"] == "ValueError"
+    again = build_dataset(cfg)  # label failures may be the labeller's fault: the rerun tries that shard again
+    assert again.images_this_run == 4 and again.manifest["totals"]["failed"] == 1
+
+
+def test_odd_file_names_and_leftover_temp_files(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    photo = sorted(EXAMPLES.glob("*.jpg"))[0].read_bytes()
+    (src / "plain.jpg").write_bytes(photo)
+    (Path(os.fsdecode(bytes(src) + b"/caf\xe9 latin-1.jpg"))).write_bytes(photo)  # not valid UTF-8
+    out = tmp_path / "out"
+    assert build(src, out).ok
+    (out / ".manifest.json.tmp-123-abcdef01").write_text("{")  # as if killed while writing the manifest
+    result = build(src, out, overwrite=True)
+    assert result.ok and result.manifest["totals"]["written"] == 2
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]

@@ -67,6 +67,8 @@ def test_output_is_a_file(tmp_path):
         ('[labelers.depth]\nname = "mask2former-smoke"\n', "makes 'semseg', not 'depth'"),
         ('[labelers.depth]\nname = "no-such"\n', "unknown labeler"),
         ("not toml = = 1", "not valid TOML"),
+        ('[shards]\nsize = "4"\n', "size must be int"),
+        ('[labelers.depth]\nname = "dpt-hybrid-midas"\nweights = "./no/such/folder"\n', "weights"),
     ],
 )
 def test_bad_recipes(tmp_path, recipe_text, fragment):
@@ -83,6 +85,7 @@ def test_bad_recipes(tmp_path, recipe_text, fragment):
         (["--batch-size", "0"], "batch size must be"),
         (["--executor", "dask"], "--executor"),
         (["--split", "a-b"], "split"),
+        (["--split", "../../evil"], "split"),
     ],
 )
 def test_bad_flags(tmp_path, flags, fragment):

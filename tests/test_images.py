@@ -83,3 +83,12 @@ def test_pixel_limit_is_configurable():
     Image.fromarray(gradient(100, 100)).save(buf, "PNG")
     with pytest.raises(Image.DecompressionBombError):
         decode_image(buf.getvalue(), max_pixels=5000)
+
+
+def test_pixel_limit_can_be_raised_above_pillows_default():
+    from tests.conftest import png_header_only
+
+    header = png_header_only(10_000, 10_000)  # 100 M pixels: over Pillow's default, under this limit
+    with pytest.raises(Exception) as info:
+        decode_image(header, max_pixels=200_000_000)
+    assert not isinstance(info.value, Image.DecompressionBombError)  # it fails later, on its missing data
