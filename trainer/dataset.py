@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,3 +108,9 @@ def check_manifest(info: DatasetInfo, model: ModelConfig) -> None:
         classes = described.get(name, {}).get("num_classes")
         if MODALITIES[name].channels is None and classes is not None and classes != model.num_classes:
             raise DataError(f"dataset {name!r} has {classes} classes, model.num_classes is {model.num_classes}")
+        if described.get(name, {}).get("kind") == "inverse_depth":
+            warnings.warn(
+                f"dataset {info.root}: {name!r} holds relative INVERSE depth (e.g. MiDaS labels); the MultiMAE "
+                "paper trained on relative depth (Omnidata, recipe manifests/imagenet1k-multimae.toml)",
+                stacklevel=2,
+            )
