@@ -39,7 +39,7 @@ format: install
 	$(BIN)/ruff check --fix pipeline labelers trainer tests benchmarks
 
 bench: install
-	$(PY) benchmarks/bench_build.py
+	$(PY) -m benchmarks.bench_build
 
 clean:
 	rm -rf out $(VENV)

@@ -45,16 +45,21 @@ def real_size_folder(kind: str, cache: Path) -> Path:
 def _real_size_model(kind: str) -> Any:
     import torch
     from transformers import (
-        DPTConfig,
         DPTForDepthEstimation,
         Mask2FormerConfig,
         Mask2FormerForUniversalSegmentation,
         SwinConfig,
     )
 
+    from labelers.dpt_original import dpt_hybrid_config
+
     torch.manual_seed(0)
-    if kind == "dpt-hybrid":
-        return DPTForDepthEstimation(DPTConfig(is_hybrid=True))
+    if kind == "omnidata-dpt-hybrid":
+        return DPTForDepthEstimation(dpt_hybrid_config())
+    if kind == "dpt-hybrid":  # MiDaS v3 DPT-Hybrid: the same network, transformers' LayerNorm eps
+        config = dpt_hybrid_config()
+        config.layer_norm_eps = 1e-12
+        return DPTForDepthEstimation(config)
     swin_small = SwinConfig(
         embed_dim=96,
         depths=[2, 2, 18, 2],

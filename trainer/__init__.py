@@ -1,4 +1,4 @@
-"""MultiMAE pretraining from multimae-forge shards (issue 4).
+"""MultiMAE pretraining from multimae-forge shards.
 
 Reading order: `config` (typed configs, TOML) -> `modalities` (the registry the rest reads) -> `layers`,
 `adapters`, `masking`, `losses`, `model` (MultiMAE) -> `dataset` (index + manifest), `augment`, `data`

@@ -1,4 +1,4 @@
-"""Streaming loader over the dataset's WebDataset shards (contract: DESIGN.md section 3).
+"""Streaming loader over the dataset's WebDataset shards (the data contract: README.md, "Output").
 
 Per epoch, every rank reads the same number of micro-batches (so DDP never waits on a rank that ran out of
 data): the shard list is shuffled with (seed, epoch), split over ranks x workers, and each worker cycles
