@@ -104,7 +104,7 @@ register_labeler(
         geometry="short_side",
         min_side=32,
         max_side=128,
-        output="inverse_depth",
+        output="depth",
         meaningless=True,
         notes="Tiny random-weight DPT-hybrid of the real class: MEANINGLESS labels, for demos and tests only.",
     )
