@@ -37,9 +37,16 @@ def run_local(shards: Sequence[ShardSpec], ctx: ShardContext, runtime: RuntimeCo
     submit = local_submit(labelers)
     for shard in shards:
         for attempt in range(runtime.max_retries + 1):
+            counted = [0]
+
+            def report(n: int, counted: list[int] = counted) -> None:
+                counted[0] += n
+                cb.images(n)
+
             try:
-                stats = process_shard(shard, ctx, submit, progress=cb.images, isolate=attempt == runtime.max_retries)
+                stats = process_shard(shard, ctx, submit, progress=report, isolate=attempt == runtime.max_retries)
             except Exception as err:
+                cb.images(-counted[0])  # a retry (or the lost shard) must not count these images twice
                 if attempt == runtime.max_retries:
                     cb.failed(shard, _error_text(err) + "\n" + traceback.format_exc(limit=3))
                 continue
@@ -71,15 +78,17 @@ class LabelerActor:
 
 
 class ProgressActor:
+    """Images processed per shard since the driver last asked (so a retried shard's count can be undone)."""
+
     def __init__(self) -> None:
-        self.count = 0
+        self.counts: dict[int, int] = {}
 
-    def add(self, n: int) -> None:
-        self.count += n
+    def add(self, shard: int, n: int) -> None:
+        self.counts[shard] = self.counts.get(shard, 0) + n
 
-    def take(self) -> int:
-        n, self.count = self.count, 0
-        return n
+    def take(self) -> dict[int, int]:
+        counts, self.counts = self.counts, {}
+        return counts
 
 
 def _ray_submit(actors: dict[str, list[Any]], shard_index: int) -> Submit:
@@ -100,7 +109,8 @@ def _shard_task(
     shard: ShardSpec, ctx: ShardContext, actors: dict[str, list[Any]], progress: Any, isolate: bool
 ) -> dict[str, Any]:
     submit = _ray_submit(actors, shard.index)
-    return process_shard(shard, ctx, submit, progress=lambda n: progress.add.remote(n), isolate=isolate)
+    report = lambda n: progress.add.remote(shard.index, n)  # noqa: E731
+    return process_shard(shard, ctx, submit, progress=report, isolate=isolate)
 
 
 def _resources(runtime: RuntimeConfig, labelers: int) -> tuple[float, float, int]:
@@ -180,21 +190,30 @@ def _drive(
 
     running: dict[Any, tuple[ShardSpec, int]] = {}
     attempts = dict.fromkeys((s.index for s in queue), 0)
+    counted = dict.fromkeys((s.index for s in queue), 0)
+
+    def poll() -> None:
+        for index, n in ray.get(progress.take.remote()).items():
+            counted[index] += n
+            cb.images(n)
+
     queue = list(reversed(queue))
     while queue or running:
         while queue and len(running) < in_flight:
             shard = queue.pop()
             running[start(shard, attempts[shard.index])] = (shard, attempts[shard.index])
         ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
-        cb.images(ray.get(progress.take.remote()))
+        poll()
         for ref in ready:
             shard, attempt = running.pop(ref)
             try:
                 cb.done(shard, ray.get(ref))
             except Exception as err:
+                cb.images(-counted[shard.index])  # a retry (or the lost shard) must not count these twice
+                counted[shard.index] = 0
                 if attempt < runtime.max_retries:
                     attempts[shard.index] = attempt + 1
                     queue.append(shard)
                 else:
                     cb.failed(shard, _error_text(err))
-    cb.images(ray.get(progress.take.remote()))
+    poll()

@@ -56,6 +56,7 @@ class BuildProgress:
         self._log(f"shard {name}: {written} written, {failed_images} failed")
 
     def shard_failed(self, name: str, planned: int) -> None:
+        self.images(planned)  # processed, and all failed
         self.failures += planned
         self._refresh()
         self._log(f"shard {name} FAILED ({planned} images)")
