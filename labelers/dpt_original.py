@@ -36,7 +36,7 @@ import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -69,7 +69,7 @@ def dpt_hybrid_config() -> DPTConfig:
         hidden_act="gelu",  # exact GELU, as timm's Mlp and DPT's ProjectReadout
         layer_norm_eps=1e-6,  # timm ViT; transformers' own hybrid conversion keeps the 1e-12 default
         qkv_bias=True,
-        image_size=384,  # the 24 x 24 position grid; other sizes interpolate it (see allow_any_input_size)
+        image_size=384,  # the 24 x 24 position grid; other sizes interpolate it (labelers.dpt.dpt_forward)
         patch_size=16,
         backbone_out_indices=[2, 5, 8, 11],  # only 8 and 11 are read: DPT's hooks [0, 1, 8, 11] on a hybrid
         backbone_featmap_shape=[1, 1024, 24, 24],
@@ -252,33 +252,6 @@ def check_layout(
         raise CheckpointLayoutError(f"DPT-Hybrid checkpoint does not match the original layout: {problems}")
 
 
-def _interpolate_pos_encoding(_module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    return args, {**kwargs, "interpolate_pos_encoding": True}
-
-
-def _token_grid(_module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Give the neck the (rows, cols) token grid: the stride-8 backbone map halved, rounded up (SAME pad)."""
-    hidden_states, *grid = args
-    given = [*grid, kwargs.get("patch_height"), kwargs.get("patch_width")]
-    if sum(g is not None for g in given) == 2:
-        return None
-    rows, cols = hidden_states[1].shape[-2:]  # hybrid: [R50 stage 1, R50 stage 2, ViT block 8, ViT block 11]
-    return (hidden_states,), {**kwargs, "patch_height": (rows + 1) // 2, "patch_width": (cols + 1) // 2}
-
-
-def allow_any_input_size(model: DPTForDepthEstimation) -> DPTForDepthEstimation:
-    """Let the hybrid model take any H x W with sides multiples of 32, square or not, as the original DPT.
-
-    transformers' hybrid path accepts only `config.image_size` (its embeddings interpolate the position grid
-    only when told to, and `DPTForDepthEstimation` never tells them) and reshapes tokens to a square grid.
-    Two pre-hooks fix both: the embeddings interpolate (bilinear, as DPT), the neck gets the real grid.
-    Apply it again after `from_pretrained` on a folder written by `convert_weights`.
-    """
-    model.dpt.embeddings.register_forward_pre_hook(_interpolate_pos_encoding, with_kwargs=True)
-    model.neck.register_forward_pre_hook(_token_grid, with_kwargs=True)
-    return model
-
-
 def _empty_model() -> DPTForDepthEstimation:
     """The architecture on the meta device: no time spent on a random init that loading overwrites."""
     from transformers import DPTForDepthEstimation
@@ -310,16 +283,17 @@ def load_dpt_hybrid_original(source: Source) -> DPTForDepthEstimation:
     copy = isinstance(source, Mapping)
     tensors = {k: v.detach().to(torch.float32, copy=copy).contiguous() for k, v in converted.items()}
     model.load_state_dict(tensors, strict=True, assign=True)
-    return allow_any_input_size(_materialized(model).eval())
+    return _materialized(model).eval()
 
 
 def convert_weights(src: Source, dst: str | Path) -> Path:
     """`mmforge convert-weights SRC DST`: write an original-layout checkpoint as a transformers folder.
 
     DST (must not exist) gets config.json + model.safetensors (load with
-    `DPTForDepthEstimation.from_pretrained(DST)`, then `allow_any_input_size(model)` for sizes other than
-    384) and a preprocessor config with Omnidata's [-1, 1] normalisation. Written to a temporary sibling
-    folder and renamed, so DST is complete or absent.
+    `DPTForDepthEstimation.from_pretrained(DST)`; run it with `labelers.dpt.dpt_forward` for sizes other
+    than 384 x 384, which transformers' own forward refuses for hybrids) and a preprocessor config with
+    Omnidata's [-1, 1] normalisation. Written to a temporary sibling folder and renamed, so DST is complete
+    or absent.
     """
     from transformers import DPTImageProcessor
 

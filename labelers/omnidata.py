@@ -52,12 +52,12 @@ def check_omnidata(spec: LabelerSpec) -> None:
 def load_omnidata(weights: str) -> DPTForDepthEstimation:
     """The Omnidata DPT-Hybrid from an original-layout file or a converted folder."""
     path = Path(weights).expanduser()
-    from labelers.dpt_original import allow_any_input_size, load_dpt_hybrid_original
+    from labelers.dpt_original import load_dpt_hybrid_original
 
     if path.is_dir():
         from transformers import DPTForDepthEstimation
 
-        return allow_any_input_size(load_pretrained(DPTForDepthEstimation, str(path), None))
+        return load_pretrained(DPTForDepthEstimation, str(path), None)
     return load_dpt_hybrid_original(path)
 
 

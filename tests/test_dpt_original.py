@@ -30,9 +30,9 @@ import numpy as np
 import pytest
 import torch
 
+from labelers.dpt import dpt_forward
 from labelers.dpt_original import (
     CheckpointLayoutError,
-    allow_any_input_size,
     convert_state_dict,
     convert_weights,
     load_dpt_hybrid_original,
@@ -117,8 +117,8 @@ def test_converted_model_matches_reference_dpt(original: dict[str, torch.Tensor]
     changed = "the generated weights changed (numpy PCG64 stream?), not the conversion"
     np.testing.assert_allclose(fingerprint(original), golden["fingerprint"], rtol=1e-6, err_msg=changed)
     model = load_dpt_hybrid_original(original)  # strict: raises on any missing / unexpected key
-    with torch.inference_mode():
-        depth = model(pixel_values=synthetic_input()).predicted_depth[0].numpy()
+    with torch.inference_mode():  # the labeler's forward: any multiple-of-32 size, as the paper's geometry needs
+        depth = dpt_forward(model, synthetic_input())[0].numpy()
     expected = golden["depth"]
     assert depth.shape == expected.shape == INPUT_SHAPE[2:]
     assert float((expected > 0).mean()) > 0.2  # the golden is a real map, not the non-negative head's zeros
@@ -128,12 +128,6 @@ def test_converted_model_matches_reference_dpt(original: dict[str, torch.Tensor]
     # (measured: q/k swapped in one block 3e-2, readout halves swapped 0.45, refinenet 2 <-> 3 0.71).
     scale = float(np.abs(expected).max())
     np.testing.assert_allclose(depth, expected, rtol=0, atol=2e-4 * scale)
-    # the labeler's own forward (any multiple-of-32 size, as the paper's geometry needs) gives the same map
-    from labelers.dpt import dpt_forward
-
-    with torch.inference_mode():
-        labeled = dpt_forward(model, synthetic_input())[0].numpy()
-    np.testing.assert_allclose(labeled, expected, rtol=0, atol=2e-4 * scale)
 
 
 @pytest.mark.slow
@@ -144,9 +138,9 @@ def test_convert_weights_folder_round_trip(tmp_path: Path, original: dict[str, t
     assert (folder / "preprocessor_config.json").is_file()
     with pytest.raises(FileExistsError):
         convert_weights(original, folder)
-    reloaded = allow_any_input_size(DPTForDepthEstimation.from_pretrained(folder).eval())
+    reloaded = DPTForDepthEstimation.from_pretrained(folder).eval()
     with torch.inference_mode():
-        depth = reloaded(pixel_values=synthetic_input()).predicted_depth[0].numpy()
+        depth = dpt_forward(reloaded, synthetic_input())[0].numpy()
     expected = np.load(GOLDEN)["depth"]
     np.testing.assert_allclose(depth, expected, rtol=0, atol=2e-4 * float(np.abs(expected).max()))
 
