@@ -74,11 +74,13 @@ def test_smoke_run_then_checkpoint_from_another_config(tmp_path: Path, data: Pat
     ok = invoke(*common, "--config", str(SMOKE), "--steps", "2")
     assert ok.exit_code == 0, ok.output
     assert "pretrained 2 steps" in ok.output
+    saved = (tmp_path / "run" / "config.json").read_text()
     other = tmp_path / "other.toml"
     other.write_text(SMOKE.read_text().replace("dim = 64", "dim = 128"))
     result = invoke(*common, "--config", str(other), "--steps", "4")
     assert result.exit_code == 2
     assert error_line(result) == "error: checkpoint is from another config: model.dim is 64 there, 128 here"
+    assert (tmp_path / "run" / "config.json").read_text() == saved  # the refused run changed nothing
 
 
 def test_too_few_shards_for_the_workers(tmp_path: Path, data: Path) -> None:

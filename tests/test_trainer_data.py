@@ -201,3 +201,14 @@ def test_depth_standardisation_uses_the_trimmed_middle() -> None:
     kept = values[int(0.1 * values.numel()) : int(0.9 * values.numel())]
     expected = (x.double() - kept.mean()) / torch.sqrt(kept.var() + 1e-6)
     assert torch.allclose(standardize_depth(x).double(), expected, atol=1e-5)
+
+
+def test_class_maps_are_sampled_at_cell_centres() -> None:
+    """224 -> 56 keeps the label nearest each 4 x 4 cell's centre (4i + 1.5), not its corner (4i): with plain
+    "nearest" every label would sit 1.5 px up-left of the rgb/depth patch it belongs to."""
+    rows = np.repeat(np.arange(224, dtype=np.uint8)[:, None], 224, axis=1)  # id = row index (< 256)
+    crop = Crop(top=0, left=0, height=224, width=224, flip=False)
+    ids = augment({"semseg": rows}, crop, 224)["semseg"]
+    centres = 4 * np.arange(56) + 1.5
+    assert ids.shape == (56, 56)
+    assert np.abs(ids[:, 0].numpy() - centres).max() <= 0.5

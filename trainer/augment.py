@@ -1,7 +1,7 @@
 """The shared augmentation: one random-resized crop and one horizontal flip applied to every modality.
 
-Each modality is resampled with its own interpolation (bilinear for images and depth, nearest for class
-maps), then brought to its stride's resolution (class maps: 224 -> 56 nearest) and finished (normalised).
+Each modality is resampled with its own interpolation (bilinear for images and depth, nearest-exact for
+class maps), then brought to its stride's resolution (class maps: 224 -> 56, nearest-exact) and finished (normalised).
 """
 
 from __future__ import annotations

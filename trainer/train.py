@@ -26,7 +26,7 @@ from trainer.checkpoint import LAST, load_checkpoint
 from trainer.config import PretrainConfig, apply_overrides, config_to_dict, load_config
 from trainer.data import Cursor, EpochPlan, ShardStream, check_enough_shards, make_loader
 from trainer.dataset import check_manifest, load_dataset
-from trainer.distributed import DistInfo, init_distributed, nonfinite_anywhere, shutdown
+from trainer.distributed import DistInfo, gather_objects, init_distributed, nonfinite_anywhere, shutdown
 from trainer.errors import CheckpointError, DataError, NonFiniteLossError, PretrainError
 from trainer.export import export_timm
 from trainer.logs import RunLog
@@ -73,22 +73,55 @@ def setup(cfg: PretrainConfig, options: RunOptions, dist: DistInfo) -> Trainer:
         scaler=scaler,
         state=state,
     )
+    error = None
     if options.resume and (run_dir / LAST).exists():
-        restore(trainer, load_checkpoint(run_dir / LAST))
+        try:
+            restore(trainer, load_checkpoint(run_dir / LAST))
+        except CheckpointError as err:
+            error = str(err)
+    agree_on_start(trainer, error)
+    if dist.is_main:  # only now: a refused resume leaves the folder's config and metrics as they were
+        save_run_config(run_dir, options, cfg, dist)
+        trim_metrics(run_dir / "metrics.jsonl", trainer.state.step)
     trainer.wrapped = wrap_model(model, cfg, dist)
     return trainer
 
 
+def agree_on_start(t: Trainer, error: str | None) -> None:
+    """Every rank starts at the same step or none starts: a rank that cannot see or load the checkpoint
+    (a run folder that is not on a filesystem all nodes share) would otherwise train on alone and hang."""
+    outcomes = gather_objects((t.state.step, error), t.dist.world)
+    errors = [e for _, e in outcomes if e]
+    if errors:
+        raise CheckpointError(errors[0])
+    steps = sorted({step for step, _ in outcomes})
+    if len(steps) > 1:
+        raise CheckpointError(
+            f"ranks would resume at different steps {steps}: the run folder must be on a filesystem every node sees"
+        )
+
+
+def trim_metrics(path: Path, step: int) -> None:
+    """Drop records of steps after the checkpoint: they are about to be trained (and logged) again."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
 def prepare_run_dir(options: RunOptions, cfg: PretrainConfig, dist: DistInfo) -> Path:
-    """Create the run folder and save the resolved config in it (rank 0)."""
+    """Create the run folder (rank 0); refuse one with checkpoints unless resuming."""
     run_dir = Path(options.out)
     if not options.resume and (run_dir / LAST).exists():
         raise CheckpointError(f"{run_dir} already holds checkpoints; pass --resume or choose another --out")
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        resolved = {"config": config_to_dict(cfg), "data": str(options.data), "world_size": dist.world}
-        (run_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
     return run_dir
+
+
+def save_run_config(run_dir: Path, options: RunOptions, cfg: PretrainConfig, dist: DistInfo) -> None:
+    resolved = {"config": config_to_dict(cfg), "data": str(options.data), "world_size": dist.world}
+    (run_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
 
 
 def wrap_model(model: MultiMAE, cfg: PretrainConfig, dist: DistInfo) -> nn.Module:
