@@ -24,3 +24,7 @@ def test_paper_recipe_facts():
     assert semseg.num_classes == 133 and semseg.output == "classes"
     assert recipe.shards.size == 1000 and recipe.image.max_side == 0
     assert "NC" in depth.license and "NC" in semseg.license
+
+
+def test_default_toml_is_the_built_in_default():
+    assert load_recipe(Path(MANIFESTS[0]).with_name("default.toml")).fingerprint() == load_recipe(None).fingerprint()
