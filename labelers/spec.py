@@ -8,6 +8,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from pipeline.codecs import IGNORE_ID
+
 OUTPUT_KINDS = ("depth", "inverse_depth", "classes")
 GEOMETRIES = ("square", "short_side", "multiple_of_32")
 
@@ -45,8 +47,8 @@ class LabelerSpec:
             raise ValueError(f"{self.name}: output must be one of {OUTPUT_KINDS}, got {self.output!r}")
         if self.geometry not in GEOMETRIES:
             raise ValueError(f"{self.name}: geometry must be one of {GEOMETRIES}, got {self.geometry!r}")
-        if self.output == "classes" and not (self.num_classes and 0 < self.num_classes < 255):
-            raise ValueError(f"{self.name}: a class labeler needs 0 < num_classes < 255 (255 = ignore)")
+        if self.output == "classes" and not (self.num_classes and 0 < self.num_classes < IGNORE_ID):
+            raise ValueError(f"{self.name}: a class labeler needs 0 < num_classes < {IGNORE_ID} ({IGNORE_ID} = ignore)")
         if self.size < 32 or self.min_side > self.max_side:
             raise ValueError(f"{self.name}: size must be >= 32 and min_side <= max_side")
 

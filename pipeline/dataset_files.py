@@ -12,7 +12,7 @@ from typing import Any
 from labelers import LabelerSpec
 from labelers.coco import coco_panoptic_classes, palette
 from pipeline import fs
-from pipeline.codecs import CODECS
+from pipeline.codecs import CODECS, IGNORE_ID
 from pipeline.config import Recipe, to_dict
 from pipeline.plan import Plan
 
@@ -31,7 +31,7 @@ def _version(package: str) -> str | None:
 def _modality(spec: LabelerSpec) -> dict[str, Any]:
     info: dict[str, Any] = {"member": CODECS[spec.modality].suffix, "labeler": spec.labeler_id, "kind": spec.output}
     if spec.output == "classes":
-        info.update(dtype="uint8", num_classes=spec.num_classes, ignore_id=255)
+        info.update(dtype="uint8", num_classes=spec.num_classes, ignore_id=IGNORE_ID)
         if spec.num_classes == 133:
             info["classes"] = [c.name for c in coco_panoptic_classes()]
             info["palette"] = palette(133)[: 3 * 133]

@@ -31,7 +31,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from pipeline.codecs import CODECS
+from pipeline.codecs import CODECS, IGNORE_ID
 from pipeline.fs import is_temp
 from pipeline.verify_sample import Defect, MapSpec
 from pipeline.verify_shard import ShardExpect, ShardResult, check_shard
@@ -155,7 +155,7 @@ def _maps(ds: _Dataset) -> tuple[MapSpec, ...]:
             modality=name,
             member=info.get("member", CODECS[name].suffix if name in CODECS else name),
             num_classes=info.get("num_classes") if info.get("kind") == "classes" else None,
-            ignore_id=info.get("ignore_id", 255),
+            ignore_id=info.get("ignore_id", IGNORE_ID),
         )
         for name, info in mods.items()
     )

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.codecs import CODECS, decode_member
+from pipeline.codecs import CODECS, IGNORE_ID, decode_member
 
 RGB, JSON, CLS = CODECS["rgb"].suffix, CODECS["json"].suffix, CODECS["cls"].suffix
 _IMAGE_SUFFIXES = (".png", ".jpg")
@@ -45,7 +45,7 @@ class MapSpec:
     modality: str
     member: str
     num_classes: int | None = None  # None: a uint16 value map (depth) with its encoding in the json
-    ignore_id: int = 255
+    ignore_id: int = IGNORE_ID
 
 
 @dataclass
