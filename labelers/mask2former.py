@@ -14,11 +14,10 @@ import torch.nn.functional as F
 from labelers.registry import register_labeler
 from labelers.smoke import materialize, tiny_mask2former_config
 from labelers.spec import LabelerSpec
+from labelers.standards import IMAGENET_MEAN, IMAGENET_STD
 from labelers.torch_labeler import TorchLabeler
 from labelers.weights import load_pretrained
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def semantic_scores(class_logits: torch.Tensor, mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from pipeline.codecs import IGNORE_ID
+from labelers.standards import IGNORE_ID
 
 OUTPUT_KINDS = ("depth", "inverse_depth", "classes")
 GEOMETRIES = ("square", "short_side", "multiple_of_32")

@@ -12,16 +12,15 @@ import torch.nn.functional as F
 
 from labelers.geometry import group_by_size
 from labelers.spec import LabelerSpec
+from labelers.standards import torch_dtype
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class TorchLabeler:
     """Subclasses implement `predict(pixels) -> (B, h, w)` float maps or (B, C, h, w) class scores."""
 
     def __init__(self, spec: LabelerSpec, model: Any, *, device: str = "cpu", precision: str = "fp32") -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        torch_dtype(precision)  # refuses an unknown precision
         self.spec = spec
         self.device = torch.device(device)
         self.precision = precision
@@ -32,7 +31,7 @@ class TorchLabeler:
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.device.type != "cuda" or self.precision == "fp32":
             return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=PRECISIONS[self.precision])
+        return torch.autocast("cuda", dtype=torch_dtype(self.precision))
 
     def _pixels(self, images: Sequence[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
         """uint8 HxWx3 images -> normalised float (B, 3, h, w) at the network size."""

@@ -106,13 +106,13 @@ def pretrain_cmd(
     workers: Annotated[int | None, typer.Option(help="Loader worker processes per rank.")] = None,
 ) -> None:
     """Pretrain MultiMAE on a dataset's shards. Several GPUs: torchrun ... -m trainer.train (same options)."""
-    from trainer.errors import PretrainError
+    from trainer.errors import USER_ERRORS
     from trainer.train import RunOptions, build_config, pretrain
 
     try:
         cfg = build_config(config, steps=steps, epochs=epochs, batch_size=batch_size, workers=workers)
         result = pretrain(cfg, RunOptions(data=data, out=out, resume=resume, device=device))
-    except PretrainError as err:
+    except USER_ERRORS as err:
         raise fail(str(err)) from None
     typer.echo(f"pretrained {result.steps} steps; run folder {result.run_dir}")
 

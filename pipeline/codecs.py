@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-IGNORE_ID = 255
+from labelers.standards import IGNORE_ID
+
 DEPTH_LEVELS = 65535
 
 

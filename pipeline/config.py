@@ -8,44 +8,49 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from labelers import LabelerSpec, resolve_spec
+from labelers.standards import PRECISIONS
+from pipeline.schema import ConfigError, load, problems_of, read_toml, setting, to_plain
+
+__all__ = ["BuildConfig", "ConfigError", "Recipe", "load_recipe", "recipe_from_dict", "to_dict", "with_overrides"]
 
 DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".gif")
 MAX_SHARD_SIZE = 99_999  # keys are shard * 10^5 + position
-
-
-class ConfigError(ValueError):
-    """Bad user input (recipe, options, paths): reported in one line, exit code 2, nothing written."""
+to_dict = to_plain
 
 
 @dataclass(frozen=True, kw_only=True)
 class SourceConfig:
-    split: str = "train"
+    split: str = setting("train", pattern=r"[A-Za-z0-9_]+")  # names the shard files
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
-    class_folders: str = "auto"  # auto | yes | no
+    class_folders: str = setting("auto", choices=("auto", "yes", "no"))
+
+    def problems(self) -> list[str]:
+        bad = [e for e in self.extensions if not (e.startswith(".") and len(e) > 1 and "/" not in e)]
+        found = [f"extensions must look like '.jpg', got {bad}"] if bad else []
+        return found + (["extensions must not be empty"] if not self.extensions else [])
 
 
 @dataclass(frozen=True, kw_only=True)
 class ImageConfig:
-    max_side: int = 0  # 0 keeps the original size
-    max_pixels: int = 89_478_485  # decompression-bomb limit (Pillow's default)
-    jpeg_quality: int = 95
+    max_side: int = setting(0, ge=0)  # 0 keeps the original size
+    max_pixels: int = setting(89_478_485, ge=1)  # decompression-bomb limit (Pillow's default)
+    max_file_bytes: int = setting(256 * 2**20, ge=1)  # larger source files are recorded failures, never read
+    jpeg_quality: int = setting(95, ge=1, le=100)
 
 
 @dataclass(frozen=True, kw_only=True)
 class ShardConfig:
-    size: int = 1000
+    size: int = setting(1000, ge=1, le=MAX_SHARD_SIZE)
 
 
 @dataclass(frozen=True, kw_only=True)
 class EncodingConfig:
-    png_level: int = 1  # zlib level for depth/semseg PNGs: 1 is ~4x faster than 6 for 16-bit maps
+    png_level: int = setting(1, ge=0, le=9)  # zlib level for label PNGs: 1 is ~4x faster than 6 for 16-bit maps
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,13 +58,19 @@ class RuntimeConfig:
     """How to run. Batch size and precision change float rounding inside the models, so they are part of
     the recipe's fingerprint (a resume must use the same); the rest never changes the output bytes."""
 
-    batch_size: int = 16
-    precision: str = "bf16"  # on GPU; CPU always runs fp32
-    gpus_per_actor: float = 0.5  # depth and semseg actors share one GPU
-    cpus_per_actor: float = 0.0  # 0 = auto (1 with GPUs, 0.5 on CPU-only nodes)
-    actors_per_labeler: int = 0  # 0 = auto (one per GPU, else 1)
-    max_retries: int = 2  # per shard, then the shard is reported failed
-    shards_in_flight: int = 0  # 0 = auto (2 x cluster CPUs)
+    batch_size: int = setting(16, ge=1, le=4096)
+    precision: str = setting("bf16", choices=PRECISIONS)  # on GPU; CPU always runs fp32
+    gpus_per_actor: float = setting(0.5, ge=0)  # depth and semseg actors share one GPU
+    cpus_per_actor: float = setting(0.0, ge=0)  # 0 = auto (1 with GPUs, 0.5 on CPU-only nodes)
+    actors_per_labeler: int = setting(0, ge=0)  # 0 = auto (one per GPU, else 1)
+    max_retries: int = setting(2, ge=0, le=100)  # per shard, then the shard is reported failed
+    shards_in_flight: int = setting(0, ge=0)  # 0 = auto (2 x cluster CPUs)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecipeHeader:
+    name: str = "default"
+    description: str = "Real labelers: MiDaS DPT-Hybrid depth and Mask2Former Swin-S COCO panoptic semantics."
 
 
 DEFAULT_LABELERS = {
@@ -89,117 +100,71 @@ class Recipe:
         blob = json.dumps(self.output_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
 
-
-def to_dict(obj: Any) -> Any:
-    """Dataclass tree -> plain JSON-able dict (tuples become lists)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        if isinstance(obj, LabelerSpec):
-            return obj.to_dict()
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
+    def problems(self) -> list[str]:
+        return [] if self.labelers else ["a recipe needs at least one labeler"]
 
 
-def _section(cls: type, table: dict[str, Any], where: str) -> Any:
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(table) - set(names))
-    if unknown:
-        raise ConfigError(f"unknown key(s) in [{where}]: {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in table.items()}
-    for key, value in values.items():
-        default = names[key].default
-        if default is not dataclasses.MISSING and not _same_kind(value, default):
-            raise ConfigError(f"[{where}] {key} must be {type(default).__name__}, got {value!r}")
-    try:
-        return cls(**values)
-    except TypeError as err:
-        raise ConfigError(f"[{where}]: {err}") from err
-
-
-def _same_kind(value: Any, default: Any) -> bool:
-    if isinstance(default, bool) or isinstance(value, bool):
-        return type(value) is type(default)
-    if isinstance(default, float):
-        return isinstance(value, (int, float))
-    return isinstance(value, type(default))
-
-
-def _labelers(table: dict[str, Any]) -> tuple[LabelerSpec, ...]:
+def _labelers(table: Any, problems: list[str]) -> tuple[LabelerSpec, ...]:
+    if not isinstance(table, dict) or not table:
+        problems.append("[labelers] needs at least one [labelers.<modality>] table")
+        return ()
     specs = []
     for modality, entry in table.items():
-        if not isinstance(entry, dict) or "name" not in entry:
-            raise ConfigError(f"[labelers.{modality}] needs a `name` (a registered labeler)")
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            problems.append(f"[labelers.{modality}] needs a `name` (a registered labeler)")
+            continue
         overrides = {k: v for k, v in entry.items() if k != "name"}
         if isinstance(overrides.get("weights"), str) and Path(overrides["weights"]).expanduser().exists():
             overrides["weights"] = str(Path(overrides["weights"]).expanduser().resolve())  # workers need no cwd
         try:
             spec = resolve_spec(entry["name"], overrides)
         except (KeyError, ValueError, TypeError) as err:
-            raise ConfigError(f"[labelers.{modality}]: {err.args[0]}") from err
+            problems.append(f"[labelers.{modality}]: {err.args[0] if err.args else err}")
+            continue
         if spec.modality != modality:
-            raise ConfigError(f"[labelers.{modality}]: labeler {spec.name!r} makes {spec.modality!r}, not {modality!r}")
+            problems.append(f"[labelers.{modality}]: labeler {spec.name!r} makes {spec.modality!r}, not {modality!r}")
         specs.append(spec)
     return tuple(specs)
 
 
-def recipe_from_dict(data: dict[str, Any]) -> Recipe:
-    data = dict(data)
-    header = data.pop("recipe", {})
-    parts = {
-        "source": SourceConfig,
-        "image": ImageConfig,
-        "shards": ShardConfig,
-        "encoding": EncodingConfig,
-        "runtime": RuntimeConfig,
-    }
-    unknown = sorted(set(data) - set(parts) - {"labelers"})
+_PARTS = {
+    "source": SourceConfig,
+    "image": ImageConfig,
+    "shards": ShardConfig,
+    "encoding": EncodingConfig,
+    "runtime": RuntimeConfig,
+}
+
+
+def recipe_from_dict(data: dict[str, Any], heading: str = "recipe") -> Recipe:
+    """A recipe from its parsed TOML: every problem (unknown keys, types, ranges, labelers) reported at once."""
+    problems: list[str] = []
+    unknown = sorted(set(data) - set(_PARTS) - {"recipe", "labelers"})
     if unknown:
-        raise ConfigError(
-            f"unknown recipe section(s): {', '.join(unknown)}; allowed: recipe, labelers, {', '.join(parts)}"
-        )
-    header_unknown = sorted(set(header) - {"name", "description"})
-    if header_unknown:
-        raise ConfigError(f"unknown key(s) in [recipe]: {', '.join(header_unknown)}; allowed: description, name")
-    kwargs = {name: _section(cls, data.get(name, {}), name) for name, cls in parts.items()}
-    recipe = Recipe(**header, **kwargs, labelers=_labelers(data.get("labelers", DEFAULT_LABELERS)))
-    validate(recipe)
-    return recipe
+        problems.append(f"unknown recipe section(s): {', '.join(unknown)}; allowed: recipe, labelers, {', '.join(_PARTS)}")
+    parts: dict[str, Any] = {"recipe": RecipeHeader()}
+    for name, cls in {"recipe": RecipeHeader, **_PARTS}.items():
+        try:
+            parts[name] = load(cls, data.get(name, {}), name)
+        except ConfigError as err:
+            problems += err.problems
+    labelers = _labelers(data.get("labelers", DEFAULT_LABELERS), problems)
+    if problems:
+        raise ConfigError(problems, heading)
+    header = parts.pop("recipe")
+    return Recipe(name=header.name, description=header.description, **parts, labelers=labelers)
 
 
 def load_recipe(path: Path | None) -> Recipe:
     if path is None:
         return recipe_from_dict({})
-    if not path.is_file():
-        raise ConfigError(f"recipe {path} does not exist")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"recipe {path} is not valid TOML: {err}") from err
-    return recipe_from_dict(data)
+    return recipe_from_dict(read_toml(path, "recipe"), f"recipe {path}")
 
 
 def validate(recipe: Recipe) -> None:
-    if not 1 <= recipe.shards.size <= MAX_SHARD_SIZE:
-        raise ConfigError(f"shard size must be between 1 and {MAX_SHARD_SIZE}, got {recipe.shards.size}")
-    if recipe.runtime.batch_size < 1:
-        raise ConfigError(f"batch size must be >= 1, got {recipe.runtime.batch_size}")
-    if recipe.source.class_folders not in ("auto", "yes", "no"):
-        raise ConfigError("[source] class_folders must be auto, yes or no")
-    if not re.fullmatch(r"[A-Za-z0-9_]+", recipe.source.split):
-        raise ConfigError(
-            f"split must be letters, digits or '_' (it names the shard files), got {recipe.source.split!r}"
-        )
-    if not 0 <= recipe.encoding.png_level <= 9:
-        raise ConfigError("[encoding] png_level must be 0..9")
-    if recipe.runtime.max_retries < 0:
-        raise ConfigError("[runtime] max_retries must be >= 0")
-    if not recipe.labelers:
-        raise ConfigError("a recipe needs at least one labeler")
+    found = problems_of(recipe)
+    if found:
+        raise ConfigError(found, "recipe")
 
 
 def with_overrides(

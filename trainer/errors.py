@@ -1,12 +1,13 @@
-"""Errors of the pretraining library. The CLI turns any `PretrainError` into a one-line message and exit 2."""
+"""Errors of the pretraining library. The CLI turns any `PretrainError` or `ConfigError` (the one config
+error of pipeline and trainer: `pipeline.schema.ConfigError`) into a one-line message and exit 2."""
+
+from pipeline.schema import ConfigError
+
+__all__ = ["CheckpointError", "ConfigError", "DataError", "NonFiniteLossError", "PretrainError", "USER_ERRORS"]
 
 
 class PretrainError(Exception):
     """Bad input to a pretraining run: the user can fix it, a traceback would not help."""
-
-
-class ConfigError(PretrainError):
-    """A config file or option is invalid (unknown key, wrong type, inconsistent values)."""
 
 
 class DataError(PretrainError):
@@ -19,3 +20,6 @@ class CheckpointError(PretrainError):
 
 class NonFiniteLossError(PretrainError):
     """The loss stayed non-finite on some rank; raised on every rank together."""
+
+
+USER_ERRORS = (PretrainError, ConfigError)  # what the command line reports in one line with exit code 2

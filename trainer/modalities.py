@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from labelers.standards import IMAGENET_MEAN, IMAGENET_STD
 from trainer import losses
 from trainer.adapters import ClassMapInputAdapter, PatchInputAdapter
 
@@ -23,8 +24,6 @@ if TYPE_CHECKING:
 
 LossFn = Callable[[Tensor, Tensor, Tensor, tuple[int, int]], Tensor]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 DEPTH_SCALE = 2.0**16
 TRIM = (0.1, 0.9)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from labelers.standards import torch_dtype
 from trainer.config import PretrainConfig
 from trainer.data import Cursor
 from trainer.dataset import DatasetInfo
@@ -91,10 +92,9 @@ class Trainer:
 
 
 def precision(cfg: PretrainConfig, dist: DistInfo) -> torch.dtype:
-    names = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     if cfg.train.precision == "auto":
         return torch.bfloat16 if dist.device.type == "cuda" else torch.float32
-    return names[cfg.train.precision]
+    return torch_dtype(cfg.train.precision)
 
 
 def fresh_cursors(cfg: PretrainConfig) -> list[Cursor]:

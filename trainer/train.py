@@ -27,7 +27,7 @@ from trainer.config import PretrainConfig, apply_overrides, config_to_dict, load
 from trainer.data import Cursor, EpochPlan, ShardStream, check_enough_shards, make_loader
 from trainer.dataset import check_manifest, load_dataset
 from trainer.distributed import DistInfo, gather_objects, init_distributed, nonfinite_anywhere, shutdown
-from trainer.errors import CheckpointError, DataError, NonFiniteLossError, PretrainError
+from trainer.errors import USER_ERRORS, CheckpointError, DataError, NonFiniteLossError, PretrainError
 from trainer.export import export_timm
 from trainer.logs import RunLog
 from trainer.model import MultiMAE
@@ -341,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             workers=args.workers,
         )
         pretrain(cfg, RunOptions(data=args.data, out=args.out, resume=args.resume, device=args.device))
-    except PretrainError as exc:
+    except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

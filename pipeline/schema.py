@@ -1,0 +1,243 @@
+"""One loader from parsed TOML / JSON tables to keyword-only dataclasses: recipes, trainer configs and the
+dataset's documents all go through `load`, so all of them are typed, range-checked and report every problem
+of a table at once.
+
+- Types come from the annotations: `int`, `float` (an int is accepted), `str`, `bool`, `X | None`,
+  `tuple[X, ...]`, `tuple[X, Y]`, `list[X]`, `dict[str, X]`, `Any` and nested dataclasses.
+- Ranges and choices come from `setting(default, ge=..., le=..., choices=..., pattern=...)`.
+- Cross-field rules come from the class's own `problems() -> list[str]` method.
+- Unknown keys are problems, never ignored.
+
+`ConfigError` is the one error of bad user input (recipe, trainer config, options, paths) in pipeline and
+trainer alike: the CLI prints it and exits 2, and nothing has been written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+_MISSING = dataclasses.MISSING
+
+
+class ConfigError(ValueError):
+    """Bad user input: every problem found, in one message (exit code 2, nothing written)."""
+
+    def __init__(self, problems: str | Sequence[str], heading: str = "") -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        if len(self.problems) == 1:
+            text = f"{heading}: {self.problems[0]}" if heading else self.problems[0]
+        else:
+            head = f"{heading}: {len(self.problems)} problems" if heading else f"{len(self.problems)} problems"
+            text = head + "".join(f"\n  - {p}" for p in self.problems)
+        super().__init__(text)
+
+
+def setting(
+    default: Any = _MISSING,
+    *,
+    default_factory: Any = _MISSING,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    choices: Sequence[Any] | None = None,
+    pattern: str | None = None,
+) -> Any:
+    """A dataclass field with its allowed values (checked by `load` and `problems_of`)."""
+    rules = {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": tuple(choices) if choices else None, "pattern": pattern}
+    meta = {"rules": {k: v for k, v in rules.items() if v is not None}}
+    if default_factory is not _MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def load(cls: type[T], raw: Any, where: str = "") -> T:
+    """Build `cls` from a parsed table; raises ConfigError listing every problem found."""
+    problems: list[str] = []
+    value = _dataclass(cls, raw, where, problems)
+    if problems or value is None:
+        raise ConfigError(problems or [f"{where or 'table'}: invalid"])
+    return typing.cast(T, value)
+
+
+def problems_of(obj: Any, where: str = "") -> list[str]:
+    """Range, choice and cross-field problems of an already built dataclass tree (e.g. after overrides)."""
+    found: list[str] = []
+    for f in dataclasses.fields(obj):
+        value, name = getattr(obj, f.name), _join(where, f.name)
+        found += _rule_problems(name, value, f.metadata.get("rules", {}))
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            found += problems_of(value, name)
+    rules = getattr(obj, "problems", None)
+    if callable(rules):
+        found += [f"{where}: {p}" if where else p for p in rules()]
+    return found
+
+
+def validate(obj: Any, heading: str = "") -> None:
+    """Raise ConfigError with every problem of `obj` (a built dataclass tree), if any."""
+    found = problems_of(obj)
+    if found:
+        raise ConfigError(found, heading)
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """A TOML file as a table; missing, unreadable, non-UTF-8 or invalid TOML is a ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} does not exist or is not a file")
+    try:
+        return tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {err.start}: {err.reason})") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{what} {path} is not valid TOML: {err}") from None
+    except OSError as err:
+        raise ConfigError(f"{what} {path} cannot be read: {err.strerror}") from None
+
+
+def to_plain(obj: Any) -> Any:
+    """Dataclass tree -> plain JSON-able values (tuples become lists, paths strings)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        to_dict = getattr(obj, "to_dict", None)
+        if callable(to_dict):
+            return to_dict()
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, list | tuple):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+# ------------------------------------------------------------------------------------------- internals
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _dataclass(cls: type, raw: Any, where: str, problems: list[str]) -> Any:
+    if not isinstance(raw, dict):
+        problems.append(f"{where or 'top level'} must be a table, got {_kind(raw)}")
+        return None
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for key in sorted(set(raw) - set(fields), key=str):
+        problems.append(f"unknown key {_join(where, str(key))!r}; allowed here: {', '.join(sorted(fields))}")
+    values, before, ranges = {}, len(problems), []
+    for name, f in fields.items():
+        if name not in raw:
+            if f.default is _MISSING and f.default_factory is _MISSING:
+                problems.append(f"{_join(where, name)} is missing")
+            continue
+        value = _coerce(hints[name], raw[name], _join(where, name), problems)
+        ranges += _rule_problems(_join(where, name), value, f.metadata.get("rules", {}))
+        values[name] = value
+    if len(problems) > before:  # wrong types or keys: the table cannot be built, its rules cannot run
+        problems += ranges
+        return None
+    obj = _construct(cls, values, where, problems)
+    problems += ranges
+    return None if ranges else obj
+
+
+def _construct(cls: type, values: dict[str, Any], where: str, problems: list[str]) -> Any:
+    try:
+        obj = cls(**values)
+    except (TypeError, ValueError) as err:
+        problems.append(f"{where or cls.__name__}: {err}")
+        return None
+    rules = getattr(obj, "problems", None)
+    if callable(rules):
+        problems += [f"{where}: {p}" if where else p for p in rules()]
+    return obj
+
+
+def _coerce(hint: Any, value: Any, where: str, problems: list[str]) -> Any:
+    if hint is Any:
+        return value
+    if dataclasses.is_dataclass(hint):
+        return _dataclass(typing.cast(type, hint), value, where, problems)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        rest = [a for a in args if a is not type(None)]
+        return _coerce(rest[0], value, where, problems) if len(rest) == 1 else value
+    if origin in (tuple, list):
+        return _sequence(origin, args, value, where, problems)
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            problems.append(f"{where} must be a table with string keys, got {_kind(value)}")
+            return value
+        return {k: _coerce(args[1], v, f"{where}.{k}", problems) for k, v in value.items()}
+    return _scalar(hint, value, where, problems)
+
+
+def _sequence(origin: Any, args: tuple[Any, ...], value: Any, where: str, problems: list[str]) -> Any:
+    if not isinstance(value, list | tuple):
+        problems.append(f"{where} must be a list, got {_kind(value)}")
+        return value
+    if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+        if len(value) != len(args):
+            problems.append(f"{where} needs {len(args)} values, got {len(value)}")
+            return tuple(value)
+        return tuple(_coerce(a, v, f"{where}[{i}]", problems) for i, (a, v) in enumerate(zip(args, value, strict=True)))
+    item = args[0] if args else Any
+    items = [_coerce(item, v, f"{where}[{i}]", problems) for i, v in enumerate(value)]
+    return tuple(items) if origin is tuple else items
+
+
+def _scalar(hint: Any, value: Any, where: str, problems: list[str]) -> Any:
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(hint, type) and (
+        not isinstance(value, hint) or (isinstance(value, bool) and hint is not bool and hint is not object)
+    ):
+        problems.append(f"{where} must be {_type_name(hint)}, got {_kind(value)}")
+    return value
+
+
+def _rule_problems(where: str, value: Any, rules: dict[str, Any]) -> list[str]:
+    if value is None or not rules:
+        return []
+    found = []
+    if "choices" in rules and value not in rules["choices"]:
+        found.append(f"{where} must be one of {', '.join(map(str, rules['choices']))}; got {value!r}")
+    if "pattern" in rules and not (isinstance(value, str) and re.fullmatch(rules["pattern"], value)):
+        found.append(f"{where} must match {rules['pattern']}; got {value!r}")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        for rule, ok, text in (
+            ("ge", lambda v, b: v >= b, ">="),
+            ("gt", lambda v, b: v > b, ">"),
+            ("le", lambda v, b: v <= b, "<="),
+            ("lt", lambda v, b: v < b, "<"),
+        ):
+            if rule in rules and not ok(value, rules[rule]):
+                found.append(f"{where} must be {text} {rules[rule]:g}; got {value!r}")
+    return found
+
+
+def _type_name(hint: Any) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(hint, hint.__name__)
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return repr(value) if isinstance(value, int | float | str) else type(value).__name__
