@@ -23,18 +23,61 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from labelers.standards import IGNORE_ID
+from labelers.standards import IGNORE_ID as IGNORE_ID  # re-exported: the ignore id of class maps
 
 DEPTH_LEVELS = 65535
 
 
-@dataclass(frozen=True)
+KINDS = ("image", "value_map", "class_map", "metadata")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EncodeOptions:
+    """What an encoder may be told besides the value: the same for every codec (one encode signature)."""
+
+    png_level: int = 1
+    jpeg_quality: int = 95
+    palette: list[int] | None = None  # class maps: a flat 256 x RGB palette stored for viewing
+
+
+@dataclass(frozen=True, kw_only=True)
 class Codec:
-    """Encoder and decoder of one member type; `suffix` is the member name after the sample key."""
+    """One member type and its facts: `kind` (image, value_map, class_map, metadata), the in-memory `dtype`
+    and `channels` of array values (None for metadata), and `encode(value, EncodeOptions) -> bytes` /
+    `decode(bytes) -> value`. Checks of decoded values (verify --deep, the loader, the manifest) come from
+    these facts, never from the codec's name."""
 
     suffix: str
-    encode: Callable[..., bytes]
+    kind: str
+    dtype: str | None
+    channels: int | None
+    encode: Callable[[Any, EncodeOptions], bytes]
     decode: Callable[[bytes], Any]
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"codec {self.suffix}: kind must be one of {KINDS}, got {self.kind!r}")
+
+    @property
+    def is_map(self) -> bool:
+        """A pixel-aligned array (image, value map or class map) of the sample's H x W."""
+        return self.kind != "metadata"
+
+    def problem(self, value: Any) -> str | None:
+        """Why a decoded value does not have this codec's dtype and channels (None when it does)."""
+        if not self.is_map:
+            return None
+        shape = ("H", "W") if self.channels == 1 else ("H", "W", self.channels)
+        ok = (
+            isinstance(value, np.ndarray)
+            and value.dtype == np.dtype(self.dtype)
+            and value.ndim == len(shape)
+            and (self.channels == 1 or value.shape[2] == self.channels)
+        )
+        if ok:
+            return None
+        got = f"{value.dtype} {value.shape}" if isinstance(value, np.ndarray) else type(value).__name__
+        return f"must decode to {self.dtype} {'x'.join(map(str, shape))}, got {got}"
 
 
 def _png_bytes(image: Image.Image, level: int) -> bytes:
@@ -134,12 +177,34 @@ def decode_cls(data: bytes) -> int:
 
 
 CODECS: dict[str, Codec] = {
-    "rgb": Codec("rgb.jpg", encode_rgb, decode_rgb),
-    "depth": Codec("depth.png", encode_depth, decode_depth),
-    "semseg": Codec("semseg.png", encode_semseg, decode_semseg),
-    "json": Codec("json", encode_json, decode_json),
-    "cls": Codec("cls", encode_cls, decode_cls),
+    "rgb": Codec(
+        suffix="rgb.jpg",
+        kind="image",
+        dtype="uint8",
+        channels=3,
+        encode=lambda v, o: encode_rgb(v, o.jpeg_quality),
+        decode=decode_rgb,
+    ),
+    "depth": Codec(
+        suffix="depth.png",
+        kind="value_map",
+        dtype="uint16",
+        channels=1,
+        encode=lambda v, o: encode_depth(v, o.png_level),
+        decode=decode_depth,
+    ),
+    "semseg": Codec(
+        suffix="semseg.png",
+        kind="class_map",
+        dtype="uint8",
+        channels=1,
+        encode=lambda v, o: encode_semseg(v, o.palette, o.png_level),
+        decode=decode_semseg,
+    ),
+    "json": Codec(suffix="json", kind="metadata", dtype=None, channels=None, encode=lambda v, o: encode_json(v), decode=decode_json),
+    "cls": Codec(suffix="cls", kind="metadata", dtype=None, channels=None, encode=lambda v, o: encode_cls(v), decode=decode_cls),
 }
+DEFAULT_OPTIONS = EncodeOptions()
 
 BY_SUFFIX: dict[str, str] = {codec.suffix: name for name, codec in CODECS.items()}
 

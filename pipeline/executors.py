@@ -16,6 +16,7 @@ import numpy as np
 
 from labelers import LabelerSpec, build_labeler
 from pipeline.config import RuntimeConfig
+from pipeline.contract import ShardStats
 from pipeline.plan import ShardSpec
 from pipeline.shard import Labels, ShardContext, Submit, local_submit, process_shard
 
@@ -23,7 +24,7 @@ from pipeline.shard import Labels, ShardContext, Submit, local_submit, process_s
 @dataclass
 class Callbacks:
     images: Callable[[int], None]
-    done: Callable[[ShardSpec, dict[str, Any]], None]
+    done: Callable[[ShardSpec, ShardStats], None]
     failed: Callable[[ShardSpec, str], None]
 
 
@@ -31,27 +32,51 @@ def _error_text(err: BaseException) -> str:
     return f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else repr(err)}"
 
 
+class Attempts:
+    """The one retry policy of every distributor. A shard is tried `max_retries + 1` times; its last attempt
+    isolates (labels image by image, so only a poison image is lost); the images a failed attempt reported
+    are taken back from the progress count, so a retried or lost shard's images are counted once."""
+
+    def __init__(self, max_retries: int, cb: Callbacks) -> None:
+        self.max_retries, self.cb = max_retries, cb
+        self.tries: dict[int, int] = {}
+        self.counted: dict[int, int] = {}
+
+    def is_last(self, shard: ShardSpec) -> bool:
+        return self.tries.get(shard.index, 0) == self.max_retries
+
+    def progress(self, shard: ShardSpec, n: int) -> None:
+        self.counted[shard.index] = self.counted.get(shard.index, 0) + n
+        self.cb.images(n)
+
+    def succeeded(self, shard: ShardSpec, stats: ShardStats) -> None:
+        self.cb.done(shard, stats)
+
+    def failed(self, shard: ShardSpec, error: str) -> bool:
+        """Record a failed attempt; True when the shard is to be tried again, False when it is reported lost."""
+        self.cb.images(-self.counted.pop(shard.index, 0))
+        if self.tries.get(shard.index, 0) < self.max_retries:
+            self.tries[shard.index] = self.tries.get(shard.index, 0) + 1
+            return True
+        self.cb.failed(shard, error)
+        return False
+
+
 def run_local(shards: Sequence[ShardSpec], ctx: ShardContext, runtime: RuntimeConfig, cb: Callbacks) -> None:
     device = "cuda" if _cuda() else "cpu"
     labelers = [build_labeler(s, device=device, precision=runtime.precision) for s in ctx.labelers]
-    submit = local_submit(labelers)
+    submit, attempts = local_submit(labelers), Attempts(runtime.max_retries, cb)
     for shard in shards:
-        for attempt in range(runtime.max_retries + 1):
-            counted = [0]
-
-            def report(n: int, counted: list[int] = counted) -> None:
-                counted[0] += n
-                cb.images(n)
-
+        retry = True
+        while retry:
             try:
-                stats = process_shard(shard, ctx, submit, progress=report, isolate=attempt == runtime.max_retries)
+                report = lambda n, shard=shard: attempts.progress(shard, n)  # noqa: E731
+                stats = process_shard(shard, ctx, submit, progress=report, isolate=attempts.is_last(shard))
             except Exception as err:
-                cb.images(-counted[0])  # a retry (or the lost shard) must not count these images twice
-                if attempt == runtime.max_retries:
-                    cb.failed(shard, _error_text(err) + "\n" + traceback.format_exc(limit=3))
+                retry = attempts.failed(shard, _error_text(err) + "\n" + traceback.format_exc(limit=3))
                 continue
-            cb.done(shard, stats)
-            break
+            attempts.succeeded(shard, stats)
+            retry = False
 
 
 def _cuda() -> bool:
@@ -107,7 +132,7 @@ def _ray_submit(actors: dict[str, list[Any]], shard_index: int) -> Submit:
 
 def _shard_task(
     shard: ShardSpec, ctx: ShardContext, actors: dict[str, list[Any]], progress: Any, isolate: bool
-) -> dict[str, Any]:
+) -> ShardStats:
     submit = _ray_submit(actors, shard.index)
     report = lambda n: progress.add.remote(shard.index, n)  # noqa: E731
     return process_shard(shard, ctx, submit, progress=report, isolate=isolate)
@@ -164,12 +189,12 @@ def run_ray(shards: Sequence[ShardSpec], ctx: ShardContext, runtime: RuntimeConf
     task = ray.remote(_shard_task).options(num_cpus=1, max_retries=0)
     in_flight = runtime.shards_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
     try:
-        last = runtime.max_retries
+        attempts = Attempts(runtime.max_retries, cb)
 
-        def start(shard: ShardSpec, attempt: int) -> Any:
-            return task.remote(shard, ctx, actors, progress, attempt == last)
+        def start(shard: ShardSpec) -> Any:
+            return task.remote(shard, ctx, actors, progress, attempts.is_last(shard))
 
-        _drive(list(shards), start, progress, in_flight, runtime, cb)
+        _drive(list(shards), start, progress, in_flight, attempts)
     finally:
         for pool in actors.values():
             for actor in pool:
@@ -178,42 +203,32 @@ def run_ray(shards: Sequence[ShardSpec], ctx: ShardContext, runtime: RuntimeConf
 
 
 def _drive(
-    queue: list[ShardSpec],
-    start: Callable[[ShardSpec, int], Any],
-    progress: Any,
-    in_flight: int,
-    runtime: RuntimeConfig,
-    cb: Callbacks,
+    queue: list[ShardSpec], start: Callable[[ShardSpec], Any], progress: Any, in_flight: int, attempts: Attempts
 ) -> None:
-    """Keep `in_flight` shard tasks running; retry a failed shard up to max_retries times."""
+    """Keep `in_flight` shard tasks running; failed shards go back to the queue while `attempts` allows."""
     import ray
 
-    running: dict[Any, tuple[ShardSpec, int]] = {}
-    attempts = dict.fromkeys((s.index for s in queue), 0)
-    counted = dict.fromkeys((s.index for s in queue), 0)
+    running: dict[Any, ShardSpec] = {}
+    by_index = {s.index: s for s in queue}
 
     def poll() -> None:
         for index, n in ray.get(progress.take.remote()).items():
-            counted[index] += n
-            cb.images(n)
+            attempts.progress(by_index[index], n)
 
     queue = list(reversed(queue))
     while queue or running:
         while queue and len(running) < in_flight:
             shard = queue.pop()
-            running[start(shard, attempts[shard.index])] = (shard, attempts[shard.index])
+            running[start(shard)] = shard
         ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
         poll()
         for ref in ready:
-            shard, attempt = running.pop(ref)
+            shard = running.pop(ref)
             try:
-                cb.done(shard, ray.get(ref))
+                stats = ray.get(ref)
             except Exception as err:
-                cb.images(-counted[shard.index])  # a retry (or the lost shard) must not count these twice
-                counted[shard.index] = 0
-                if attempt < runtime.max_retries:
-                    attempts[shard.index] = attempt + 1
+                if attempts.failed(shard, _error_text(err)):
                     queue.append(shard)
-                else:
-                    cb.failed(shard, _error_text(err))
+                continue
+            attempts.succeeded(shard, stats)
     poll()

@@ -10,10 +10,12 @@ import hashlib
 import io
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from pipeline import fs
 from pipeline.codecs import decode_rgb, encode_rgb
 
 _ORIENTATION = 0x0112
@@ -79,6 +81,36 @@ def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
             raise Image.DecompressionBombError(f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
         im.load()
     return im
+
+
+def read_source(path: Path, *, max_bytes: int, max_pixels: int) -> bytes:
+    """The bytes of one source image, read only when safe: a regular file (links followed; a FIFO, socket
+    or device raises NotRegularFileError), at most `max_bytes`, and with an image header whose pixel count is
+    within `max_pixels` (checked from the header before the rest of the file is read)."""
+    with fs.open_regular(path) as (f, size):
+        if size > max_bytes:
+            raise ValueError(f"file is {size} bytes, over the recipe's limit of {max_bytes} ([image] max_file_bytes)")
+        _check_header(f, max_pixels)
+        f.seek(0)
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValueError(f"file grew past the recipe's limit of {max_bytes} bytes while being read")
+    return data
+
+
+def _check_header(f: object, max_pixels: int) -> None:
+    """Raise DecompressionBombError when the header declares too many pixels; unreadable headers are left
+    to the decoder (which names the problem)."""
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(f) as im:  # type: ignore[arg-type]
+                w, h = im.size
+        except (OSError, ValueError, SyntaxError):  # a DecompressionBombError goes on up
+            return
+    if w * h > max_pixels:
+        raise Image.DecompressionBombError(f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
 
 
 def decode_image(data: bytes, *, max_pixels: int, max_side: int = 0, jpeg_quality: int = 95) -> DecodedImage:

@@ -6,15 +6,15 @@ The plan is written once; a resumed run reads it back, so it makes the same shar
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import fs
+from pipeline import contract, fs
 from pipeline.config import ConfigError, SourceConfig
-
-PLAN_FORMAT = 1
+from pipeline.contract import DatasetPaths, PlanEntries, PlanHeader, PlanShard
 
 
 @dataclass(frozen=True)
@@ -40,10 +40,33 @@ class Plan:
     recipe_fingerprint: str
     classes: tuple[str, ...] | None
     shards: tuple[ShardSpec, ...]
+    format: int = contract.FORMAT
 
     @property
     def num_inputs(self) -> int:
         return sum(len(s.entries) for s in self.shards)
+
+    @property
+    def plan_id(self) -> str:
+        """Digest of what this plan makes: recorded in every document and sample of the dataset."""
+        if self.format < 2:
+            return ""
+        parts = [self.split, self.source_fingerprint, self.recipe_fingerprint, list(self.classes or ())]
+        parts.append([[s.name, len(s.entries)] for s in self.shards])
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+    def header(self) -> PlanHeader:
+        return PlanHeader(
+            format=self.format,
+            plan_id=self.plan_id,
+            split=self.split,
+            source=self.source,
+            source_fingerprint=self.source_fingerprint,
+            recipe_fingerprint=self.recipe_fingerprint,
+            classes=self.classes,
+            shards=tuple(PlanShard(name=s.name, count=len(s.entries)) for s in self.shards),
+            num_inputs=self.num_inputs,
+        )
 
 
 def _skip(name: str) -> bool:
@@ -115,39 +138,32 @@ def source_fingerprint(root: Path, source: SourceConfig) -> str:
     return fingerprint(walk_images(root, source.extensions))
 
 
-def save_plan(plan: Plan, folder: Path) -> None:
-    """One small file per shard plus a header, so no process ever holds the whole list it does not need."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for shard in plan.shards:
-        fs.write_json_atomic(
-            folder / f"{shard.name}.json",
-            {"index": shard.index, "name": shard.name, "entries": [[e.path, e.cls] for e in shard.entries]},
-        )
-    header = {
-        "format": PLAN_FORMAT,
-        "split": plan.split,
-        "source": plan.source,
-        "source_fingerprint": plan.source_fingerprint,
-        "recipe_fingerprint": plan.recipe_fingerprint,
-        "classes": list(plan.classes) if plan.classes is not None else None,
-        "shards": [{"name": s.name, "count": len(s.entries)} for s in plan.shards],
-        "num_inputs": plan.num_inputs,
-    }
-    fs.write_json_atomic(folder / "plan.json", header)  # written last: its presence marks the plan complete
+def save_plan(plan: Plan, paths: DatasetPaths) -> None:
+    """One small file per shard plus a header, so no process ever holds the whole list it does not need.
+    Written into a temp folder renamed to plan/ at the end: a killed planner leaves no partial plan."""
+    with fs.atomic_folder(paths.plan_dir) as tmp:
+        for shard in plan.shards:
+            pairs = tuple((e.path, e.cls) for e in shard.entries)
+            entries = PlanEntries(index=shard.index, name=shard.name, entries=pairs)
+            contract.write_doc(tmp / paths.plan_entries(shard.name).name, entries)
+        contract.write_doc(tmp / paths.plan_header.name, plan.header())
 
 
-def load_plan(folder: Path) -> Plan:
-    header: dict[str, Any] = fs.read_json(folder / "plan.json")
+def load_plan(paths: DatasetPaths) -> Plan:
+    """The frozen plan; a document that does not validate raises contract.DocumentError."""
+    header = contract.read_plan_header(paths)
     shards = []
-    for i, item in enumerate(header["shards"]):
-        data = fs.read_json(folder / f"{item['name']}.json")
-        shards.append(ShardSpec(i, item["name"], tuple(Entry(p, c) for p, c in data["entries"])))
-    classes = tuple(header["classes"]) if header["classes"] is not None else None
+    for i, item in enumerate(header.shards):
+        data = contract.read_doc(paths, PlanEntries, paths.plan_entries(item.name))
+        if data.name != item.name or len(data.entries) != item.count:
+            raise contract.DocumentError(paths.rel(paths.plan_entries(item.name)), "does not match plan/plan.json")
+        shards.append(ShardSpec(i, item.name, tuple(Entry(p, c) for p, c in data.entries)))
     return Plan(
-        header["split"],
-        header["source"],
-        header["source_fingerprint"],
-        header["recipe_fingerprint"],
-        classes,
+        header.split,
+        header.source,
+        header.source_fingerprint,
+        header.recipe_fingerprint,
+        header.classes,
         tuple(shards),
+        header.format,
     )

@@ -6,28 +6,27 @@ batch overlaps labelling of the current one. One bad image is a recorded failure
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 from labelers import LabelerSpec
 from labelers.coco import palette as coco_palette
-from pipeline import fs
-from pipeline.codecs import CODECS, encode_cls, encode_json, quantize_depth
+from pipeline import contract
+from pipeline.codecs import CODECS, EncodeOptions, encode_cls, encode_json, quantize_depth
 from pipeline.config import EncodingConfig, ImageConfig
-from pipeline.images import DecodedImage, decode_image
+from pipeline.contract import DatasetPaths, Failure, ShardStats
+from pipeline.images import DecodedImage, decode_image, read_source
 from pipeline.plan import Entry, ShardSpec
-from pipeline.tarwrite import SampleTarWriter
+from pipeline.sink import ShardSink
 
 Labels = dict[str, list[np.ndarray]]  # modality -> one map per image
 Submit = Callable[[list[np.ndarray]], Callable[[], Labels]]  # start labelling; call the result to wait
-STATS_FORMAT = 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,11 +38,12 @@ class ShardContext:
     encoding: EncodingConfig
     labelers: tuple[LabelerSpec, ...]
     batch_size: int
+    plan_id: str
 
 
 @dataclass
 class _Tally:
-    failures: list[dict[str, str]] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("read", "label", "encode", "write"), 0.0))
     isolate: bool = False  # last attempt: record images that fail labelling instead of failing the shard
     written: int = 0
@@ -51,34 +51,14 @@ class _Tally:
     reencoded: int = 0
 
 
-class _HashingFile:
-    """File wrapper that hashes and counts what tarfile writes."""
-
-    def __init__(self, f: IO[bytes]) -> None:
-        self._f, self.sha, self.size = f, hashlib.sha256(), 0
-
-    def write(self, data: bytes) -> int:
-        self.sha.update(data)
-        self.size += len(data)
-        return self._f.write(data)
-
-    def tell(self) -> int:
-        return self.size
-
-
 def sample_key(shard_index: int, position: int) -> str:
     return f"{shard_index:06d}{position:05d}"
 
 
-def shard_paths(out: str | Path, name: str) -> tuple[Path, Path]:
-    folder = Path(out) / "shards"
-    return folder / f"{name}.tar", folder / f"{name}.stats.json"
-
-
-def _failure(entry: Entry, err: BaseException, stage: str) -> dict[str, str]:
+def _failure(entry: Entry, err: BaseException, stage: str) -> Failure:
     """A failed input: source path, exception class, message, and the stage (read, label, encode)."""
     message = str(err)[:500] or repr(err)
-    return {"path": entry.path, "error": type(err).__name__, "message": message, "stage": stage}
+    return Failure(path=entry.path, error=type(err).__name__, message=message, stage=stage)
 
 
 def _read(
@@ -87,7 +67,7 @@ def _read(
     t0, ok = time.perf_counter(), []
     for pos, entry in entries:
         try:
-            data = fs.read_file(Path(ctx.src) / entry.path)
+            data = read_source(Path(ctx.src) / entry.path, max_bytes=ctx.image.max_file_bytes, max_pixels=ctx.image.max_pixels)
             img = decode_image(
                 data, max_pixels=ctx.image.max_pixels, max_side=ctx.image.max_side, jpeg_quality=ctx.image.jpeg_quality
             )
@@ -99,14 +79,15 @@ def _read(
 
 
 def _label_map(spec: LabelerSpec, label: np.ndarray, ctx: ShardContext) -> tuple[bytes, dict[str, Any] | None]:
-    codec = CODECS[spec.modality]
-    if spec.output == "classes":
+    codec, options = CODECS[spec.modality], EncodeOptions(png_level=ctx.encoding.png_level)
+    if codec.kind == "class_map":
         n = spec.num_classes or 0
         if label.size and int(label.max()) >= n:
             raise ValueError(f"{spec.name} produced class id {int(label.max())} >= {n}")
-        return codec.encode(label.astype(np.uint8), coco_palette(n), ctx.encoding.png_level), None
+        options = EncodeOptions(png_level=ctx.encoding.png_level, palette=coco_palette(n))
+        return codec.encode(label.astype(np.uint8), options), None
     q, encoding = quantize_depth(label, spec.output)
-    return codec.encode(q, ctx.encoding.png_level), encoding
+    return codec.encode(q, options), encoding
 
 
 def _members(
@@ -125,6 +106,8 @@ def _members(
         "class": ctx.classes[entry.cls] if ctx.classes is not None and entry.cls is not None else None,
         "labelers": {s.modality: s.labeler_id for s in ctx.labelers},
     }
+    if ctx.plan_id:
+        meta["dataset"] = ctx.plan_id
     members = {CODECS["rgb"].suffix: img.jpeg}
     for spec in ctx.labelers:
         label = maps[spec.modality]
@@ -163,7 +146,7 @@ def _wait_labels(
 
 
 def _write_batch(
-    writer: SampleTarWriter, shard: ShardSpec, labelled: list[Any], ctx: ShardContext, tally: _Tally
+    writer: ShardSink, shard: ShardSpec, labelled: list[Any], ctx: ShardContext, tally: _Tally
 ) -> None:
     for pos, entry, img, maps in labelled:
         t0 = time.perf_counter()
@@ -182,7 +165,7 @@ def _write_batch(
 
 
 def _flush(
-    writer: SampleTarWriter,
+    writer: ShardSink,
     shard: ShardSpec,
     previous: tuple[list[Any], Callable[[], Labels] | None, int],
     ctx: ShardContext,
@@ -203,49 +186,47 @@ def process_shard(
     submit: Submit,
     progress: Callable[[int], None] | None = None,
     isolate: bool = False,
-) -> dict[str, Any]:
+) -> ShardStats:
     """Build one shard and publish it atomically; returns the stats that were written beside it.
 
     `isolate` (the last attempt): images that fail labelling are recorded one by one instead of failing the
     shard. A source or output folder this worker cannot see fails the shard, never its images.
     """
-    for folder in (Path(ctx.src), Path(ctx.out) / "shards"):
+    paths = DatasetPaths(Path(ctx.out))
+    for folder in (Path(ctx.src), paths.shards_dir):
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder} is not visible on this worker (a cluster needs a shared filesystem)")
-    tar_path, stats_path = shard_paths(ctx.out, shard.name)
     tally, started = _Tally(isolate=isolate), time.perf_counter()
     indexed = list(enumerate(shard.entries))
-    with fs.atomic_open(tar_path) as f:
-        hashing = _HashingFile(f)
-        writer = SampleTarWriter(hashing)  # type: ignore[arg-type]
+    with ShardSink(paths, shard.name) as sink:
         previous: tuple[list[Any], Callable[[], Labels] | None, int] | None = None
         for start in range(0, len(indexed), ctx.batch_size):
             chunk = indexed[start : start + ctx.batch_size]
             batch = _read(chunk, ctx, tally)
             pending = submit([im.rgb for _, _, im in batch]) if batch else None
             if previous is not None:
-                _flush(writer, shard, previous, ctx, submit, tally, progress)
+                _flush(sink, shard, previous, ctx, submit, tally, progress)
             previous = (batch, pending, len(chunk))
         if previous is not None:
-            _flush(writer, shard, previous, ctx, submit, tally, progress)
-        writer.close()
-    stats = {
-        "format": STATS_FORMAT,
-        "shard": shard.name,
-        "index": shard.index,
-        "planned": len(shard.entries),
-        "written": tally.written,
-        "failed": len(tally.failures),
-        "failures": tally.failures,
-        "bytes": hashing.size,
-        "sha256": hashing.sha.hexdigest(),
-        "timings": {k: round(v, 4) for k, v in tally.timings.items()},
-        "seconds": round(time.perf_counter() - started, 4),
-        "labelers": {s.modality: s.labeler_id for s in ctx.labelers},
-        "source_kinds": dict(sorted(tally.source_kinds.items())),
-        "rgb_reencoded": tally.reencoded,
-    }
-    fs.write_json_atomic(stats_path, stats)  # last: its presence marks the shard done
+            _flush(sink, shard, previous, ctx, submit, tally, progress)
+    stats = ShardStats(
+        format=contract.FORMAT,
+        plan_id=ctx.plan_id,
+        shard=shard.name,
+        index=shard.index,
+        planned=len(shard.entries),
+        written=tally.written,
+        failed=len(tally.failures),
+        failures=tuple(tally.failures),
+        bytes=sink.bytes,
+        sha256=sink.sha256,
+        timings={k: round(v, 4) for k, v in tally.timings.items()},
+        seconds=round(time.perf_counter() - started, 4),
+        labelers={s.modality: s.labeler_id for s in ctx.labelers},
+        source_kinds=dict(sorted(tally.source_kinds.items())),
+        rgb_reencoded=tally.reencoded,
+    )
+    sink.mark_done(stats)  # last: its presence marks the shard done
     return stats
 
 
