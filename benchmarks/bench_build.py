@@ -77,7 +77,7 @@ def end_to_end(recipe, src: Path, out: Path, executor: str) -> dict:
     result = build_dataset(BuildConfig(src=src, out=out, recipe=recipe, executor=executor, quiet=True, overwrite=True))
     stats = [json.loads(p.read_text()) for p in sorted((out / "shards").glob("*.stats.json"))]
     timings = {k: sum(s["timings"][k] for s in stats) for k in ("read", "label", "encode", "write")}
-    n = result.manifest["totals"]["written"]
+    n = result.manifest.totals.written
     shard_seconds = sum(s["seconds"] for s in stats)
     return {
         "images": n,

@@ -43,7 +43,7 @@ def ensure_dataset(work: Path, images: int, shard_size: int) -> Path:
     make_source(work / "src", images)
     recipe = with_overrides(load_recipe(RECIPE), shard_size=shard_size)
     result = build_dataset(BuildConfig(src=work / "src", out=out, recipe=recipe, executor="local", quiet=True))
-    print(f"built {out}: {result.manifest['totals']} in {result.seconds:.0f} s", file=sys.stderr)
+    print(f"built {out}: {result.manifest.totals} in {result.seconds:.0f} s", file=sys.stderr)
     return out
 
 

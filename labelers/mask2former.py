@@ -19,7 +19,6 @@ from labelers.torch_labeler import TorchLabeler
 from labelers.weights import load_pretrained
 
 
-
 def semantic_scores(class_logits: torch.Tensor, mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(B, Q, C+1) class logits, (B, Q, h, w) mask logits -> (B, C, H, W) scores at `size`, in fp32."""
     probs = class_logits.float().softmax(-1)[..., :-1]

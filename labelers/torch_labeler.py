@@ -15,7 +15,6 @@ from labelers.spec import LabelerSpec
 from labelers.standards import torch_dtype
 
 
-
 class TorchLabeler:
     """Subclasses implement `predict(pixels) -> (B, h, w)` float maps or (B, C, h, w) class scores."""
 

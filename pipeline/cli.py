@@ -104,6 +104,9 @@ def pretrain_cmd(
     epochs: Annotated[int | None, typer.Option(help="Epochs (overrides the recipe).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Samples per rank per micro-batch.")] = None,
     workers: Annotated[int | None, typer.Option(help="Loader worker processes per rank.")] = None,
+    allow_defects: Annotated[
+        bool, typer.Option(help="Train on a dataset that fails its checks or is incomplete (warned, not refused).")
+    ] = False,
 ) -> None:
     """Pretrain MultiMAE on a dataset's shards. Several GPUs: torchrun ... -m trainer.train (same options)."""
     from trainer.errors import USER_ERRORS
@@ -111,7 +114,8 @@ def pretrain_cmd(
 
     try:
         cfg = build_config(config, steps=steps, epochs=epochs, batch_size=batch_size, workers=workers)
-        result = pretrain(cfg, RunOptions(data=data, out=out, resume=resume, device=device))
+        options = RunOptions(data=data, out=out, resume=resume, device=device, allow_defects=allow_defects)
+        result = pretrain(cfg, options)
     except USER_ERRORS as err:
         raise fail(str(err)) from None
     typer.echo(f"pretrained {result.steps} steps; run folder {result.run_dir}")

@@ -51,12 +51,18 @@ class Codec:
     kind: str
     dtype: str | None
     channels: int | None
-    encode: Callable[[Any, EncodeOptions], bytes]
-    decode: Callable[[bytes], Any]
+    encoder: Callable[[Any, EncodeOptions], bytes]
+    decoder: Callable[[bytes], Any]
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"codec {self.suffix}: kind must be one of {KINDS}, got {self.kind!r}")
+
+    def encode(self, value: Any, options: EncodeOptions | None = None) -> bytes:
+        return self.encoder(value, options or EncodeOptions())
+
+    def decode(self, data: bytes) -> Any:
+        return self.decoder(data)
 
     @property
     def is_map(self) -> bool:
@@ -182,29 +188,37 @@ CODECS: dict[str, Codec] = {
         kind="image",
         dtype="uint8",
         channels=3,
-        encode=lambda v, o: encode_rgb(v, o.jpeg_quality),
-        decode=decode_rgb,
+        encoder=lambda v, o: encode_rgb(v, o.jpeg_quality),
+        decoder=decode_rgb,
     ),
     "depth": Codec(
         suffix="depth.png",
         kind="value_map",
         dtype="uint16",
         channels=1,
-        encode=lambda v, o: encode_depth(v, o.png_level),
-        decode=decode_depth,
+        encoder=lambda v, o: encode_depth(v, o.png_level),
+        decoder=decode_depth,
     ),
     "semseg": Codec(
         suffix="semseg.png",
         kind="class_map",
         dtype="uint8",
         channels=1,
-        encode=lambda v, o: encode_semseg(v, o.palette, o.png_level),
-        decode=decode_semseg,
+        encoder=lambda v, o: encode_semseg(v, o.palette, o.png_level),
+        decoder=decode_semseg,
     ),
-    "json": Codec(suffix="json", kind="metadata", dtype=None, channels=None, encode=lambda v, o: encode_json(v), decode=decode_json),
-    "cls": Codec(suffix="cls", kind="metadata", dtype=None, channels=None, encode=lambda v, o: encode_cls(v), decode=decode_cls),
+    "json": Codec(
+        suffix="json",
+        kind="metadata",
+        dtype=None,
+        channels=None,
+        encoder=lambda v, o: encode_json(v),
+        decoder=decode_json,
+    ),
+    "cls": Codec(
+        suffix="cls", kind="metadata", dtype=None, channels=None, encoder=lambda v, o: encode_cls(v), decoder=decode_cls
+    ),
 }
-DEFAULT_OPTIONS = EncodeOptions()
 
 BY_SUFFIX: dict[str, str] = {codec.suffix: name for name, codec in CODECS.items()}
 

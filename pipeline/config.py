@@ -141,7 +141,9 @@ def recipe_from_dict(data: dict[str, Any], heading: str = "recipe") -> Recipe:
     problems: list[str] = []
     unknown = sorted(set(data) - set(_PARTS) - {"recipe", "labelers"})
     if unknown:
-        problems.append(f"unknown recipe section(s): {', '.join(unknown)}; allowed: recipe, labelers, {', '.join(_PARTS)}")
+        problems.append(
+            f"unknown recipe section(s): {', '.join(unknown)}; allowed: recipe, labelers, {', '.join(_PARTS)}"
+        )
     parts: dict[str, Any] = {"recipe": RecipeHeader()}
     for name, cls in {"recipe": RecipeHeader, **_PARTS}.items():
         try:

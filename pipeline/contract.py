@@ -52,9 +52,9 @@ class DocumentError(ValueError):
 
 @dataclass(frozen=True, kw_only=True)
 class Marker:
-    tool: str = setting(TOOL, choices=(TOOL,))
-    kind: str = setting("dataset", choices=("dataset",))
-    format: int = setting(FORMAT, choices=READABLE_FORMATS)
+    tool: str = setting(choices=(TOOL,))
+    kind: str = setting(choices=("dataset",))
+    format: int = setting(choices=READABLE_FORMATS)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -249,6 +249,18 @@ class Manifest:
 # ----------------------------------------------------------------------------------------------- the folder
 
 
+def sample_key(shard_index: int, position: int) -> str:
+    """The key of the sample at `position` of shard `shard_index` (dot-free, in plan order)."""
+    return f"{shard_index:06d}{position:05d}"
+
+
+def key_position(key: str, shard_index: int) -> int | None:
+    """The plan position a key stands for in shard `shard_index`, or None when it is no key of that shard."""
+    if len(key) != 11 or not key.isdigit() or int(key[:6]) != shard_index:
+        return None
+    return int(key[6:])
+
+
 @dataclass(frozen=True)
 class DatasetPaths:
     """Every path of a dataset folder, spelled once."""
@@ -390,4 +402,4 @@ def read_marker(paths: DatasetPaths) -> Marker:
 
 
 def write_marker(paths: DatasetPaths) -> None:
-    write_doc(paths.marker, Marker())
+    write_doc(paths.marker, Marker(tool=TOOL, kind="dataset", format=FORMAT))

@@ -191,4 +191,3 @@ def _holder(fd: int) -> str:
     if not isinstance(info, dict) or not info:
         return ""
     return f"pid {info.get('pid')} on {info.get('host')} since {info.get('started')}: {info.get('command', '')}"[:300]
-

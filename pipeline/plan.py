@@ -10,7 +10,6 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pipeline import contract, fs
 from pipeline.config import ConfigError, SourceConfig
@@ -51,8 +50,8 @@ class Plan:
         """Digest of what this plan makes: recorded in every document and sample of the dataset."""
         if self.format < 2:
             return ""
-        parts = [self.split, self.source_fingerprint, self.recipe_fingerprint, list(self.classes or ())]
-        parts.append([[s.name, len(s.entries)] for s in self.shards])
+        layout = [[s.name, len(s.entries)] for s in self.shards]
+        parts = [self.split, self.source_fingerprint, self.recipe_fingerprint, list(self.classes or ()), layout]
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
     def header(self) -> PlanHeader:

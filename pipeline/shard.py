@@ -20,7 +20,7 @@ from labelers.coco import palette as coco_palette
 from pipeline import contract
 from pipeline.codecs import CODECS, EncodeOptions, encode_cls, encode_json, quantize_depth
 from pipeline.config import EncodingConfig, ImageConfig
-from pipeline.contract import DatasetPaths, Failure, ShardStats
+from pipeline.contract import DatasetPaths, Failure, ShardStats, sample_key
 from pipeline.images import DecodedImage, decode_image, read_source
 from pipeline.plan import Entry, ShardSpec
 from pipeline.sink import ShardSink
@@ -51,10 +51,6 @@ class _Tally:
     reencoded: int = 0
 
 
-def sample_key(shard_index: int, position: int) -> str:
-    return f"{shard_index:06d}{position:05d}"
-
-
 def _failure(entry: Entry, err: BaseException, stage: str) -> Failure:
     """A failed input: source path, exception class, message, and the stage (read, label, encode)."""
     message = str(err)[:500] or repr(err)
@@ -67,7 +63,9 @@ def _read(
     t0, ok = time.perf_counter(), []
     for pos, entry in entries:
         try:
-            data = read_source(Path(ctx.src) / entry.path, max_bytes=ctx.image.max_file_bytes, max_pixels=ctx.image.max_pixels)
+            data = read_source(
+                Path(ctx.src) / entry.path, max_bytes=ctx.image.max_file_bytes, max_pixels=ctx.image.max_pixels
+            )
             img = decode_image(
                 data, max_pixels=ctx.image.max_pixels, max_side=ctx.image.max_side, jpeg_quality=ctx.image.jpeg_quality
             )
@@ -145,9 +143,7 @@ def _wait_labels(
     return results
 
 
-def _write_batch(
-    writer: ShardSink, shard: ShardSpec, labelled: list[Any], ctx: ShardContext, tally: _Tally
-) -> None:
+def _write_batch(writer: ShardSink, shard: ShardSpec, labelled: list[Any], ctx: ShardContext, tally: _Tally) -> None:
     for pos, entry, img, maps in labelled:
         t0 = time.perf_counter()
         try:

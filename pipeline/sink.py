@@ -49,7 +49,7 @@ class ShardSink:
     def __enter__(self) -> ShardSink:
         f = self._stack.enter_context(fs.atomic_open(self.paths.shard_tar(self.shard)))
         self._hash = _HashingFile(f)
-        self._tar = tarfile.open(fileobj=self._hash, mode="w", format=tarfile.USTAR_FORMAT)  # type: ignore[call-overload]  # noqa: SIM115
+        self._tar = tarfile.open(fileobj=self._hash, mode="w", format=tarfile.USTAR_FORMAT)  # type: ignore[call-overload]
         return self
 
     def add(self, key: str, members: dict[str, bytes]) -> None:

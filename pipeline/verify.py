@@ -1,17 +1,22 @@
 """`mmforge verify`: prove a built dataset is complete, intact and true to the data contract.
 
-One entry point, `verify_dataset(VerifyConfig) -> VerifyReport`. Fast mode reads every shard once (sha256,
-bytes, strict tar walk, member names, sample grouping) and cross-checks plan/, the stats markers, index.json,
-the wids index and manifest.json. Deep mode also decodes every member with the codec table and checks pixel
-formats, geometry, class ids and the sample json, in several processes.
+One entry point, `verify_dataset(VerifyConfig) -> VerifyReport`. First the document checks
+(`pipeline.verify_docs`: every document parsed and validated, cross-checked with the others and the plan,
+urls inside OUT). Fast mode then reads every shard once (sha256, bytes, strict tar walk, member names,
+sample grouping, and each sample's json against the frozen plan: source path, order, dataset id). Deep mode
+also decodes every member with the codec table and checks pixel formats, geometry, class ids and the sample
+json, in several processes.
 
 Defect kinds (stable identifiers, `Defect.kind`):
-- files: missing_file, bad_file, missing_shard, missing_marker, extra_shard, stray_temp_file, unexpected_file
-- records: sha256_mismatch, bytes_mismatch, count_mismatch, not_in_index, index_mismatch, totals_mismatch,
-  failures_mismatch, shard_failed, check_failed
+- files: missing_file, bad_document, missing_shard, missing_marker, extra_shard, stray_temp_file,
+  unexpected_file, build_in_progress
+- records: sha256_mismatch, bytes_mismatch, count_mismatch, not_in_index, index_mismatch, bad_url,
+  plan_mismatch, totals_mismatch, failures_mismatch, shard_failed, check_failed
 - tar: truncated, bad_header, trailing_data, bad_member_type
-- samples: bad_member_name, missing_member, extra_member, duplicate_member, members_not_adjacent, duplicate_key
-- deep: undecodable, wrong_pixel_format, size_mismatch, class_id_out_of_range, bad_json, bad_class
+- samples: bad_member_name, missing_member, extra_member, duplicate_member, members_not_adjacent,
+  duplicate_key, not_in_plan, sample_missing
+- deep: undecodable, wrong_pixel_format, size_mismatch, class_id_out_of_range, bad_json, bad_class,
+  rgb_not_source
 Per-image failures the build recorded (bad source images) are not defects: they are accounted for, and listed.
 """
 
@@ -31,19 +36,15 @@ from typing import Any
 
 from tqdm import tqdm
 
-from pipeline.codecs import CODECS, IGNORE_ID
-from pipeline.fs import is_temp
+from pipeline.codecs import BY_SUFFIX, CODECS, IGNORE_ID
+from pipeline.schema import to_plain
+from pipeline.verify_docs import DatasetDocs, NotADatasetError, check_documents
 from pipeline.verify_sample import Defect, MapSpec
 from pipeline.verify_shard import ShardExpect, ShardResult, check_shard
 
 __all__ = ["Defect", "NotADatasetError", "VerifyConfig", "VerifyReport", "summary", "verify_dataset"]
 
 _POOL_MIN_SAMPLES = 500  # below this, auto workers verify in-process (a process pool costs ~0.5-1 s to start)
-_DATASET_FILES = ("plan/plan.json", "manifest.json", "index.json", "wids-index.json")
-
-
-class NotADatasetError(ValueError):
-    """OUT is missing or holds no dataset at all (bad usage, exit code 2), as opposed to a defective one."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,127 +88,58 @@ class VerifyReport:
         return doc
 
 
-@dataclass
-class _Dataset:
-    """The dataset-level files as read (None where missing or unreadable)."""
-
-    out: Path
-    docs: dict[str, Any]
-    defects: list[Defect]
-
-    def doc(self, name: str) -> dict[str, Any]:
-        value = self.docs.get(name)
-        return value if isinstance(value, dict) else {}
-
-
-def _read_doc(out: Path, name: str, defects: list[Defect]) -> Any:
-    path = out / name
-    if not path.is_file():
-        defects.append(Defect(kind="missing_file", reason=f"{name} is missing", member=name))
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        defects.append(Defect(kind="bad_file", reason=f"{name} is unreadable: {err}", member=name))
-        return None
-
-
-def _open_dataset(out: Path) -> _Dataset:
-    if not out.is_dir():
-        raise NotADatasetError(f"{out} does not exist or is not a folder")
-    if not any((out / name).is_file() for name in _DATASET_FILES[:3]):
-        raise NotADatasetError(f"{out} is not a dataset folder (no plan/plan.json, manifest.json or index.json)")
-    defects: list[Defect] = []
-    docs = {name: _read_doc(out, name, defects) for name in _DATASET_FILES}
-    return _Dataset(out, docs, defects)
-
-
-def _planned(ds: _Dataset) -> dict[str, int | None]:
-    """Shard name -> planned sample count, from the frozen plan (or, without it, the index)."""
-    plan = ds.doc("plan/plan.json")
-    if plan.get("shards"):
-        return {s["name"]: s.get("count") for s in plan["shards"]}
-    return {s["name"]: None for s in ds.doc("index.json").get("shards", [])}
-
-
-def _classes(ds: _Dataset) -> tuple[str, ...] | None:
-    plan, manifest = ds.doc("plan/plan.json"), ds.doc("manifest.json")
-    classes = plan["classes"] if "classes" in plan else manifest.get("classes")
-    return tuple(classes) if classes else None
-
-
-def _required_members(ds: _Dataset, classes: tuple[str, ...] | None) -> tuple[str, ...]:
+def _required_members(docs: DatasetDocs) -> tuple[str, ...]:
     """manifest.json 'members', with `.cls` exactly when the dataset has classes."""
     cls = CODECS["cls"].suffix
-    listed = ds.doc("manifest.json").get("members") or [CODECS[m].suffix for m in ("rgb", "depth", "semseg", "json")]
-    if (cls in listed) != (classes is not None):
-        reason = (
-            f"'members' {'lists' if cls in listed else 'lacks'} {cls} but the plan has {len(classes or ())} classes"
+    default = [CODECS[m].suffix for m in ("rgb", "depth", "semseg", "json")]
+    listed = list(docs.manifest.members) if docs.manifest is not None else default
+    return tuple(m for m in listed if m != cls) + ((cls,) if docs.classes is not None else ())
+
+
+def _maps(docs: DatasetDocs) -> tuple[MapSpec, ...]:
+    mods = docs.manifest.modalities if docs.manifest is not None else {}
+    maps = []
+    for name, info in mods.items():
+        if info.member not in BY_SUFFIX:
+            docs.add(
+                "bad_document",
+                f"modality {name!r} names member {info.member!r}, not in the codec table",
+                member="manifest.json",
+            )
+            continue
+        maps.append(
+            MapSpec(
+                modality=name,
+                member=info.member,
+                num_classes=info.num_classes,
+                ignore_id=info.ignore_id if info.ignore_id is not None else IGNORE_ID,
+            )
         )
-        ds.defects.append(Defect(kind="bad_file", reason=reason, member="manifest.json"))
-    return tuple(m for m in listed if m != cls) + ((cls,) if classes is not None else ())
+    return tuple(maps)
 
 
-def _maps(ds: _Dataset) -> tuple[MapSpec, ...]:
-    mods = ds.doc("manifest.json").get("modalities") or {}
-    return tuple(
-        MapSpec(
-            modality=name,
-            member=info.get("member", CODECS[name].suffix if name in CODECS else name),
-            num_classes=info.get("num_classes") if info.get("kind") == "classes" else None,
-            ignore_id=info.get("ignore_id", IGNORE_ID),
+def _expects(docs: DatasetDocs, deep: bool) -> list[ShardExpect]:
+    members, maps, planned = _required_members(docs), _maps(docs), docs.planned
+    order = list(planned)
+    expects = []
+    for shard in docs.present:
+        entries = docs.entries.get(shard)
+        stats = docs.stats.get(shard)
+        expects.append(
+            ShardExpect(
+                name=shard,
+                path=str(docs.paths.shard_tar(shard)),
+                members=members,
+                maps=maps,
+                classes=docs.classes,
+                deep=deep,
+                index=order.index(shard),
+                sources=tuple(p for p, _ in entries.entries) if entries is not None and stats is not None else None,
+                failed=tuple(f.path for f in stats.failures) if stats is not None else (),
+                plan_id=docs.plan_id,
+            )
         )
-        for name, info in mods.items()
-    )
-
-
-def _shard_files(ds: _Dataset, planned: dict[str, int | None]) -> list[str]:
-    """Check the shards/ folder against the plan; returns the planned shards whose tar is present."""
-    folder, present = ds.out / "shards", set()
-    names = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-    for name in names:
-        stem = name.removesuffix(".tar").removesuffix(".stats.json")
-        if is_temp(folder / name):
-            ds.defects.append(Defect(kind="stray_temp_file", reason=f"leftover temp file shards/{name}", member=name))
-        elif stem == name:
-            ds.defects.append(Defect(kind="unexpected_file", reason=f"shards/{name} is not a shard", member=name))
-        elif stem not in planned:
-            ds.defects.append(Defect(kind="extra_shard", reason=f"shards/{name} is not in the plan", shard=stem))
-        elif name.endswith(".tar"):
-            present.add(stem)
-    for shard in planned:
-        _expect_shard_files(ds, shard, names, present)
-    return [s for s in planned if s in present]
-
-
-def _stray_temps(ds: _Dataset) -> None:
-    """Temp files of killed writers beside the dataset files (shards/ is checked with the shards)."""
-    for folder in (ds.out, ds.out / "plan"):
-        for path in sorted(folder.iterdir()) if folder.is_dir() else []:
-            if is_temp(path):
-                rel = path.relative_to(ds.out).as_posix()
-                ds.defects.append(Defect(kind="stray_temp_file", reason=f"leftover temp file {rel}", member=rel))
-
-
-def _expect_shard_files(ds: _Dataset, shard: str, names: list[str], present: set[str]) -> None:
-    if shard not in present:
-        lost = {s["shard"]: s.get("error", "") for s in ds.doc("manifest.json").get("failed_shards", [])}
-        why = f" (build failed: {str(lost[shard]).splitlines()[0] if lost[shard] else '?'})" if shard in lost else ""
-        ds.defects.append(Defect(kind="missing_shard", reason=f"shards/{shard}.tar is missing{why}", shard=shard))
-    elif f"{shard}.stats.json" not in names:
-        reason = f"shards/{shard}.stats.json (the done marker) is missing"
-        ds.defects.append(Defect(kind="missing_marker", reason=reason, shard=shard))
-
-
-def _expects(ds: _Dataset, shards: list[str], deep: bool) -> list[ShardExpect]:
-    classes = _classes(ds)
-    members, maps = _required_members(ds, classes), _maps(ds)
-    return [
-        ShardExpect(
-            name=s, path=str(ds.out / "shards" / f"{s}.tar"), members=members, maps=maps, classes=classes, deep=deep
-        )
-        for s in shards
-    ]
+    return expects
 
 
 def _workers(cfg: VerifyConfig, shards: int, samples: int) -> int:
@@ -254,52 +186,19 @@ def _check_shards(expects: list[ShardExpect], workers: int, total: int, cfg: Ver
     return [results[e.name] for e in expects]
 
 
-def _mismatch(shard: str, kind: str, what: str, actual: Any, records: dict[str, Any]) -> list[Defect]:
-    """One defect when the file's `what` differs from what index.json / the stats marker record."""
-    wrong = {src: v for src, v in records.items() if v is not None and v != actual}
-    if not wrong:
-        return []
-    said = ", ".join(f"{src} says {v}" for src, v in wrong.items())
-    return [Defect(kind=kind, reason=f"{what} is {actual}; {said}", shard=shard)]
-
-
-def _stats(ds: _Dataset, shard: str) -> dict[str, Any]:
-    path = ds.out / "shards" / f"{shard}.stats.json"
-    try:
-        value = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except (OSError, ValueError) as err:
-        ds.defects.append(Defect(kind="bad_file", reason=f"unreadable stats: {err}", shard=shard))
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-_RECORDS = (  # (defect kind, what, index.json field = ShardResult attribute, stats field)
-    ("sha256_mismatch", "sha256", "sha256", "sha256"),
-    ("bytes_mismatch", "the size in bytes", "bytes", "bytes"),
-    ("count_mismatch", "the number of samples", "samples", "written"),
-)
-
-
-def _record_checks(result: ShardResult, index: dict[str, Any] | None, stats: dict[str, Any]) -> list[Defect]:
-    name, idx = result.name, index or {}
-    found = [] if index is not None else [Defect(kind="not_in_index", reason="no entry in index.json", shard=name)]
-    for kind, what, field_name, stats_field in _RECORDS:
-        records = {"index.json": idx.get(field_name), f"stats '{stats_field}'": stats.get(stats_field)}
-        found += _mismatch(name, kind, what, getattr(result, field_name), records)
-    return found
-
-
-def _stats_checks(shard: str, stats: dict[str, Any], planned: int | None) -> list[Defect]:
-    if not stats:
-        return []
-    found = _mismatch(shard, "count_mismatch", "the planned count (plan/)", planned, {"stats": stats.get("planned")})
-    written, failed = stats.get("written", 0), stats.get("failed", 0)
-    if written + failed != stats.get("planned"):
-        reason = f"stats: written {written} + failed {failed} != planned {stats.get('planned')}"
-        found.append(Defect(kind="totals_mismatch", reason=reason, shard=shard))
-    if failed != len(stats.get("failures", [])):
-        reason = f"stats: failed {failed} but {len(stats.get('failures', []))} failures listed"
-        found.append(Defect(kind="failures_mismatch", reason=reason, shard=shard))
+def _record_checks(docs: DatasetDocs, result: ShardResult) -> list[Defect]:
+    """What the shard's bytes are against what index.json and its stats marker record."""
+    found = []
+    entry, stats = docs.index_entries().get(result.name), docs.stats.get(result.name)
+    for kind, what, actual, idx, st in (
+        ("sha256_mismatch", "sha256", result.sha256, entry and entry.sha256, stats and stats.sha256),
+        ("bytes_mismatch", "the size in bytes", result.bytes, entry and entry.bytes, stats and stats.bytes),
+        ("count_mismatch", "the number of samples", result.samples, entry and entry.samples, stats and stats.written),
+    ):
+        wrong = {src: v for src, v in (("index.json", idx), ("stats", st)) if v is not None and v != actual}
+        if wrong:
+            said = ", ".join(f"{src} says {v}" for src, v in wrong.items())
+            found.append(Defect(kind=kind, reason=f"{what} is {actual}; {said}", shard=result.name))
     return found
 
 
@@ -316,90 +215,46 @@ def _duplicate_keys(results: list[ShardResult]) -> list[Defect]:
     return found
 
 
-def _index_checks(ds: _Dataset, planned: dict[str, int | None]) -> dict[str, dict[str, Any]]:
-    """index.json entries by shard name; entries for unplanned shards and a stale wids index are defects."""
-    entries = {str(s.get("name")): s for s in ds.doc("index.json").get("shards", []) if isinstance(s, dict)}
-    for name in sorted(set(entries) - set(planned), key=str):
-        ds.defects.append(Defect(kind="index_mismatch", reason="index.json lists a shard not in the plan", shard=name))
-    wids = ds.docs.get("wids-index.json")
-    if isinstance(wids, dict):
-        expected = [{"url": s.get("url"), "nsamples": s.get("samples")} for s in entries.values()]
-        listed = [{"url": s.get("url"), "nsamples": s.get("nsamples")} for s in wids.get("shardlist", [])]
-        if listed != expected:
-            reason = "wids-index.json 'shardlist' does not match index.json (urls and sample counts)"
-            ds.defects.append(Defect(kind="index_mismatch", reason=reason, member="wids-index.json"))
-    return entries
+def _failures(docs: DatasetDocs) -> list[dict[str, Any]]:
+    return [{"shard": s, **to_plain(f)} for s, st in docs.stats.items() for f in st.failures]
 
 
-def _failures(ds: _Dataset, all_stats: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    listed = [{"shard": s, **f} for s, st in all_stats.items() for f in st.get("failures", [])]
-    manifest = ds.docs.get("manifest.json")
-    recorded = manifest.get("failures") if isinstance(manifest, dict) else None
-    if recorded is not None and recorded != [{k: v for k, v in f.items() if k != "shard"} for f in listed]:
-        reason = f"manifest lists {len(recorded)} failures, the stats markers {len(listed)} (or they differ)"
-        ds.defects.append(Defect(kind="failures_mismatch", reason=reason, member="manifest.json"))
-    return listed
-
-
-def _totals(ds: _Dataset, planned: dict[str, int | None], all_stats: dict[str, dict[str, Any]], samples: int) -> dict:
-    manifest = ds.doc("manifest.json")
-    lost = sum(s.get("planned", 0) for s in manifest.get("failed_shards", []))
-    for s in manifest.get("failed_shards", []):
-        reason = f"the build lost this shard ({s.get('planned')} images): {str(s.get('error', '')).splitlines()[:1]}"
-        ds.defects.append(Defect(kind="shard_failed", reason=reason, shard=s.get("shard")))
-    actual = {
-        "inputs": sum(n or 0 for n in planned.values()),
-        "written": samples,
-        "failed": sum(st.get("failed", 0) for st in all_stats.values()) + lost,
-    }
-    recorded = manifest.get("totals", {})
-    for name, value in actual.items():
-        if name in recorded and recorded[name] != value:
-            reason = f"manifest totals.{name} is {recorded[name]}, the shards give {value}"
-            ds.defects.append(Defect(kind="totals_mismatch", reason=reason, member="manifest.json"))
-    if actual["inputs"] != actual["written"] + actual["failed"]:
-        reason = f"inputs {actual['inputs']} != written {actual['written']} + failed {actual['failed']}"
-        ds.defects.append(Defect(kind="totals_mismatch", reason=reason))
-    if manifest and not manifest.get("complete", False):
-        ds.defects.append(Defect(kind="totals_mismatch", reason="manifest says the build is not complete"))
-    return actual
-
-
-def _cross_check(ds: _Dataset, planned: dict[str, int | None], results: list[ShardResult]) -> VerifyReport:
-    index = _index_checks(ds, planned)
-    all_stats = {r.name: _stats(ds, r.name) for r in results}
-    report = VerifyReport(out=str(ds.out), deep=False, shards_expected=len(planned), shards_checked=len(results))
+def _report(docs: DatasetDocs, results: list[ShardResult], cfg: VerifyConfig) -> VerifyReport:
+    report = VerifyReport(
+        out=str(docs.paths.root), deep=cfg.deep, shards_expected=len(docs.planned), shards_checked=len(results)
+    )
+    report.defects = list(docs.defects)
     for r in results:
         report.defects += r.defects
-        report.defects += _record_checks(r, index.get(r.name), all_stats[r.name])
-        report.defects += _stats_checks(r.name, all_stats[r.name], planned.get(r.name))
+        report.defects += _record_checks(docs, r)
     report.defects += _duplicate_keys(results)
-    report.failures = _failures(ds, all_stats)
-    report.totals = _totals(ds, planned, all_stats, sum(r.samples for r in results))
+    report.failures = _failures(docs)
+    lost = sum(s.planned for s in docs.manifest.failed_shards) if docs.manifest is not None else 0
+    report.totals = {
+        "inputs": sum(n or 0 for n in docs.planned.values()),
+        "written": sum(r.samples for r in results),
+        "failed": sum(st.failed for st in docs.stats.values()) + lost,
+    }
     report.samples, report.bytes = sum(r.samples for r in results), sum(r.bytes for r in results)
     return report
 
 
-def _expected_samples(ds: _Dataset, shards: list[str], planned: dict[str, int | None]) -> int:
+def _expected_samples(docs: DatasetDocs) -> int:
     """For the progress bar: samples per index.json, else the planned count."""
-    index = {s.get("name"): s.get("samples") for s in ds.doc("index.json").get("shards", []) if isinstance(s, dict)}
-    return sum(index.get(s) or planned.get(s) or 0 for s in shards)
+    index = {s.name: s.samples for s in docs.index.shards} if docs.index is not None else {}
+    return sum(index.get(s) or docs.planned.get(s) or 0 for s in docs.present)
 
 
 def verify_dataset(cfg: VerifyConfig) -> VerifyReport:
     """Check the dataset in `cfg.out`. Raises NotADatasetError when there is no dataset to check."""
     started = time.perf_counter()
-    ds = _open_dataset(cfg.out)
-    planned = _planned(ds)
-    shards = _shard_files(ds, planned)
-    _stray_temps(ds)
-    expects = _expects(ds, shards, cfg.deep)
-    total = _expected_samples(ds, shards, planned)
+    docs = check_documents(cfg.out)
+    expects = _expects(docs, cfg.deep)
+    total = _expected_samples(docs)
     workers = _workers(cfg, len(expects), total)
     results = _check_shards(expects, workers, total, cfg)
-    report = _cross_check(ds, planned, results)
-    report.defects = ds.defects + report.defects
-    report.deep, report.workers, report.seconds = cfg.deep, workers, time.perf_counter() - started
+    report = _report(docs, results, cfg)
+    report.workers, report.seconds = workers, time.perf_counter() - started
     if cfg.json_path is not None:
         cfg.json_path.write_text(json.dumps(report.to_dict(), indent=1) + "\n", encoding="utf-8")
     return report

@@ -3,12 +3,13 @@ pixel format, geometry and value range, and the sample json has its fields with 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from pipeline.codecs import CODECS, IGNORE_ID, decode_member
+from pipeline.codecs import BY_SUFFIX, CODECS, IGNORE_ID, Codec, decode_member
 
 RGB, JSON, CLS = CODECS["rgb"].suffix, CODECS["json"].suffix, CODECS["cls"].suffix
 _IMAGE_SUFFIXES = (".png", ".jpg")
@@ -40,12 +41,16 @@ class Defect:
 
 @dataclass(frozen=True, kw_only=True)
 class MapSpec:
-    """One label map of the dataset (from manifest.json 'modalities'): class ids or a 16-bit value map."""
+    """One label map of the dataset (from manifest.json 'modalities'); its checks come from its codec."""
 
     modality: str
     member: str
-    num_classes: int | None = None  # None: a uint16 value map (depth) with its encoding in the json
+    num_classes: int | None = None  # class maps: ids must be < num_classes or the ignore id
     ignore_id: int = IGNORE_ID
+
+    @property
+    def codec(self) -> Codec:
+        return CODECS[BY_SUFFIX[self.member]]
 
 
 @dataclass
@@ -72,8 +77,9 @@ def _decode(sample: _Sample, suffix: str, data: bytes) -> Any:
 def _check_rgb(sample: _Sample, rgb: Any) -> tuple[int, int] | None:
     if rgb is None:
         return None
-    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        sample.add("wrong_pixel_format", RGB, f"rgb must decode to uint8 HxWx3, got {rgb.dtype} {rgb.shape}")
+    problem = CODECS["rgb"].problem(rgb)
+    if problem:
+        sample.add("wrong_pixel_format", RGB, f"rgb {problem}")
     return int(rgb.shape[0]), int(rgb.shape[1])
 
 
@@ -90,15 +96,14 @@ def _class_ids(sample: _Sample, arr: np.ndarray, spec: MapSpec) -> None:
 def _check_map(sample: _Sample, arr: Any, spec: MapSpec, rgb_hw: tuple[int, int] | None) -> None:
     if arr is None:
         return
-    dtype = np.uint16 if spec.num_classes is None else np.uint8
-    if arr.dtype != dtype or arr.ndim != 2:
-        reason = f"{spec.modality} must be {np.dtype(dtype).name} single channel, got {arr.dtype} {arr.shape}"
-        sample.add("wrong_pixel_format", spec.member, reason)
+    problem = spec.codec.problem(arr)
+    if problem:
+        sample.add("wrong_pixel_format", spec.member, f"{spec.modality} {problem}")
         return
-    if rgb_hw is not None and arr.shape != rgb_hw:
+    if rgb_hw is not None and arr.shape[:2] != rgb_hw:
         reason = f"{spec.modality} is {arr.shape[1]}x{arr.shape[0]} (WxH), rgb is {rgb_hw[1]}x{rgb_hw[0]}"
         sample.add("size_mismatch", spec.member, reason)
-    if spec.num_classes is not None:
+    if spec.codec.kind == "class_map" and spec.num_classes is not None:
         _class_ids(sample, arr, spec)
 
 
@@ -127,7 +132,7 @@ def _json_problems(meta: dict[str, Any], key: str, maps: tuple[MapSpec, ...]) ->
     if isinstance(meta.get("key"), str) and meta["key"] != key:
         wrong.append(f"'key' is {meta['key']!r}, the member key is {key!r}")
     for spec in maps:
-        if spec.num_classes is None:
+        if spec.codec.kind == "value_map":
             enc = meta.get(spec.modality)
             found = _typed(enc, _ENCODING_TYPES) if isinstance(enc, dict) else ["missing or not an object"]
             wrong += [f"'{spec.modality}' encoding: {w}" for w in found]
@@ -143,6 +148,14 @@ def _check_json(sample: _Sample, meta: Any, maps: tuple[MapSpec, ...], rgb_hw: t
     if rgb_hw is not None and _is_size(size) and (size["height"], size["width"]) != rgb_hw:
         reason = f"json size is {size['width']}x{size['height']}, rgb is {rgb_hw[1]}x{rgb_hw[0]}"
         sample.add("size_mismatch", JSON, reason)
+
+
+def _check_original(sample: _Sample, rgb: bytes | None, meta: Any) -> None:
+    """rgb.jpg stored as the source's own bytes must hash to the source sha256 the json records."""
+    if rgb is None or not isinstance(meta, dict) or meta.get("rgb") != "original":
+        return
+    if hashlib.sha256(rgb).hexdigest() != meta.get("source_sha256"):
+        sample.add("rgb_not_source", RGB, "rgb.jpg is said to be the source's bytes but does not hash to source_sha256")
 
 
 def _check_cls(sample: _Sample, cls: Any, meta: Any, classes: tuple[str, ...] | None) -> None:
@@ -162,6 +175,7 @@ def check_sample(
     sample = _Sample(key, shard, [])
     decoded = {suffix: _decode(sample, suffix, data) for suffix, data in members.items()}
     rgb_hw = _check_rgb(sample, decoded.get(RGB))
+    _check_original(sample, members.get(RGB), decoded.get(JSON))
     for spec in maps:
         _check_map(sample, decoded.get(spec.member), spec, rgb_hw)
     _check_json(sample, decoded.get(JSON), maps, rgb_hw)

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+import builtins
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.codecs import BY_SUFFIX, split_member
+from pipeline.codecs import BY_SUFFIX, CODECS, decode_json, split_member
+from pipeline.contract import key_position
 from pipeline.verify_sample import Defect, MapSpec, check_sample
 from pipeline.verify_tar import TarMember, TarScan, scan_tar
+
+JSON = CODECS["json"].suffix
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -23,6 +27,10 @@ class ShardExpect:
     maps: tuple[MapSpec, ...]
     classes: tuple[str, ...] | None
     deep: bool
+    index: int = 0  # the shard's position in the plan (its keys start with it)
+    sources: tuple[str, ...] | None = None  # the plan's source paths of this shard, in order (None: no plan)
+    failed: tuple[str, ...] = ()  # sources the stats marker records as failed
+    plan_id: str = ""  # format 2: every sample's json names it
 
 
 @dataclass
@@ -31,6 +39,7 @@ class ShardResult:
     sha256: str = ""
     bytes: int = 0
     keys: list[str] = field(default_factory=list)  # distinct sample keys in order of first appearance
+    jsons: dict[str, builtins.bytes] = field(default_factory=dict)  # the first json member of each key
     defects: list[Defect] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -75,7 +84,7 @@ def _close_run(group: _Grouping, expect: ShardExpect, result: ShardResult) -> No
         result.keys.append(key)
     group.runs.setdefault(key, []).append([suffix for suffix, _ in members])
     if expect.deep:
-        data = {suffix: blob for suffix, blob in members if blob is not None}
+        data = {suffix: blob for suffix, blob in members if blob is not None}  # (all members kept when deep)
         result.defects.extend(check_sample(key, data, expect.name, expect.maps, expect.classes))
     group.current, group.pending = None, []
 
@@ -86,6 +95,8 @@ def _add_member(member: TarMember, group: _Grouping, expect: ShardExpect, result
         result.defects.append(_defect(expect.name, "bad_member_name", problem, member.name))
         return
     key, suffix = split_member(member.name)
+    if suffix == JSON and member.data is not None:
+        result.jsons.setdefault(key, member.data)
     if key != group.current:
         _close_run(group, expect, result)
         group.current = key
@@ -117,17 +128,62 @@ def _sample_defects(shard: str, key: str, runs: list[list[str]], required: tuple
     return found
 
 
+def _sample_source(expect: ShardExpect, key: str, data: bytes | None) -> tuple[str | None, str | None]:
+    """(source, problem) of one sample's json: the source path it names, or why it is not this plan's."""
+    if data is None:
+        return None, None
+    try:
+        meta = decode_json(data)
+    except ValueError as err:
+        return None, f"sample json unreadable: {err}"
+    if expect.plan_id and meta.get("dataset") != expect.plan_id:
+        return meta.get("source"), f"the sample json names dataset {str(meta.get('dataset'))[:12]!r}, not this plan's"
+    return meta.get("source"), None
+
+
+def _plan_defects(expect: ShardExpect, result: ShardResult) -> list[Defect]:
+    """The samples are this shard's plan entries, in order; the plan entries missing are the failures."""
+    if expect.sources is None:
+        return []
+    found, seen, last = [], set(), -1
+    for key in result.keys:
+        pos = key_position(key, expect.index)
+        if pos is None or pos >= len(expect.sources):
+            found.append(
+                Defect(kind="not_in_plan", reason="key is no position of this shard's plan", shard=expect.name, key=key)
+            )
+            continue
+        if pos <= last:
+            found.append(Defect(kind="not_in_plan", reason="sample is out of plan order", shard=expect.name, key=key))
+        last, planned = max(last, pos), expect.sources[pos]
+        seen.add(pos)
+        source, problem = _sample_source(expect, key, result.jsons.get(key))
+        if problem is None and source is not None and source != planned:
+            problem = f"sample is of source {source!r}; the plan has {planned!r} at this position"
+        if problem:
+            found.append(Defect(kind="not_in_plan", reason=problem, shard=expect.name, key=key, member=JSON))
+    failed = set(expect.failed)
+    for pos, source in enumerate(expect.sources):
+        if pos not in seen and source not in failed:
+            reason = f"plan entry {source!r} is neither in the shard nor recorded as failed"
+            found.append(Defect(kind="sample_missing", reason=reason, shard=expect.name))
+    return found
+
+
 def check_shard(expect: ShardExpect) -> ShardResult:
     """Read the shard once, front to back; every problem becomes a Defect in the result."""
     started, result, scan, group = time.perf_counter(), ShardResult(expect.name), TarScan(), _Grouping()
+    keep = True if expect.deep else (lambda name: name.endswith("." + JSON))
     with Path(expect.path).open("rb") as f:
-        for member in scan_tar(f, scan, keep_data=expect.deep):
+        for member in scan_tar(f, scan, keep_data=keep):
             if member.regular:
                 _add_member(member, group, expect, result)
     _close_run(group, expect, result)
     result.defects.extend(_defect(expect.name, p.kind, p.reason, p.member) for p in scan.problems)
     for key, runs in group.runs.items():
         result.defects.extend(_sample_defects(expect.name, key, runs, expect.members))
+    result.defects.extend(_plan_defects(expect, result))
+    result.jsons = {}  # not needed past this point (and not worth sending back from a worker)
     result.sha256, result.bytes = scan.sha256, scan.bytes
     result.seconds = time.perf_counter() - started
     return result

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -118,9 +118,11 @@ def _member_data(reader: _HashingReader, info: tarfile.TarInfo, keep: bool, scan
     return True, data
 
 
-def scan_tar(f: IO[bytes], scan: TarScan, keep_data: bool = False) -> Iterator[TarMember]:
-    """Yield the members of a tar in order, recording problems in `scan`; hashes the whole file."""
+def scan_tar(f: IO[bytes], scan: TarScan, keep_data: bool | Callable[[str], bool] = False) -> Iterator[TarMember]:
+    """Yield the members of a tar in order, recording problems in `scan`; hashes the whole file.
+    `keep_data`: keep every member's bytes, none, or those whose name the predicate accepts."""
     reader = _HashingReader(f)
+    wanted = keep_data if callable(keep_data) else (lambda _name: bool(keep_data))
     try:
         while True:
             at = reader.pos
@@ -135,10 +137,11 @@ def scan_tar(f: IO[bytes], scan: TarScan, keep_data: bool = False) -> Iterator[T
             if not regular:
                 reason = f"member type {info.type!r} is not a regular file"
                 scan.problems.append(TarProblem("bad_member_type", info.name, reason))
-            complete, data = _member_data(reader, info, keep_data and regular, scan)
+            keep = regular and wanted(info.name)
+            complete, data = _member_data(reader, info, keep, scan)
             if not complete:
                 return
-            yield TarMember(info.name, at, info.size, data if keep_data and regular else None, regular)
+            yield TarMember(info.name, at, info.size, data if keep else None, regular)
     finally:
         reader.drain()
         scan.sha256, scan.bytes = reader.sha.hexdigest(), reader.pos

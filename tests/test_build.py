@@ -42,17 +42,17 @@ def test_end_to_end_counts_geometry_ids_and_determinism(source_with_bad_files, t
     result = build(source_with_bad_files, out)
     manifest = json.loads((out / "manifest.json").read_text())
     inputs = len(list(source_with_bad_files.iterdir())) - 0
-    totals = manifest["totals"]
-    assert totals["inputs"] == inputs == totals["written"] + totals["failed"]
-    assert totals["failed"] == len(bad_image_bytes()) and not result.ok
+    totals = result.manifest.totals
+    assert totals.inputs == inputs == totals.written + totals.failed
+    assert totals.failed == len(bad_image_bytes()) and not result.ok
     assert {f["path"] for f in manifest["failures"]} == set(bad_image_bytes())
     assert all(f["error"] and f["message"] for f in manifest["failures"])
-    kinds = totals["source_kinds"]
-    assert sum(kinds.values()) == totals["written"]
+    kinds = totals.source_kinds
+    assert sum(kinds.values()) == totals.written
     assert kinds["JPEG/CMYK"] == 1 and kinds["PNG/RGB"] == 1 and kinds["PNG/I;16"] == 1
 
     samples = read_samples(out)
-    assert len(samples) == totals["written"]
+    assert len(samples) == totals.written
     written_sources = {s["json"]["source"] for s in samples.values()}
     assert set(odd_image_bytes()) <= written_sources
     for s in samples.values():
@@ -63,7 +63,7 @@ def test_end_to_end_counts_geometry_ids_and_determinism(source_with_bad_files, t
         assert np.isfinite(dequantize_depth(s["depth.png"], s["json"]["depth"])).all()
 
     index = json.loads((out / "index.json").read_text())
-    assert sum(sh["samples"] for sh in index["shards"]) == totals["written"]
+    assert sum(sh["samples"] for sh in index["shards"]) == totals.written
 
     again = tmp_path / "again"
     build(source_with_bad_files, again)
@@ -87,7 +87,7 @@ def test_resume_skips_done_shards_and_refuses_changes(tmp_path):
     with pytest.raises(ConfigError, match="changed"):
         build(src, out, shard_size=2)
     redo = build(src, out, shard_size=2, overwrite=True)
-    assert redo.ok and redo.manifest["totals"]["written"] == 7
+    assert redo.ok and redo.manifest.totals.written == 7
 
 
 def test_class_folders_give_cls_members(tmp_path):
@@ -146,12 +146,12 @@ def test_labelling_failure_is_isolated_on_the_last_attempt_and_retried_on_rerun(
     recipe = dataclasses.replace(recipe, labelers=(spec, recipe.labelers[1]))
     cfg = BuildConfig(src=src, out=tmp_path / "out", recipe=recipe, executor="local", quiet=True)
     first = build_dataset(cfg)
-    totals = first.manifest["totals"]
-    assert totals["written"] == 3 and totals["failed"] == 1 and first.manifest["complete"]
-    (failure,) = first.manifest["failures"]
-    assert failure["path"] == "narrow.jpg" and failure["stage"] == "label" and failure["error"] == "ValueError"
+    totals = first.manifest.totals
+    assert totals.written == 3 and totals.failed == 1 and first.manifest.complete
+    (failure,) = first.manifest.failures
+    assert failure.path == "narrow.jpg" and failure.stage == "label" and failure.error == "ValueError"
     again = build_dataset(cfg)  # label failures may be the labeller's fault: the rerun tries that shard again
-    assert again.images_this_run == 4 and again.manifest["totals"]["failed"] == 1
+    assert again.images_this_run == 4 and again.manifest.totals.failed == 1
 
 
 def test_odd_file_names_and_leftover_temp_files(tmp_path):
@@ -164,5 +164,5 @@ def test_odd_file_names_and_leftover_temp_files(tmp_path):
     assert build(src, out).ok
     (out / ".manifest.json.tmp-123-abcdef01").write_text("{")  # as if killed while writing the manifest
     result = build(src, out, overwrite=True)
-    assert result.ok and result.manifest["totals"]["written"] == 2
+    assert result.ok and result.manifest.totals.written == 2
     assert not [p for p in out.iterdir() if p.name.startswith(".")]

@@ -30,7 +30,7 @@ def ray_build(src: Path, out: Path):
 
 def test_ray_build_writes_every_image(ray_session, tmp_path):
     result = ray_build(six_photos(tmp_path), tmp_path / "out")
-    assert result.ok and result.manifest["totals"]["written"] == 6
+    assert result.ok and result.manifest.totals.written == 6
     samples = read_samples(tmp_path / "out")
     assert len(samples) == 6
     assert all(s["depth.png"].shape == s["rgb.jpg"].shape[:2] for s in samples.values())

@@ -61,13 +61,13 @@ def test_output_is_a_file(tmp_path):
 @pytest.mark.parametrize(
     ("recipe_text", "fragment"),
     [
-        ("[shards]\nsizee = 3\n", "unknown key(s) in [shards]: sizee"),
+        ("[shards]\nsizee = 3\n", "unknown key 'shards.sizee'"),
         ("[nonsense]\nx = 1\n", "unknown recipe section"),
         ('[labelers.depth]\nname = "dpt-smoke"\nwieghts = "x"\n', "unknown setting"),
         ('[labelers.depth]\nname = "mask2former-smoke"\n', "makes 'semseg', not 'depth'"),
         ('[labelers.depth]\nname = "no-such"\n', "unknown labeler"),
         ("not toml = = 1", "not valid TOML"),
-        ('[shards]\nsize = "4"\n', "size must be int"),
+        ('[shards]\nsize = "4"\n', "shards.size must be an integer"),
         ('[labelers.depth]\nname = "dpt-hybrid-midas"\nweights = "./no/such/folder"\n', "weights"),
     ],
 )
@@ -81,8 +81,8 @@ def test_bad_recipes(tmp_path, recipe_text, fragment):
 @pytest.mark.parametrize(
     ("flags", "fragment"),
     [
-        (["--shard-size", "0"], "shard size must be"),
-        (["--batch-size", "0"], "batch size must be"),
+        (["--shard-size", "0"], "shards.size must be >= 1"),
+        (["--batch-size", "0"], "runtime.batch_size must be >= 1"),
         (["--executor", "dask"], "--executor"),
         (["--split", "a-b"], "split"),
         (["--split", "../../evil"], "split"),

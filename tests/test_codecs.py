@@ -3,7 +3,16 @@
 import numpy as np
 import pytest
 
-from pipeline.codecs import CODECS, decode_depth, decode_member, dequantize_depth, quantize_depth, split_member
+from pipeline.codecs import (
+    CODECS,
+    KINDS,
+    EncodeOptions,
+    decode_depth,
+    decode_member,
+    dequantize_depth,
+    quantize_depth,
+    split_member,
+)
 from tests.conftest import gradient
 
 SAMPLES = {
@@ -20,11 +29,12 @@ def test_round_trip(name):
     if name == "rgb":
         rgb = gradient(40, 60)
         back = codec.decode(codec.encode(rgb))
-        assert back.shape == rgb.shape and back.dtype == np.uint8
+        assert back.shape == rgb.shape and back.dtype == np.uint8 and codec.problem(back) is None
         assert np.abs(back.astype(int) - rgb).mean() < 3  # JPEG is lossy; q95 4:4:4 stays close
         return
     value = SAMPLES[name]
     back = decode_member(codec.suffix, codec.encode(value))
+    assert codec.problem(back) is None
     if isinstance(value, np.ndarray):
         assert back.dtype == value.dtype and np.array_equal(back, value)
     else:
@@ -34,7 +44,20 @@ def test_round_trip(name):
 def test_semseg_palette_keeps_ids():
     ids = SAMPLES["semseg"]
     palette = [v for i in range(256) for v in (i, 255 - i, 7)]
-    assert np.array_equal(CODECS["semseg"].decode(CODECS["semseg"].encode(ids, palette)), ids)
+    assert np.array_equal(CODECS["semseg"].decode(CODECS["semseg"].encode(ids, EncodeOptions(palette=palette))), ids)
+
+
+@pytest.mark.parametrize("name", sorted(CODECS))
+def test_codec_facts(name):
+    """Every codec declares what its values are; the checks of verify and the loader come from these."""
+    codec = CODECS[name]
+    assert codec.kind in KINDS
+    if codec.is_map:
+        assert codec.dtype in ("uint8", "uint16") and codec.channels in (1, 3)
+        wrong = np.zeros((4, 4, 2), np.float32)
+        assert "must decode to" in (codec.problem(wrong) or "")
+    else:
+        assert codec.dtype is None and codec.channels is None and codec.problem({"any": 1}) is None
 
 
 def test_depth_quantization_round_trips_within_one_step():

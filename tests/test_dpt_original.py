@@ -95,13 +95,6 @@ def original() -> dict[str, torch.Tensor]:
     return synthetic_state_dict()
 
 
-def test_layout_copy_matches_shared_reference() -> None:
-    shared = Path(__file__).parents[2] / "shared" / "reference" / LAYOUT_TSV.name
-    if not shared.is_file():
-        pytest.skip("../shared/reference not present")
-    assert read_layout(shared) == read_layout()
-
-
 def test_every_original_key_has_a_rule() -> None:
     layout = {k: torch.empty(shape, device="meta") for k, shape in read_layout().items()}
     converted, unknown = convert_state_dict(layout)

@@ -71,4 +71,4 @@ def test_entry_point_labeler_is_registered_and_builds_a_dataset(plugin_on_path, 
         }
     )
     result = build_dataset(BuildConfig(src=src, out=tmp_path / "out", recipe=recipe, executor="local", quiet=True))
-    assert result.ok and result.manifest["modalities"]["depth"]["labeler"] == "luminance-example@local"
+    assert result.ok and result.manifest.modalities["depth"].labeler == "luminance-example@local"

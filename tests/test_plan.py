@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import ConfigError, SourceConfig
+from pipeline.contract import DatasetPaths
 from pipeline.plan import load_plan, make_plan, save_plan, walk_images
 
 
@@ -32,7 +33,7 @@ def test_class_folders_get_sorted_ids(tmp_path):
 
 def test_flat_and_nested_have_no_classes(tmp_path):
     touch(tmp_path, "top.jpg", "2020/trip/x.jpg", "2021/y.jpg")
-    plan = make_plan(tmp_path, SourceConfig(), 10, "r")
+    plan = make_plan(tmp_path, SourceConfig(), 10, "0" * 64)
     assert plan.classes is None and plan.num_inputs == 3
     with pytest.raises(ConfigError, match="one folder deep"):
         make_plan(tmp_path, SourceConfig(class_folders="yes"), 10, "r")
@@ -53,16 +54,18 @@ def test_symlink_loops_are_survived(tmp_path):
 
 def test_unicode_names(tmp_path):
     touch(tmp_path, "ünïcödé/naïve café.jpg", "日本/写真.jpg")
-    plan = make_plan(tmp_path, SourceConfig(), 10, "r")
+    plan = make_plan(tmp_path, SourceConfig(), 10, "0" * 64)
     assert plan.classes == ("ünïcödé", "日本")
-    save_plan(plan, tmp_path / "plan")
-    assert load_plan(tmp_path / "plan") == plan
+    save_plan(plan, DatasetPaths(tmp_path / "out"))
+    assert load_plan(DatasetPaths(tmp_path / "out")) == plan
 
 
 def test_plan_round_trips_and_is_deterministic(tmp_path):
     touch(tmp_path, *(f"c{i % 3}/{i:03d}.jpg" for i in range(25)))
-    plan = make_plan(tmp_path, SourceConfig(split="val"), 7, "abc")
+    plan = make_plan(tmp_path, SourceConfig(split="val"), 7, "a" * 64)
     assert [len(s.entries) for s in plan.shards] == [7, 7, 7, 4]
     assert plan.shards[0].name == "val-000000"
-    save_plan(plan, tmp_path / "plan")
-    assert load_plan(tmp_path / "plan") == plan == make_plan(tmp_path, SourceConfig(split="val"), 7, "abc")
+    save_plan(plan, DatasetPaths(tmp_path / "out"))
+    assert (
+        load_plan(DatasetPaths(tmp_path / "out")) == plan == make_plan(tmp_path, SourceConfig(split="val"), 7, "a" * 64)
+    )

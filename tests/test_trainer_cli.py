@@ -14,7 +14,18 @@ from trainer.synthetic import write_dataset
 from trainer.train import parse_args
 
 SMOKE = Path(__file__).resolve().parents[1] / "trainer" / "configs" / "smoke.toml"
-OPTIONS = {"--data", "--out", "--config", "--device", "--resume", "--steps", "--epochs", "--batch-size", "--workers"}
+OPTIONS = {
+    "--data",
+    "--out",
+    "--config",
+    "--device",
+    "--resume",
+    "--steps",
+    "--epochs",
+    "--batch-size",
+    "--workers",
+    "--allow-defects",
+}
 runner = CliRunner()
 
 
@@ -54,7 +65,7 @@ def test_unknown_config_key(tmp_path: Path, data: Path) -> None:
     bad.write_text("[train]\nstepz = 3\n")
     result = invoke("--data", str(data), "--out", str(tmp_path / "run"), "--config", str(bad))
     assert result.exit_code == 2
-    assert error_line(result).startswith("error: unknown config key 'train.stepz'; allowed here:")
+    assert error_line(result).startswith(f"error: trainer config {bad}: unknown key 'train.stepz'; allowed here:")
 
 
 def test_index_not_matching_shards(tmp_path: Path) -> None:
@@ -64,7 +75,7 @@ def test_index_not_matching_shards(tmp_path: Path) -> None:
     (root / "index.json").write_text(json.dumps(index))
     result = invoke("--data", str(root), "--out", str(tmp_path / "run"), "--config", str(SMOKE))
     assert result.exit_code == 2
-    assert "total_samples 7 != sum over shards 6" in error_line(result)
+    assert "fails its checks" in error_line(result) and "total_samples 7 != sum 6" in error_line(result)
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import tarfile
 from pathlib import Path
@@ -10,15 +11,16 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.contract import sample_key
 from trainer.augment import Crop, augment, sample_crop
-from trainer.config import DataConfig, ModelConfig
+from trainer.config import DataConfig, smoke_config
 from trainer.data import Cursor, EpochPlan, ShardStream, make_loader
 from trainer.dataset import load_dataset
 from trainer.errors import DataError
 from trainer.modalities import IMAGENET_MEAN, IMAGENET_STD
 from trainer.synthetic import write_dataset
 
-MODEL = ModelConfig(image_size=64, dim=64, depth=1, heads=4, decoder_dim=32, decoder_heads=4, num_visible=16)
+MODEL = smoke_config().model
 DATA = DataConfig(batch_size=3, workers=0, shuffle_buffer=8)
 
 
@@ -32,10 +34,11 @@ def stream(
     cursors: list[Cursor] | None = None,
     rotation: int = 0,
     data: DataConfig = DATA,
+    allow_defects: bool = False,
 ) -> ShardStream:
     plan = EpochPlan(seed=0, epoch=0, rank=rank, world=world, workers=workers, micro_batches=micro)
     cursors = cursors or [Cursor() for _ in range(workers)]
-    info = load_dataset(root)
+    info = load_dataset(root, allow_defects=allow_defects)
     return ShardStream(info=info, data=data, model=MODEL, plan=plan, cursors=cursors, rotation=rotation)
 
 
@@ -131,11 +134,15 @@ def test_missing_folder_and_mismatched_index(tmp_path: Path, dataset: Path) -> N
     index = json.loads((root / "index.json").read_text())
     index["shards"][1]["bytes"] += 1
     (root / "index.json").write_text(json.dumps(index))
-    with pytest.raises(DataError, match="index does not match shards"):
+    with pytest.raises(DataError, match="fails its checks.*bytes_mismatch"):
         load_dataset(root)
+    with pytest.raises(DataError, match="index does not match shards"):  # never read, even when told to go on
+        load_dataset(root, allow_defects=True)
     (root / "shards" / "train-000001.tar").unlink()
-    with pytest.raises(DataError, match="no file"):
+    with pytest.raises(DataError, match="missing_shard"):
         load_dataset(root)
+    with pytest.raises(DataError, match="no file"):
+        load_dataset(root, allow_defects=True)
 
 
 def test_corrupt_samples_are_counted_and_skipped(tmp_path: Path) -> None:
@@ -143,19 +150,25 @@ def test_corrupt_samples_are_counted_and_skipped(tmp_path: Path) -> None:
     shard = root / "shards" / "train-000000.tar"
     with tarfile.open(shard) as tar:
         members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]  # type: ignore[union-attr]
-    members = [(n, b"not a jpeg" if n.startswith("1.") and n.endswith("rgb.jpg") else d) for n, d in members]
-    members = [(n, d) for n, d in members if not (n.startswith("3.") and n.endswith("depth.png"))]
-    from trainer.synthetic import write_tar
-
-    write_tar(shard, members)
+    one, three = sample_key(0, 1), sample_key(0, 3)
+    members = [(n, b"not a jpeg" if n == f"{one}.rgb.jpg" else d) for n, d in members]
+    members = [(n, d) for n, d in members if n != f"{three}.depth.png"]
+    with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
     index = json.loads((root / "index.json").read_text())
     index["shards"][0]["bytes"] = shard.stat().st_size
     (root / "index.json").write_text(json.dumps(index))
-    batches = list(stream(root, micro=2, data=DataConfig(batch_size=4, workers=0, shuffle_buffer=1)).batches(0))
+    data = DataConfig(batch_size=4, workers=0, shuffle_buffer=1)
+    with pytest.raises(DataError, match="fails its checks"):  # the stats marker says other bytes
+        stream(root, micro=2, data=data)
+    batches = list(stream(root, micro=2, data=data, allow_defects=True).batches(0))
     assert len(batches) == 2 and batches[-1]["__cursor__"]["corrupt"] >= 2
     strict = DataConfig(batch_size=4, workers=0, shuffle_buffer=1, max_corrupt=1)
     with pytest.raises(DataError, match="more than 1 corrupt samples"):
-        list(stream(root, micro=2, data=strict).batches(0))
+        list(stream(root, micro=2, data=strict, allow_defects=True).batches(0))
 
 
 def test_class_ids_beyond_the_model_are_rejected(tmp_path: Path) -> None:

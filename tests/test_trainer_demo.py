@@ -18,7 +18,6 @@ SMOKE = ROOT / "trainer" / "configs" / "smoke.toml"
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not DEMO.exists(), reason="demo recipe not present")
 def test_smoke_pretraining_on_demo_shards(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     args = ["build-dataset", str(ROOT / "examples" / "images"), str(out), "--recipe", str(DEMO)]

@@ -5,27 +5,31 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.contract import ModalityInfo
 from trainer.config import ModelConfig
 from trainer.dataset import DatasetInfo, check_manifest
+from trainer.synthetic import RECIPE
 
 
-def info(kind: str) -> DatasetInfo:
-    manifest = {
-        "members": ["rgb.jpg", "depth.png", "semseg.png", "json"],
-        "modalities": {
-            "depth": {"member": "depth.png", "kind": kind},
-            "semseg": {"member": "semseg.png", "num_classes": 133},
-        },
-    }
-    return DatasetInfo(root=Path("OUT"), shards=(), total_samples=0, manifest=manifest)
+def info(kind: str, tmp_path: Path) -> DatasetInfo:
+    import dataclasses
+
+    from pipeline.dataset_files import manifest_doc
+    from pipeline.plan import Plan
+
+    plan = Plan("train", "SRC", "0" * 64, RECIPE.fingerprint(), None, ())
+    manifest = manifest_doc(plan, RECIPE, {}, {})
+    depth = ModalityInfo(member="depth.png", labeler="x@local", kind=kind, dtype="uint16")
+    manifest = dataclasses.replace(manifest, modalities={**manifest.modalities, "depth": depth})
+    return DatasetInfo(root=tmp_path, shards=(), total_samples=0, manifest=manifest)
 
 
-def test_inverse_depth_warns():
+def test_inverse_depth_warns(tmp_path):
     with pytest.warns(UserWarning, match="INVERSE depth"):
-        check_manifest(info("inverse_depth"), ModelConfig())
+        check_manifest(info("inverse_depth", tmp_path), ModelConfig())
 
 
-def test_depth_does_not_warn():
+def test_depth_does_not_warn(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        check_manifest(info("depth"), ModelConfig())
+        check_manifest(info("depth", tmp_path), ModelConfig())

@@ -8,16 +8,12 @@ import pytest
 import torch
 
 from trainer import losses
-from trainer.config import ModelConfig
+from trainer.config import ModelConfig, smoke_config
 from trainer.export import MISSING_IN_MULTIMAE, encoder_to_timm, export_timm
 from trainer.model import MultiMAE
 
-REFERENCE = Path("/work/shared/reference/multimae-b-pretrain-state-dict.tsv")
-if not REFERENCE.exists():
-    REFERENCE = Path(__file__).resolve().parents[2] / "shared/reference/multimae-b-pretrain-state-dict.tsv"
-TINY = ModelConfig(
-    image_size=64, dim=64, depth=2, heads=4, decoder_dim=32, decoder_heads=4, num_visible=16, class_emb_dim=16
-)
+REFERENCE = Path(__file__).parent / "data" / "multimae-b-pretrain-state-dict.tsv"  # official ViT-B layout
+TINY = smoke_config().model
 
 
 def reference_layout() -> list[tuple[str, str]]:
@@ -34,7 +30,6 @@ def tiny_inputs(b: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
-@pytest.mark.skipif(not REFERENCE.exists(), reason="reference TSV not available")
 def test_vit_b_state_dict_equals_reference_tsv() -> None:
     with torch.device("meta"):
         model = MultiMAE(ModelConfig())

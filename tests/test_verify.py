@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.codecs import decode_depth, decode_semseg, encode_depth, encode_semseg
-from pipeline.tarwrite import FIXED_MTIME
+from pipeline.sink import FIXED_MTIME
 from pipeline.verify import VerifyConfig, VerifyReport, verify_dataset
 from tests.conftest import EXAMPLES
 from tests.test_build import build

@@ -5,15 +5,14 @@ A run folder holds `checkpoint-<step>.pt` (the last `keep_last` of them) and `ch
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from pipeline import fs
 from trainer.errors import CheckpointError
 
 LAST = "checkpoint-last.pt"
@@ -35,19 +34,10 @@ def assert_plain(value: Any, where: str = "checkpoint") -> None:
 
 
 def atomic_save(payload: dict[str, Any], path: Path) -> None:
-    """torch.save to a temp file in the same folder, fsync, then rename over `path`."""
+    """torch.save through the project's one atomic writer (temp file, fsync, rename, folder fsync)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with fs.atomic_open(path) as f:
+        torch.save(payload, f)
 
 
 def save_checkpoint(run_dir: Path, step: int, payload: dict[str, Any], keep_last: int) -> Path:
@@ -62,12 +52,12 @@ def save_checkpoint(run_dir: Path, step: int, payload: dict[str, Any], keep_last
 
 
 def _replace_last(path: Path) -> None:
-    tmp = path.parent / f".{LAST}.{os.getpid()}.tmp"
-    tmp.unlink(missing_ok=True)
+    tmp = fs.temp_name(path.parent / LAST)
     try:
         os.link(path, tmp)
-    except OSError:
-        atomic_save(torch.load(path, map_location="cpu", weights_only=True), tmp)
+    except OSError:  # no hard links here: a copy, written atomically
+        atomic_save(torch.load(path, map_location="cpu", weights_only=True), path.parent / LAST)
+        return
     os.replace(tmp, path.parent / LAST)
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "load_config",
+    "smoke_config",
 ]
 
 
@@ -57,7 +58,9 @@ class ModelConfig:
     def problems(self) -> list[str]:
         from trainer.modalities import MODALITIES, TASKS
 
-        found = [f"inputs: unknown modality {n!r}; known: {sorted(MODALITIES)}" for n in self.inputs if n not in MODALITIES]
+        found = [
+            f"inputs: unknown modality {n!r}; known: {sorted(MODALITIES)}" for n in self.inputs if n not in MODALITIES
+        ]
         found += [f"outputs: unknown task {n!r}; known: {sorted(TASKS)}" for n in self.outputs if n not in TASKS]
         if not self.inputs:
             found.append("inputs must name at least one modality")
@@ -140,6 +143,14 @@ class PretrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+SMOKE_CONFIG = Path(__file__).parent / "configs" / "smoke.toml"  # the one tiny flavour: demo, tests, benchmarks
+
+
+def smoke_config() -> PretrainConfig:
+    """The tiny CPU flavour (`trainer/configs/smoke.toml`): the same modalities, decoders and losses as ViT-B."""
+    return load_config(SMOKE_CONFIG)
 
 
 def load_config(path: Path | None) -> PretrainConfig:

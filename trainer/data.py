@@ -180,7 +180,7 @@ def check_arrays(arrays: dict[str, np.ndarray], model: ModelConfig) -> tuple[int
     if len(set(sizes.values())) != 1:
         raise ValueError(f"members differ in size: {sizes}")
     for name, a in arrays.items():
-        if MODALITIES[name].channels is None and a.size and int(a.max()) >= model.num_classes:
+        if CODECS[MODALITIES[name].codec].kind == "class_map" and a.size and int(a.max()) >= model.num_classes:
             raise ValueError(f"{name} has class id {int(a.max())} >= num_classes {model.num_classes}")
     h, w = next(iter(sizes.values()))
     return int(h), int(w)

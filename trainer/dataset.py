@@ -1,22 +1,28 @@
-"""A dataset folder written by `mmforge build-dataset`: its shard index and manifest, checked on open.
+"""A dataset folder written by `mmforge build-dataset`, checked before training.
 
-`OUT/index.json` lists the shards (name, url, samples, bytes, sha256) and the total; `OUT/manifest.json`
-describes the modalities (members, class counts). A folder whose files do not match its index is refused.
+The document checks of `mmforge verify` (`pipeline.verify_docs`: every document valid, cross-checked with
+the plan and the others, every url this dataset's own shard inside OUT) run first; a dataset with defects,
+or one whose build is incomplete, is refused unless the run allows it (`allow_defects`). Shard sizes are
+checked against the index always; sha256 too with `verify_checksums`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pipeline.codecs import CODECS
+from pipeline.contract import DatasetPaths, IndexEntry, Manifest, url_problem
+from pipeline.verify_docs import NotADatasetError, check_documents
 from trainer.config import ModelConfig
 from trainer.errors import DataError
 from trainer.modalities import MODALITIES, used_modalities
+
+log = logging.getLogger(__name__)
+_LISTED = 5
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,55 +39,53 @@ class DatasetInfo:
     root: Path
     shards: tuple[Shard, ...]
     total_samples: int
-    manifest: dict[str, Any]
+    manifest: Manifest | None
 
 
-def load_dataset(root: Path, *, verify_checksums: bool = False) -> DatasetInfo:
-    """Read OUT/index.json and OUT/manifest.json and check that the shards on disk match the index."""
+def load_dataset(root: Path, *, verify_checksums: bool = False, allow_defects: bool = False) -> DatasetInfo:
+    """Check the dataset's documents and shard sizes; DataError on a dataset that cannot be trusted."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data folder not found: {root}")
-    index, manifest = _read_json(root / "index.json"), _read_json(root / "manifest.json")
-    if index.get("format") != 1 or not isinstance(index.get("shards"), list):
-        raise DataError(f"{root / 'index.json'}: not a format-1 shard index")
-    shards = tuple(_shard(root, entry, verify_checksums) for entry in index["shards"])
-    total = sum(s.samples for s in shards)
-    if index.get("total_samples") != total:
-        raise DataError(f"index.json total_samples {index.get('total_samples')} != sum over shards {total}")
-    if not shards:
-        raise DataError(f"{root}: the index lists no shards")
-    return DatasetInfo(root=root, shards=shards, total_samples=total, manifest=manifest)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise DataError(f"missing {path.name} in data folder {path.parent}")
     try:
-        value = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(value, dict):
-        raise DataError(f"{path}: expected a JSON object")
-    return value
-
-
-def _shard(root: Path, entry: dict[str, Any], verify: bool) -> Shard:
-    try:
-        shard = Shard(
-            name=entry["name"],
-            path=str(root / entry["url"]),
-            samples=int(entry["samples"]),
-            bytes=int(entry["bytes"]),
-            sha256=str(entry["sha256"]),
+        docs = check_documents(root)
+    except NotADatasetError as err:
+        raise DataError(str(err)) from None
+    if docs.defects:
+        _refuse_or_warn(
+            root, [f"{d.kind}: {d.shard or d.member or 'dataset'}: {d.reason}" for d in docs.defects], allow_defects
         )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise DataError(f"index.json: malformed shard entry {entry!r}") from exc
+    if docs.index is None:
+        raise DataError(f"{root}: index.json is missing or invalid; it cannot be read without one")
+    shards = tuple(_shard(root, docs.paths, entry, verify_checksums) for entry in docs.index.shards if entry.samples)
+    if not shards:
+        raise DataError(f"{root}: the index lists no shards with samples")
+    return DatasetInfo(root=root, shards=shards, total_samples=sum(s.samples for s in shards), manifest=docs.manifest)
+
+
+def _refuse_or_warn(root: Path, defects: list[str], allow: bool) -> None:
+    listed = "; ".join(defects[:_LISTED]) + (f"; and {len(defects) - _LISTED} more" if len(defects) > _LISTED else "")
+    if not allow:
+        raise DataError(
+            f"dataset {root} fails its checks ({listed}); see `mmforge verify {root}`, or pass --allow-defects "
+            "to train on it anyway"
+        )
+    log.warning("training on dataset %s despite %d defects (--allow-defects): %s", root, len(defects), listed)
+
+
+def _shard(root: Path, paths: DatasetPaths, entry: IndexEntry, verify: bool) -> Shard:
+    problem = url_problem(paths, entry.name, entry.url)
+    if problem:  # never read a file the index points at outside the dataset, even when told to go on
+        raise DataError(f"index.json: {problem}")
+    shard = Shard(
+        name=entry.name, path=str(root / entry.url), samples=entry.samples, bytes=entry.bytes, sha256=entry.sha256
+    )
     path = Path(shard.path)
     if not path.is_file() or path.stat().st_size != shard.bytes:
         found = path.stat().st_size if path.is_file() else "no file"
-        raise DataError(f"index does not match shards: {entry['url']} is {found}, index says {shard.bytes} bytes")
+        raise DataError(f"index does not match shards: {entry.url} is {found}, index says {shard.bytes} bytes")
     if verify and _sha256(path) != shard.sha256:
-        raise DataError(f"index does not match shards: sha256 of {entry['url']} differs")
+        raise DataError(f"index does not match shards: sha256 of {entry.url} differs")
     return shard
 
 
@@ -98,17 +102,17 @@ def check_manifest(info: DatasetInfo, model: ModelConfig) -> None:
 
     A modality is present when the manifest lists its member (`members`) or describes it (`modalities`).
     """
-    described = info.manifest.get("modalities", {})
-    members = set(info.manifest.get("members", [])) | {described[n].get("member") for n in described}
+    if info.manifest is None:
+        raise DataError(f"dataset {info.root}: manifest.json is missing or invalid")
+    described = info.manifest.modalities
+    members = set(info.manifest.members) | {m.member for m in described.values()}
     for name in used_modalities(model):
         if name not in described and CODECS[MODALITIES[name].codec].suffix not in members:
-            raise DataError(
-                f"dataset {info.root} has no {name!r} member (manifest members: {sorted(members - {None})})"
-            )
-        classes = described.get(name, {}).get("num_classes")
-        if MODALITIES[name].channels is None and classes is not None and classes != model.num_classes:
+            raise DataError(f"dataset {info.root} has no {name!r} member (manifest members: {sorted(members)})")
+        classes = described[name].num_classes if name in described else None
+        if CODECS[MODALITIES[name].codec].kind == "class_map" and classes is not None and classes != model.num_classes:
             raise DataError(f"dataset {name!r} has {classes} classes, model.num_classes is {model.num_classes}")
-        if described.get(name, {}).get("kind") == "inverse_depth":
+        if name in described and described[name].kind == "inverse_depth":
             warnings.warn(
                 f"dataset {info.root}: {name!r} holds relative INVERSE depth (e.g. MiDaS labels); the MultiMAE "
                 "paper trained on relative depth (Omnidata, recipe manifests/imagenet1k-multimae.toml)",

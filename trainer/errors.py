@@ -3,7 +3,7 @@ error of pipeline and trainer: `pipeline.schema.ConfigError`) into a one-line me
 
 from pipeline.schema import ConfigError
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "NonFiniteLossError", "PretrainError", "USER_ERRORS"]
+__all__ = ["USER_ERRORS", "CheckpointError", "ConfigError", "DataError", "NonFiniteLossError", "PretrainError"]
 
 
 class PretrainError(Exception):

@@ -19,8 +19,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import Tensor
+
+from pipeline import fs
 
 MISSING_IN_MULTIMAE = ("norm.weight", "norm.bias", "head.weight", "head.bias")
 
@@ -46,7 +48,5 @@ def export_timm(state: Mapping[str, Tensor], path: Path) -> Path:
     """Write the timm-keyed encoder to `path` (safetensors); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(encoder_to_timm(state), str(tmp), metadata={"format": "pt", "source": "multimae-forge"})
-    tmp.replace(path)
+    fs.write_bytes_atomic(path, save(encoder_to_timm(state), metadata={"format": "pt", "source": "multimae-forge"}))
     return path

@@ -27,6 +27,7 @@ class RunOptions:
     out: Path
     resume: bool = True
     device: str = "auto"
+    allow_defects: bool = False  # train on a dataset that fails its document checks (warned, not refused)
 
 
 @dataclass(frozen=True, kw_only=True)

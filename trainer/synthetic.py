@@ -1,27 +1,43 @@
-"""Small synthetic datasets in the builder's exact output contract, for tests and benchmarks.
+"""Small synthetic datasets for tests and benchmarks, written by the builder's own shard path.
 
 Each sample is a random layout of rectangles: every rectangle has a class id, an RGB colour that depends on
 the class (plus noise) and a depth that depends on the class (plus a ramp), so the three modalities are
-pixel-aligned and predictable from one another. Shards are written with `tarfile` and `pipeline.codecs`.
+pixel-aligned and predictable from one another. The RGB images are written as PNG files to a source folder
+beside OUT; a plan with the requested (uneven) shard sizes is frozen; then every shard goes through
+`pipeline.shard.process_shard` (the real reader, encoder, shard sink and stats marker) with a "labeler" that
+hands back the generated depth and class maps; the dataset documents come from `pipeline.dataset_files`.
+The result is an ordinary dataset: `mmforge verify` passes on it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
-import tarfile
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from pipeline.codecs import CODECS
+from labelers import LabelerSpec
+from pipeline import ownership
+from pipeline.config import Recipe
+from pipeline.contract import DatasetPaths
+from pipeline.dataset_files import write_dataset_files
+from pipeline.plan import Entry, Plan, ShardSpec, fingerprint, save_plan, walk_images
+from pipeline.shard import Labels, ShardContext, process_shard
 
 NUM_CLASSES = 133
+CLASSES = ("synthetic",)
+_SPEC = {"model_class": "synthetic", "weights": "", "license": "CC0-1.0", "size": 32, "meaningless": True}
+LABELERS = (
+    LabelerSpec(name="synthetic-depth", modality="depth", output="depth", **_SPEC),  # type: ignore[arg-type]
+    LabelerSpec(name="synthetic-semseg", modality="semseg", output="classes", num_classes=NUM_CLASSES, **_SPEC),  # type: ignore[arg-type]
+)
+RECIPE = Recipe(name="synthetic", description="Generated rectangles with aligned depth and classes.", labelers=LABELERS)
 
 
 def make_sample(rng: np.random.Generator, h: int, w: int) -> dict[str, np.ndarray]:
-    """uint8 rgb (H, W, 3), uint16 depth (H, W), uint8 class ids (H, W), all aligned."""
+    """uint8 rgb (H, W, 3), float depth (H, W), uint8 class ids (H, W), all aligned."""
     ids = np.full((h, w), rng.integers(NUM_CLASSES), dtype=np.uint8)
     for _ in range(int(rng.integers(2, 6))):
         top, left = int(rng.integers(h)), int(rng.integers(w))
@@ -29,63 +45,63 @@ def make_sample(rng: np.random.Generator, h: int, w: int) -> dict[str, np.ndarra
     palette = np.random.default_rng(7).integers(0, 256, (NUM_CLASSES, 3))
     rgb = np.clip(palette[ids] + rng.normal(0, 8, (h, w, 3)), 0, 255).astype(np.uint8)
     ramp = np.linspace(0, 4000, w)[None, :]
-    depth = (ids.astype(np.float64) * 300 + ramp + 1000).clip(0, 65535).astype(np.uint16)
+    depth = ids.astype(np.float64) * 300 + ramp + 1000
     return {"rgb": rgb, "depth": depth, "semseg": ids}
 
 
-PALETTE = [int(v) for v in np.random.default_rng(7).integers(0, 256, 256 * 3)]
+def _replay(labels: deque[dict[str, np.ndarray]]) -> Callable[[list[np.ndarray]], Callable[[], Labels]]:
+    """A labeler that returns the generated maps of the images it is given, in plan order."""
 
+    def submit(images: list[np.ndarray]) -> Callable[[], Labels]:
+        batch = [labels.popleft() for _ in images]
+        maps = {"depth": [b["depth"] for b in batch], "semseg": [b["semseg"] for b in batch]}
+        return lambda: maps
 
-def sample_members(key: str, sample: dict[str, np.ndarray], palette: bool = False) -> list[tuple[str, bytes]]:
-    """Tar members of one sample; `palette` stores the class map in palette mode (ids unchanged)."""
-    members = [(f"{key}.{CODECS[name].suffix}", CODECS[name].encode(sample[name])) for name in ("rgb", "depth")]
-    members.append((f"{key}.semseg.png", CODECS["semseg"].encode(sample["semseg"], PALETTE if palette else None)))
-    meta = {"source": f"synthetic/{key}.jpg", "size": list(sample["rgb"].shape[:2])}
-    members += [(f"{key}.json", CODECS["json"].encode(meta)), (f"{key}.cls", CODECS["cls"].encode(0))]
-    return sorted(members)
-
-
-def write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
-    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(data), 0, 0o644
-            tar.addfile(info, io.BytesIO(data))
+    return submit
 
 
 def write_dataset(
     root: Path, shard_sizes: list[int], *, seed: int = 0, sizes: tuple[tuple[int, int], ...] = ((96, 128), (90, 120))
 ) -> Path:
-    """Write OUT/shards/train-NNNNNN.tar, OUT/index.json and OUT/manifest.json; returns OUT."""
+    """Write a verified dataset with shards of `shard_sizes` samples to `root` (its source images to
+    `root`-source beside it); returns `root`."""
     root = Path(root)
-    (root / "shards").mkdir(parents=True, exist_ok=True)
-    rng, entries = np.random.default_rng(seed), []
+    src = root.with_name(root.name + "-source")
+    src.mkdir(parents=True, exist_ok=True)
+    rng, labels, shards = np.random.default_rng(seed), deque[dict[str, np.ndarray]](), []
     for shard, count in enumerate(shard_sizes):
-        members = []
+        entries = []
         for pos in range(count):
             h, w = sizes[(shard + pos) % len(sizes)]
-            members += sample_members(str(shard * 10**5 + pos), make_sample(rng, h, w), palette=pos % 2 == 1)
-        entries.append(_write_shard(root, f"train-{shard:06d}", members, count))
-    index = {"format": 1, "split": "train", "shards": entries, "total_samples": sum(shard_sizes)}
-    (root / "index.json").write_text(json.dumps(index, indent=1))
-    (root / "manifest.json").write_text(json.dumps(_manifest(), indent=1))
+            sample = make_sample(rng, h, w)
+            name = f"img-{shard:03d}-{pos:05d}.png"
+            Image.fromarray(sample["rgb"]).save(src / name, compress_level=1)
+            labels.append(sample)
+            entries.append(Entry(name, 0))
+        shards.append(ShardSpec(shard, f"train-{shard:06d}", tuple(entries)))
+    files = walk_images(src, RECIPE.source.extensions)
+    plan = Plan("train", str(src), fingerprint(files), RECIPE.fingerprint(), CLASSES, tuple(shards))
+    return _write(root, src, plan, labels)
+
+
+def _write(root: Path, src: Path, plan: Plan, labels: deque[dict[str, np.ndarray]]) -> Path:
+    paths = DatasetPaths(root)
+    ownership.check_ownership(paths)
+    ownership.create_folder(paths)
+    ownership.claim(paths)
+    paths.shards_dir.mkdir(exist_ok=True)
+    save_plan(plan, paths)
+    ctx = ShardContext(
+        src=str(src),
+        out=str(root),
+        classes=plan.classes,
+        image=RECIPE.image,
+        encoding=RECIPE.encoding,
+        labelers=RECIPE.labelers,
+        batch_size=8,
+        plan_id=plan.plan_id,
+    )
+    submit = _replay(labels)
+    stats = {s.name: process_shard(s, ctx, submit) for s in plan.shards}
+    write_dataset_files(paths, plan, RECIPE, stats, {})
     return root
-
-
-def _write_shard(root: Path, name: str, members: list[tuple[str, bytes]], count: int) -> dict[str, object]:
-    path = root / "shards" / f"{name}.tar"
-    write_tar(path, members)
-    data = path.read_bytes()
-    sha = hashlib.sha256(data).hexdigest()
-    return {"name": name, "url": f"shards/{name}.tar", "samples": count, "bytes": len(data), "sha256": sha}
-
-
-def _manifest() -> dict[str, object]:
-    return {
-        "recipe": "synthetic",
-        "members": ["rgb.jpg", "depth.png", "semseg.png", "json", "cls"],
-        "modalities": {
-            "depth": {"member": "depth.png", "kind": "depth"},
-            "semseg": {"member": "semseg.png", "num_classes": NUM_CLASSES},
-        },
-    }

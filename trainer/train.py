@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from pipeline import fs
 from trainer.checkpoint import LAST, load_checkpoint
 from trainer.config import PretrainConfig, apply_overrides, config_to_dict, load_config
 from trainer.data import Cursor, EpochPlan, ShardStream, check_enough_shards, make_loader
@@ -50,7 +51,7 @@ def pretrain(config: PretrainConfig, options: RunOptions) -> RunSummary:
 
 
 def setup(cfg: PretrainConfig, options: RunOptions, dist: DistInfo) -> Trainer:
-    info = load_dataset(options.data, verify_checksums=cfg.data.verify_checksums)
+    info = load_dataset(options.data, verify_checksums=cfg.data.verify_checksums, allow_defects=options.allow_defects)
     check_manifest(info, cfg.model)
     check_enough_shards(len(info.shards), dist.world, max(1, cfg.data.workers))
     schedule = Schedule.build(cfg, info.total_samples, dist.world)
@@ -102,11 +103,22 @@ def agree_on_start(t: Trainer, error: str | None) -> None:
 
 
 def trim_metrics(path: Path, step: int) -> None:
-    """Drop records of steps after the checkpoint: they are about to be trained (and logged) again."""
+    """Drop records of steps after the checkpoint (they are about to be trained and logged again) and any
+    line that is not a whole record (a kill mid-write leaves a torn last line); rewritten atomically."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept))
+    kept = [line for line in path.read_text(errors="replace").splitlines() if _step_of(line) <= step]
+    fs.write_bytes_atomic(path, "".join(line + "\n" for line in kept).encode())
+
+
+def _step_of(line: str) -> float:
+    """The step of one metrics.jsonl line; infinity (never kept) for a torn or foreign line."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return math.inf
+    step = record.get("step") if isinstance(record, dict) else None
+    return step if isinstance(step, int) and not isinstance(step, bool) else math.inf
 
 
 def prepare_run_dir(options: RunOptions, cfg: PretrainConfig, dist: DistInfo) -> Path:
@@ -121,7 +133,7 @@ def prepare_run_dir(options: RunOptions, cfg: PretrainConfig, dist: DistInfo) ->
 
 def save_run_config(run_dir: Path, options: RunOptions, cfg: PretrainConfig, dist: DistInfo) -> None:
     resolved = {"config": config_to_dict(cfg), "data": str(options.data), "world_size": dist.world}
-    (run_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+    fs.write_json_atomic(run_dir / "config.json", resolved)
 
 
 def wrap_model(model: MultiMAE, cfg: PretrainConfig, dist: DistInfo) -> nn.Module:
@@ -324,6 +336,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, metrics.jsonl, config.json)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--allow-defects", action="store_true", help="train on a dataset that fails its checks")
     for name in ("steps", "epochs", "batch-size", "workers"):
         p.add_argument(f"--{name}", type=int, default=None)
     return p.parse_args(argv)
@@ -340,7 +353,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_size=args.batch_size,
             workers=args.workers,
         )
-        pretrain(cfg, RunOptions(data=args.data, out=args.out, resume=args.resume, device=args.device))
+        options = RunOptions(
+            data=args.data, out=args.out, resume=args.resume, device=args.device, allow_defects=args.allow_defects
+        )
+        pretrain(cfg, options)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
