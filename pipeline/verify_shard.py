@@ -3,9 +3,9 @@ and in deep mode every sample's decoded content. Dataset-level cross-checks live
 
 from __future__ import annotations
 
+import builtins
 import time
 from collections import Counter
-import builtins
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -10,7 +10,7 @@ import pytest
 from pipeline.build import build_dataset
 from pipeline.config import BuildConfig, load_recipe, with_overrides
 from tests.conftest import DEMO_RECIPE, EXAMPLES
-from tests.test_build import read_samples
+from tests.test_build import build, read_samples
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -38,8 +38,11 @@ def test_ray_build_writes_every_image(ray_session, tmp_path):
 
 def test_a_shard_that_keeps_failing_is_reported_and_the_rest_complete(ray_session, tmp_path):
     src, out = six_photos(tmp_path), tmp_path / "out"
+    assert build(src, out, shard_size=2).ok  # in-process first; then shard 1 is made unpublishable
     blocker = out / "shards" / "train-000001.tar"  # a folder where the shard must be published
-    blocker.mkdir(parents=True)
+    blocker.unlink()
+    (out / "shards" / "train-000001.stats.json").unlink()
+    blocker.mkdir()
     (blocker / "keep").write_text("x")
     result = ray_build(src, out)
     manifest = json.loads((out / "manifest.json").read_text())

@@ -134,7 +134,7 @@ def test_missing_folder_and_mismatched_index(tmp_path: Path, dataset: Path) -> N
     index = json.loads((root / "index.json").read_text())
     index["shards"][1]["bytes"] += 1
     (root / "index.json").write_text(json.dumps(index))
-    with pytest.raises(DataError, match="fails its checks.*bytes_mismatch"):
+    with pytest.raises(DataError, match=r"fails its checks.*bytes_mismatch"):
         load_dataset(root)
     with pytest.raises(DataError, match="index does not match shards"):  # never read, even when told to go on
         load_dataset(root, allow_defects=True)

@@ -287,8 +287,8 @@ def test_extra_shard(ds):
 
 def test_totals_and_failures_must_match_the_manifest(ds):
     manifest = json.loads((ds / "manifest.json").read_text())
-    manifest["totals"]["written"] = 5
-    manifest["failures"] = [{"path": "ghost.jpg", "error": "OSError", "message": "x"}]
+    manifest["totals"].update(written=5, failed=1)  # consistent in itself, not with the shards
+    manifest["failures"] = [{"path": "ghost.jpg", "error": "OSError", "message": "x", "stage": "read"}]
     (ds / "manifest.json").write_text(json.dumps(manifest))
     report = verify(ds)
     assert ("totals_mismatch", None, None, "manifest.json") in found(report)
@@ -298,6 +298,7 @@ def test_totals_and_failures_must_match_the_manifest(ds):
 def test_index_must_match_the_shard(ds):
     index = json.loads((ds / "index.json").read_text())
     index["shards"][1]["samples"] = 3
+    index["total_samples"] += 1
     (ds / "index.json").write_text(json.dumps(index))
     report = verify(ds)
     assert ("count_mismatch", S1, None, None) in found(report)
