@@ -17,10 +17,13 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
+	test -f out/demo/mmforge.json || rm -rf out/demo  # a demo folder of format 1 (before the marker) is not reused
 	$(BIN)/mmforge build-dataset examples/images out/demo --recipe manifests/demo.toml --overwrite
 	$(BIN)/mmforge verify out/demo --deep
 	rm -rf out/demo-run
 	$(BIN)/mmforge pretrain --data out/demo --config trainer/configs/smoke.toml --out out/demo-run --device cpu --steps 20
+	$(BIN)/mmforge preview out/demo --n 6 --out out/demo-preview.png --html out/demo-report
+	$(BIN)/mmforge reconstruct out/demo-run/checkpoint-last.pt --sample out/demo:train-000000/00000000000 --out out/demo-reconstruction.png
 
 lint: install
 	$(BIN)/ruff check pipeline labelers trainer tests benchmarks

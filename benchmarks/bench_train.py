@@ -75,7 +75,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        root = args.data or write_dataset(Path(tmp), [48, 48], sizes=((384, 512), (512, 384)))
+        root = args.data or write_dataset(Path(tmp) / "data", [48, 48], sizes=((384, 512), (512, 384)))
         torch.set_num_threads(1)  # a loader worker is one single-threaded process
         loader = loader_samples_per_s(root, args.loader_samples)
     torch.set_num_threads(args.threads)

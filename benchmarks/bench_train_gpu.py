@@ -104,7 +104,7 @@ def main() -> None:
     result.update(train_samples_per_s(args.batch_size, args.steps, args.compile, device))
     with tempfile.TemporaryDirectory() as tmp:
         shards = [64] * max(args.workers, 2)
-        root = args.data or write_dataset(Path(tmp), shards, sizes=((384, 512), (512, 384)))
+        root = args.data or write_dataset(Path(tmp) / "data", shards, sizes=((384, 512), (512, 384)))
         loader = loader_samples_per_s(root, args.workers, args.loader_batches)
     result.update(
         {

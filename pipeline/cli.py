@@ -91,6 +91,29 @@ def verify_cmd(
         raise typer.Exit(1)
 
 
+@app.command("preview")
+def preview_cmd(
+    data: Annotated[Path, typer.Argument(help="Dataset folder written by build-dataset.")],
+    n: Annotated[int, typer.Option("--n", help="Samples (rows), chosen with --seed over the whole dataset.")] = 16,
+    out: Annotated[Path | None, typer.Option(help="Write the grid here (PNG); default preview.png.")] = None,
+    html: Annotated[Path | None, typer.Option(help="Write a self-contained page to this folder (index.html).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the sample choice (same seed, same samples).")] = 0,
+    tile: Annotated[int, typer.Option(help="Tile size in pixels.")] = 160,
+) -> None:
+    """Show what a dataset holds: rgb | depth (colour map) | semseg (palette) | any other modality, per sample."""
+    from pipeline.preview import PreviewConfig, preview
+    from pipeline.schema import ConfigError, validate
+
+    try:
+        cfg = PreviewConfig(data=data, n=n, out=out, html=html, seed=seed, tile=tile)
+        validate(cfg, "preview")
+        result = preview(cfg)
+    except ConfigError as err:
+        raise fail(str(err)) from None
+    wrote = ", ".join(str(p) for p in (result.png, result.html) if p is not None)
+    typer.echo(f"{result.rows} samples x {len(result.columns)} columns ({', '.join(result.columns)}): {wrote}")
+
+
 @app.command("pretrain")
 def pretrain_cmd(
     data: Annotated[Path, typer.Option(help="Dataset folder from build-dataset (index.json, manifest.json, shards/).")],
@@ -107,18 +130,84 @@ def pretrain_cmd(
     allow_defects: Annotated[
         bool, typer.Option(help="Train on a dataset that fails its checks or is incomplete (warned, not refused).")
     ] = False,
+    tensorboard: Annotated[
+        bool | None, typer.Option("--tensorboard/--no-tensorboard", help="TensorBoard scalars and figures.")
+    ] = None,
+    wandb: Annotated[
+        bool | None, typer.Option("--wandb/--no-wandb", help="Weights & Biases logs (the wandb extra).")
+    ] = None,
 ) -> None:
     """Pretrain MultiMAE on a dataset's shards. Several GPUs: torchrun ... -m trainer.train (same options)."""
     from trainer.errors import USER_ERRORS
     from trainer.train import RunOptions, build_config, pretrain
 
     try:
-        cfg = build_config(config, steps=steps, epochs=epochs, batch_size=batch_size, workers=workers)
+        cfg = build_config(
+            config,
+            steps=steps,
+            epochs=epochs,
+            batch_size=batch_size,
+            workers=workers,
+            tensorboard=tensorboard,
+            wandb=wandb,
+        )
         options = RunOptions(data=data, out=out, resume=resume, device=device, allow_defects=allow_defects)
         result = pretrain(cfg, options)
     except USER_ERRORS as err:
         raise fail(str(err)) from None
-    typer.echo(f"pretrained {result.steps} steps; run folder {result.run_dir}")
+    typer.echo(result.text())
+
+
+def _keep_counts(keep: list[str]) -> dict[str, int]:
+    from pipeline.schema import ConfigError
+
+    counts = {}
+    for item in keep:
+        name, sep, value = item.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise ConfigError(f"--keep takes MODALITY=TOKENS (e.g. rgb=98), got {item!r}")
+        counts[name.strip()] = int(value)
+    return counts
+
+
+@app.command("reconstruct")
+def reconstruct_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="Our checkpoint-*.pt or an official MultiMAE checkpoint.")],
+    out: Annotated[Path, typer.Option(help="Where to write the figure (PNG).")] = Path("reconstruction.png"),
+    image: Annotated[Path | None, typer.Option(help="An image file as input.")] = None,
+    sample: Annotated[str | None, typer.Option(help="A dataset sample as input: OUT:SHARD/KEY.")] = None,
+    labels_from: Annotated[
+        Path | None, typer.Option(help="Label --image with the labelers of this dataset's manifest.")
+    ] = None,
+    keep: Annotated[
+        list[str] | None, typer.Option(help="Visible tokens per modality, e.g. --keep rgb=98 --keep depth=0.")
+    ] = None,
+    mask: Annotated[Path | None, typer.Option(help="An .npz with one 0/1 array (1 = masked) per input.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the Dirichlet masks (or of the positions for --keep).")] = 0,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+) -> None:
+    """Show what a checkpoint predicts: masked input | prediction | prediction + visible | target, per modality."""
+    from pipeline.schema import ConfigError
+    from trainer.errors import USER_ERRORS
+    from trainer.reconstruct import ReconstructConfig, reconstruct
+
+    try:
+        cfg = ReconstructConfig(
+            checkpoint=checkpoint,
+            out=out,
+            image=image,
+            sample=sample,
+            labels_from=labels_from,
+            keep=_keep_counts(keep or []),
+            mask=mask,
+            seed=seed,
+            device=device,
+        )
+        result = reconstruct(cfg)
+    except (*USER_ERRORS, ConfigError) as err:
+        raise fail(str(err)) from None
+    shown = ", ".join(f"{n}={v}" for n, v in result.visible.items())
+    typer.echo(f"wrote {result.out} ({len(result.rows)} modalities; visible tokens {shown})")
 
 
 @app.command("convert-weights")

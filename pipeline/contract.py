@@ -95,6 +95,24 @@ class PlanEntries:
     entries: tuple[tuple[str, int | None], ...]
 
 
+def entry_problems(header: PlanHeader, entries: PlanEntries) -> list[str]:
+    """Why a shard's plan entries cannot be this plan's: paths must be relative and inside the source, and
+    class indices present exactly when the plan has classes, each the index of the path's class folder."""
+    found, classes = [], header.classes
+    ids = {name: i for i, name in enumerate(classes or ())}
+    for path, cls in entries.entries:
+        pure = PurePosixPath(path)
+        if not path or pure.is_absolute() or ".." in pure.parts:
+            found.append(f"entry {path!r} is not a relative path inside the source")
+        elif classes is None and cls is not None:
+            found.append(f"entry {path!r} has class {cls} but the plan has no classes")
+        elif classes is not None and cls != ids.get(path.split("/", 1)[0]):
+            found.append(f"entry {path!r} has class {cls}, its folder is class {ids.get(path.split('/', 1)[0])}")
+        if len(found) >= 5:
+            break
+    return found
+
+
 @dataclass(frozen=True, kw_only=True)
 class Failure:
     """A source image that is not in the shards, and why."""

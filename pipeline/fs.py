@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import uuid
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 TEMP_MARK = ".tmp-"
+_TEMP_NAME = re.compile(r"\..+\.tmp-[0-9]+-[0-9a-f]{8}")  # exactly what temp_name makes
 _KINDS = {
     stat.S_IFIFO: "a FIFO (named pipe)",
     stat.S_IFSOCK: "a socket",
@@ -37,7 +39,7 @@ def temp_name(final: Path) -> Path:
 
 
 def is_temp(path: Path) -> bool:
-    return path.name.startswith(".") and TEMP_MARK in path.name
+    return _TEMP_NAME.fullmatch(path.name) is not None
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import sys
 from pathlib import Path
 from types import TracebackType
@@ -46,13 +47,20 @@ def _named(paths: DatasetPaths) -> set[Path]:
 
 
 def _ours(path: Path, paths: DatasetPaths, named: set[Path]) -> bool:
+    """Named by the documents and a file or an empty folder (a folder with files under a named path holds
+    someone's files), or our temp."""
+    if path in named:
+        return path.is_symlink() or not path.is_dir() or not any(path.iterdir())
     in_our_folder = path.parent in (paths.root, paths.plan_dir, paths.shards_dir)
-    return path in named or (in_our_folder and fs.is_temp(path) and not path.is_symlink())
+    return in_our_folder and fs.is_temp(path) and not path.is_symlink()
 
 
 def foreign_files(paths: DatasetPaths) -> list[str]:
     """Entries of OUT (recursively) that are neither named by its documents nor our temp files."""
     named, foreign = _named(paths), []
+    if paths.lock.is_symlink() or (paths.lock.exists() and not paths.lock.is_file()):
+        foreign.append(paths.rel(paths.lock))  # never write through a link or into something else
+        named.discard(paths.lock)
     for entry in sorted(paths.root.iterdir()):
         if entry in (paths.plan_dir, paths.shards_dir) and entry.is_dir() and not entry.is_symlink():
             foreign += [paths.rel(p) for p in sorted(entry.iterdir()) if not _ours(p, paths, named)]
@@ -67,7 +75,14 @@ def check_ownership(paths: DatasetPaths) -> None:
         return
     if not paths.root.is_dir():
         raise ConfigError(f"output {paths.root} exists and is not a folder")
-    entries = sorted(p.name for p in paths.root.iterdir() if p != paths.lock)
+    try:
+        _check_owned(paths)
+    except OSError as err:
+        raise ConfigError(f"output {paths.root}: cannot read {err.filename or 'it'}: {err.strerror or err}") from None
+
+
+def _check_owned(paths: DatasetPaths) -> None:
+    entries = sorted(p.name for p in paths.root.iterdir() if p != paths.lock or p.is_symlink() or not p.is_file())
     if not entries:
         return
     if not paths.marker.is_file():
@@ -111,6 +126,8 @@ def remove_dataset(paths: DatasetPaths) -> int:
         if path.is_file() or path.is_symlink():
             path.unlink()
             removed += 1
+        elif path.is_dir():  # empty, or check_ownership would have refused
+            path.rmdir()
     for folder in (paths.shards_dir, paths.plan_dir):
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
@@ -126,7 +143,7 @@ class BuildLock:
 
     def __enter__(self) -> BuildLock:
         for _ in range(10):
-            fd = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = _open_lock(self.paths, os.O_RDWR | os.O_CREAT)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -160,12 +177,27 @@ class BuildLock:
             self._fd = None
 
 
+def _open_lock(paths: DatasetPaths, flags: int) -> int:
+    """The lock file, opened without following a link or blocking on a FIFO; a regular file or ConfigError."""
+    try:
+        fd = os.open(paths.lock, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as err:
+        raise ConfigError(f"cannot open the lock {paths.lock}: {err.strerror or err}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        raise ConfigError(f"the lock {paths.lock} is not a plain file of ours ({fs.file_kind(st.st_mode)})")
+    return fd
+
+
 def lock_holder(paths: DatasetPaths) -> str | None:
     """Who holds OUT's build lock now (None when no build runs); never creates the lock file."""
-    try:
-        fd = os.open(paths.lock, os.O_RDONLY)
-    except OSError:
+    if not os.path.lexists(paths.lock):
         return None
+    try:
+        fd = _open_lock(paths, os.O_RDONLY)
+    except ConfigError as err:
+        return str(err)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:

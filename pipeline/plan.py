@@ -156,6 +156,9 @@ def load_plan(paths: DatasetPaths) -> Plan:
         data = contract.read_doc(paths, PlanEntries, paths.plan_entries(item.name))
         if data.name != item.name or len(data.entries) != item.count:
             raise contract.DocumentError(paths.rel(paths.plan_entries(item.name)), "does not match plan/plan.json")
+        problems = contract.entry_problems(header, data)
+        if problems:
+            raise contract.DocumentError(paths.rel(paths.plan_entries(item.name)), problems)
         shards.append(ShardSpec(i, item.name, tuple(Entry(p, c) for p, c in data.entries)))
     return Plan(
         header.split,

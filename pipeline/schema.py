@@ -15,6 +15,7 @@ trainer alike: the CLI prints it and exits 2, and nothing has been written.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import tomllib
 import types
@@ -200,7 +201,9 @@ def _sequence(origin: Any, args: tuple[Any, ...], value: Any, where: str, proble
 
 
 def _scalar(hint: Any, value: Any, where: str, problems: list[str]) -> Any:
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            problems.append(f"{where} must be a finite number, got {value!r}")
         return float(value)
     if isinstance(hint, type) and (
         not isinstance(value, hint) or (isinstance(value, bool) and hint is not bool and hint is not object)

@@ -65,9 +65,13 @@ class ShardSink:
         self.samples += 1
 
     def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None) -> None:
-        if kind is None:
-            self._tar.close()
-            self.bytes, self.sha256 = self._hash.size, self._hash.sha.hexdigest()
+        try:
+            if kind is None:
+                self._tar.close()
+                self.bytes, self.sha256 = self._hash.size, self._hash.sha.hexdigest()
+        except BaseException as close_err:
+            self._stack.__exit__(type(close_err), close_err, close_err.__traceback__)  # the temp file goes
+            raise
         self._published = kind is None
         self._stack.__exit__(kind, err, tb)  # publishes on success, removes the temp file otherwise
 

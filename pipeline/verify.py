@@ -37,6 +37,7 @@ from typing import Any
 from tqdm import tqdm
 
 from pipeline.codecs import BY_SUFFIX, CODECS, IGNORE_ID
+from pipeline.contract import url_problem
 from pipeline.schema import to_plain
 from pipeline.verify_docs import DatasetDocs, NotADatasetError, check_documents
 from pipeline.verify_sample import Defect, MapSpec
@@ -122,7 +123,10 @@ def _expects(docs: DatasetDocs, deep: bool) -> list[ShardExpect]:
     members, maps, planned = _required_members(docs), _maps(docs), docs.planned
     order = list(planned)
     expects = []
+    urls = {e.name: e.url for e in docs.index.shards} if docs.index is not None else {}
     for shard in docs.present:
+        if shard in urls and url_problem(docs.paths, shard, urls[shard]):
+            continue  # a bad_url defect already; not read through it
         entries = docs.entries.get(shard)
         stats = docs.stats.get(shard)
         expects.append(
@@ -135,6 +139,7 @@ def _expects(docs: DatasetDocs, deep: bool) -> list[ShardExpect]:
                 deep=deep,
                 index=order.index(shard),
                 sources=tuple(p for p, _ in entries.entries) if entries is not None and stats is not None else None,
+                entry_classes=tuple(c for _, c in entries.entries) if entries is not None else (),
                 failed=tuple(f.path for f in stats.failures) if stats is not None else (),
                 plan_id=docs.plan_id,
             )

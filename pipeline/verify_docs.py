@@ -25,6 +25,7 @@ from pipeline.contract import (
     PlanHeader,
     ShardStats,
     WidsIndex,
+    entry_problems,
     read_doc,
     url_problem,
 )
@@ -110,6 +111,9 @@ def check_documents(out: Path) -> DatasetDocs:
     holder = ownership.lock_holder(docs.paths)
     if holder:
         docs.add("build_in_progress", f"a build is writing this dataset now ({holder})")
+    if docs.marker is not None and docs.plan is not None and docs.marker.format != docs.plan.format:
+        reason = f"mmforge.json says format {docs.marker.format}, plan/plan.json format {docs.plan.format}"
+        docs.add("plan_mismatch", reason, member="plan/plan.json")
     _plan_entries(docs)
     _shard_files(docs)
     _stray_temps(docs)
@@ -129,6 +133,8 @@ def _plan_entries(docs: DatasetDocs) -> None:
         entries = _read(docs, PlanEntries, docs.paths.plan_entries(item.name))
         if entries is None:
             continue
+        for problem in entry_problems(docs.plan, entries):
+            docs.add("bad_document", f"plan/{item.name}.json: {problem}", shard=item.name)
         if entries.name != item.name or len(entries.entries) != item.count:
             n = len(entries.entries)
             reason = f"plan/{item.name}.json names {entries.name} with {n} entries; plan.json says {item.count}"
@@ -148,6 +154,9 @@ def _shard_files(docs: DatasetDocs) -> None:
             docs.add("unexpected_file", f"shards/{name} is not a shard", member=name)
         elif stem not in planned:
             docs.add("extra_shard", f"shards/{name} is not in the plan", shard=stem)
+        elif not (folder / name).is_file():  # a FIFO, a device, a folder or a dangling link: never read
+            kind = "a dangling link" if not (folder / name).exists() else fs.file_kind((folder / name).stat().st_mode)
+            docs.add("unexpected_file", f"shards/{name} is {kind}, not a regular file", shard=stem)
         elif name.endswith(".tar"):
             present.add(stem)
     lost = {s.shard: s.error for s in docs.manifest.failed_shards} if docs.manifest is not None else {}
@@ -161,16 +170,21 @@ def _shard_files(docs: DatasetDocs) -> None:
 
 
 def _stray_temps(docs: DatasetDocs) -> None:
-    """Temp files of killed writers beside the dataset files (shards/ is checked with the shards)."""
-    for folder in (docs.paths.root, docs.paths.plan_dir):
+    """Temp files of killed writers and files no document names beside the dataset files (shards/ is
+    checked with the shards)."""
+    paths = docs.paths
+    named = paths.named_by(tuple(docs.planned)) | {paths.plan_dir, paths.shards_dir}
+    for folder in (paths.root, paths.plan_dir):
         for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+            rel = paths.rel(path)
             if fs.is_temp(path):
-                rel = docs.paths.rel(path)
                 docs.add("stray_temp_file", f"leftover temp file {rel}", member=rel)
+            elif path not in named:
+                docs.add("unexpected_file", f"{rel} is no file of this dataset", member=rel)
 
 
 def _same_plan(docs: DatasetDocs, what: str, plan_id: str, **where: Any) -> None:
-    if docs.plan_id and plan_id != docs.plan_id:
+    if docs.plan is not None and plan_id != docs.plan_id:
         said = f"plan {plan_id[:12]}" if plan_id else "no plan id"
         docs.add("plan_mismatch", f"{what} is of {said}, this dataset's plan is {docs.plan_id[:12]}", **where)
 

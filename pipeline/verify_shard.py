@@ -9,6 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline import fs
 from pipeline.codecs import BY_SUFFIX, CODECS, decode_json, split_member
 from pipeline.contract import key_position
 from pipeline.verify_sample import Defect, MapSpec, check_sample
@@ -29,6 +30,7 @@ class ShardExpect:
     deep: bool
     index: int = 0  # the shard's position in the plan (its keys start with it)
     sources: tuple[str, ...] | None = None  # the plan's source paths of this shard, in order (None: no plan)
+    entry_classes: tuple[int | None, ...] = ()  # the plan's class index of each source
     failed: tuple[str, ...] = ()  # sources the stats marker records as failed
     plan_id: str = ""  # format 2: every sample's json names it
 
@@ -128,17 +130,25 @@ def _sample_defects(shard: str, key: str, runs: list[list[str]], required: tuple
     return found
 
 
-def _sample_source(expect: ShardExpect, key: str, data: bytes | None) -> tuple[str | None, str | None]:
-    """(source, problem) of one sample's json: the source path it names, or why it is not this plan's."""
+def _sample_problem(expect: ShardExpect, pos: int, data: bytes | None) -> str | None:
+    """Why one sample's json is not the plan's entry at `pos` (None when it is, or when there is no json:
+    the member check reports that)."""
     if data is None:
-        return None, None
+        return None
     try:
         meta = decode_json(data)
     except ValueError as err:
-        return None, f"sample json unreadable: {err}"
-    if expect.plan_id and meta.get("dataset") != expect.plan_id:
-        return meta.get("source"), f"the sample json names dataset {str(meta.get('dataset'))[:12]!r}, not this plan's"
-    return meta.get("source"), None
+        return f"sample json unreadable: {err}"
+    assert expect.sources is not None
+    source, planned = meta.get("source"), expect.sources[pos]
+    if meta.get("dataset", "") != expect.plan_id:
+        return f"the sample json names dataset {str(meta.get('dataset'))[:12]!r}, not this plan's"
+    if source != planned:
+        return f"sample is of source {source!r}; the plan has {planned!r} at this position"
+    cls = expect.entry_classes[pos] if pos < len(expect.entry_classes) else None
+    if expect.classes is not None and cls is not None and meta.get("class") != expect.classes[cls]:
+        return f"sample says class {meta.get('class')!r}; the plan has {expect.classes[cls]!r}"
+    return None
 
 
 def _plan_defects(expect: ShardExpect, result: ShardResult) -> list[Defect]:
@@ -155,11 +165,9 @@ def _plan_defects(expect: ShardExpect, result: ShardResult) -> list[Defect]:
             continue
         if pos <= last:
             found.append(Defect(kind="not_in_plan", reason="sample is out of plan order", shard=expect.name, key=key))
-        last, planned = max(last, pos), expect.sources[pos]
+        last = max(last, pos)
         seen.add(pos)
-        source, problem = _sample_source(expect, key, result.jsons.get(key))
-        if problem is None and source is not None and source != planned:
-            problem = f"sample is of source {source!r}; the plan has {planned!r} at this position"
+        problem = _sample_problem(expect, pos, result.jsons.get(key))
         if problem:
             found.append(Defect(kind="not_in_plan", reason=problem, shard=expect.name, key=key, member=JSON))
     failed = set(expect.failed)
@@ -174,7 +182,7 @@ def check_shard(expect: ShardExpect) -> ShardResult:
     """Read the shard once, front to back; every problem becomes a Defect in the result."""
     started, result, scan, group = time.perf_counter(), ShardResult(expect.name), TarScan(), _Grouping()
     keep = True if expect.deep else (lambda name: name.endswith("." + JSON))
-    with Path(expect.path).open("rb") as f:
+    with fs.open_regular(Path(expect.path)) as (f, _):
         for member in scan_tar(f, scan, keep_data=keep):
             if member.regular:
                 _add_member(member, group, expect, result)

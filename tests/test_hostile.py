@@ -375,3 +375,75 @@ def test_modes_of_files_do_not_matter_to_verify(good: Path) -> None:
         path.chmod(stat.S_IRUSR)
     result, kinds = verify(good)
     assert result.exit_code == 0 and not kinds
+
+
+# ------------------------------------------------------------------------------------- found in review
+
+
+def test_a_lock_that_is_a_link_is_never_written_through(src: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert build(src, out).exit_code == 0
+    precious = tmp_path / "notes.txt"
+    precious.write_text("mine")
+    (out / ".mmforge.lock").symlink_to(precious)
+    result = build(src, out, "--overwrite")
+    assert result.exit_code == 2 and ".mmforge.lock" in result.stderr and precious.read_text() == "mine"
+
+
+@pytest.mark.timeout(60)
+def test_fifos_and_devices_inside_a_dataset_never_hang_verify(good: Path) -> None:
+    os.mkfifo(good / ".mmforge.lock")
+    (good / "shards" / f"{S1}.tar").unlink()
+    os.mkfifo(good / "shards" / f"{S1}.tar")
+    (good / "shards" / f"{S0}.tar").unlink()
+    (good / "shards" / f"{S0}.tar").symlink_to("/dev/zero")
+    result, kinds = verify(good)
+    assert result.exit_code == 1 and "unexpected_file" in kinds and "build_in_progress" in kinds
+
+
+def test_a_dangling_shard_link_is_a_defect(good: Path) -> None:
+    (good / "shards" / f"{S1}.tar").unlink()
+    (good / "shards" / f"{S1}.tar").symlink_to("/nonexistent/x.tar")
+    result, kinds = verify(good)
+    assert result.exit_code == 1 and "unexpected_file" in kinds and "Traceback" not in result.output
+
+
+def test_a_format_downgrade_does_not_switch_the_plan_checks_off(good: Path, tmp_path: Path) -> None:
+    other = write_dataset(tmp_path / "other", [3, 3], seed=2)
+    for name in (f"{S1}.tar", f"{S1}.stats.json"):
+        shutil.copy(other / "shards" / name, good / "shards" / name)
+    edit_json(
+        good / "index.json",
+        lambda d: d["shards"].__setitem__(1, json.loads((other / "index.json").read_text())["shards"][1]),
+    )
+    edit_json(good / "plan" / "plan.json", lambda d: d.update(format=1, plan_id=""))
+    result, kinds = verify(good, deep=True)
+    assert result.exit_code == 1 and "plan_mismatch" in kinds and "not_in_plan" in kinds
+
+
+@pytest.mark.parametrize(
+    ("entry", "why"), [(["/etc/passwd", 0], "not a relative path"), (["synthetic/img-000-00001.png", 5], "class")]
+)
+def test_plan_entries_are_validated(good: Path, entry: list, why: str) -> None:
+    edit_json(good / "plan" / f"{S0}.json", lambda d: d["entries"].__setitem__(1, entry))
+    result, kinds = verify(good)
+    assert result.exit_code == 1 and "bad_document" in kinds
+    assert why in (good.parent / "report.json").read_text()
+
+
+def test_non_finite_settings_are_refused(tmp_path: Path) -> None:
+    data = write_dataset(tmp_path / "data", [4, 4])
+    config = tmp_path / "inf.toml"
+    config.write_text(SMOKE_CONFIG.read_text().replace("warmup_epochs = 0.5", "warmup_epochs = inf"))
+    result = run("pretrain", "--data", str(data), "--out", str(tmp_path / "run"), "--config", str(config))
+    assert result.exit_code == 2 and "optim.warmup_epochs must be a finite number" in result.stderr
+
+
+def test_a_folder_where_a_document_belongs_is_foreign(src: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert build(src, out).exit_code == 0
+    (out / "index.json").unlink()
+    (out / "index.json").mkdir()
+    (out / "index.json" / "thesis.tex").write_text("precious")
+    result = build(src, out, "--overwrite")
+    assert result.exit_code == 2 and (out / "index.json" / "thesis.tex").read_text() == "precious"

@@ -25,6 +25,8 @@ OPTIONS = {
     "--batch-size",
     "--workers",
     "--allow-defects",
+    "--tensorboard",
+    "--wandb",
 }
 runner = CliRunner()
 

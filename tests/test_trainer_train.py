@@ -55,7 +55,15 @@ def test_smoke_pretraining_lowers_the_loss_and_writes_the_run_folder(dataset: Pa
         "checkpoint-last.pt",
         "config.json",
         "encoder-timm.safetensors",
+        "figures",
         "metrics.jsonl",
+        "tensorboard",
+    ]
+    assert sorted(p.name for p in (tmp_path / "run" / "figures").iterdir()) == [
+        "step-0000010.png",
+        "step-0000020.png",
+        "step-0000030.png",
+        "step-0000040.png",
     ]
     record = metrics(tmp_path / "run")[-1]
     assert set(record) >= {"step", "loss", "losses", "lr", "grad_norm", "data_wait_s", "samples_per_s"}

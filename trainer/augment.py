@@ -48,6 +48,11 @@ def sample_crop(
     return _center_crop(h, w, ratio, flip)
 
 
+def center_square(h: int, w: int) -> Crop:
+    """The largest centred square, unflipped (figures and evaluation: no randomness)."""
+    return _center_crop(h, w, (1.0, 1.0), False)
+
+
 def _center_crop(h: int, w: int, ratio: tuple[float, float], flip: bool) -> Crop:
     aspect = w / h
     cw, ch = w, h

@@ -123,14 +123,16 @@ class TrainConfig:
 
     epochs: int = setting(1600, ge=0)
     steps: int = setting(0, ge=0)
-    seed: int = setting(0, ge=0)
+    seed: int = setting(0, ge=0, le=2**31 - 1)
     precision: str = setting("auto", choices=("auto", *PRECISIONS))
     compile: bool = False
     checkpoint_every: int = setting(1000, ge=1)
     keep_last: int = setting(3, ge=1)
     nonfinite: str = setting("skip", choices=("skip", "stop"))
     max_nonfinite: int = setting(20, ge=0)
-    tensorboard: bool = False
+    tensorboard: bool = True  # scalars and figures under run/tensorboard
+    wandb: bool = False  # Weights & Biases (the `wandb` extra); WANDB_MODE=offline works without a network
+    figure_every: int = setting(1000, ge=0)  # reconstruction figure of a fixed sample every N steps (0: never)
     progress: bool = True
 
     def problems(self) -> list[str]:
@@ -174,8 +176,15 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 
 def apply_overrides(config: PretrainConfig, **overrides: Any) -> PretrainConfig:
-    """Command-line overrides: steps, epochs, batch_size, workers (None = keep the file's value)."""
-    sections = {"steps": "train", "epochs": "train", "batch_size": "data", "workers": "data"}
+    """Command-line overrides: steps, epochs, batch_size, workers, tensorboard, wandb (None = keep the file's)."""
+    sections = {
+        "steps": "train",
+        "epochs": "train",
+        "batch_size": "data",
+        "workers": "data",
+        "tensorboard": "train",
+        "wandb": "train",
+    }
     for key, value in overrides.items():
         if key not in sections:
             raise ConfigError(f"unknown override {key!r}")

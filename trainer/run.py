@@ -37,21 +37,35 @@ class Schedule:
     warmup_steps: int
     peak_lr: float
     global_batch: int
+    warmup_note: str = ""  # how the warmup was fitted to the run, when it was
 
     @classmethod
     def build(cls, cfg: PretrainConfig, total_samples: int, world: int) -> Schedule:
+        """Steps from epochs (or `train.steps`); warmup from `warmup_epochs`. A run cut to `train.steps` keeps the
+        recipe's warmup fraction (warmup_epochs / epochs), and no warmup is ever longer than the run."""
         global_batch = cfg.data.batch_size * world * cfg.optim.accum_steps
         per_epoch = total_samples // global_batch
         if per_epoch < 1:
             raise DataError(f"{total_samples} samples cannot fill one global batch of {global_batch}")
         total = cfg.train.steps or cfg.train.epochs * per_epoch
-        warmup = round(cfg.optim.warmup_epochs * per_epoch)
+        warmup, note = round(cfg.optim.warmup_epochs * per_epoch), ""
+        if cfg.train.steps and cfg.train.epochs and total != cfg.train.epochs * per_epoch:
+            fraction = cfg.optim.warmup_epochs / cfg.train.epochs
+            warmup = round(fraction * total)
+            recipe = f"{cfg.optim.warmup_epochs:g} of {cfg.train.epochs} epochs"
+            note = f"scaled to {fraction:.1%} of the {total} steps, as in the recipe ({recipe})"
+        if warmup >= total:
+            warmup, note = (
+                max(0, total - 1),
+                f"cut to {max(0, total - 1)} steps: the recipe's warmup is longer than the run",
+            )
         return cls(
             steps_per_epoch=per_epoch,
             total_steps=total,
             warmup_steps=warmup,
             peak_lr=peak_lr(cfg.optim, global_batch),
             global_batch=global_batch,
+            warmup_note=note,
         )
 
 
@@ -72,6 +86,25 @@ class RunSummary:
     losses: list[float]
     skipped_nonfinite: int
     export: Path | None
+    seconds: float = 0.0
+    samples_per_s: float = 0.0
+    task_losses: dict[str, list[float]] = field(default_factory=dict)  # per task, the steps of this run
+    checkpoint: Path | None = None
+
+    def text(self) -> str:
+        """The end of a run, for a person: steps, time, speed, losses per task, where things are."""
+        lines = [
+            f"pretrained {self.steps} steps in {self.seconds:.1f} s ({self.samples_per_s:.1f} samples/s); "
+            f"{self.skipped_nonfinite} skipped as non-finite"
+        ]
+        for name, values in self.task_losses.items():
+            if values:
+                mean = sum(values) / len(values)
+                lines.append(f"  loss {name}: last {values[-1]:.4f}, mean {mean:.4f} over {len(values)} steps")
+        if self.losses:
+            lines.append(f"  loss total: last {self.losses[-1]:.4f}, mean {sum(self.losses) / len(self.losses):.4f}")
+        lines.append(f"  run folder {self.run_dir}; checkpoint {self.checkpoint}; timm export {self.export}")
+        return "\n".join(lines)
 
 
 @dataclass(kw_only=True)
@@ -90,6 +123,10 @@ class Trainer:
     state: TrainState
     log: RunLog | None = None
     losses: list[float] = field(default_factory=list)
+    task_losses: dict[str, list[float]] = field(default_factory=dict)
+    started: float = 0.0
+    figure_inputs: dict[str, torch.Tensor] | None = None
+    figure_palette: list[int] | None = None
 
 
 def precision(cfg: PretrainConfig, dist: DistInfo) -> torch.dtype:

@@ -67,14 +67,14 @@ def write_dataset(
     `root`-source beside it); returns `root`."""
     root = Path(root)
     src = root.with_name(root.name + "-source")
-    src.mkdir(parents=True, exist_ok=True)
+    (src / CLASSES[0]).mkdir(parents=True, exist_ok=True)  # one class folder: the ImageNet layout
     rng, labels, shards = np.random.default_rng(seed), deque[dict[str, np.ndarray]](), []
     for shard, count in enumerate(shard_sizes):
         entries = []
         for pos in range(count):
             h, w = sizes[(shard + pos) % len(sizes)]
             sample = make_sample(rng, h, w)
-            name = f"img-{shard:03d}-{pos:05d}.png"
+            name = f"{CLASSES[0]}/img-{shard:03d}-{pos:05d}.png"
             Image.fromarray(sample["rgb"]).save(src / name, compress_level=1)
             labels.append(sample)
             entries.append(Entry(name, 0))

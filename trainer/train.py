@@ -155,13 +155,37 @@ def run_loop(t: Trainer) -> None:
         total=t.schedule.total_steps,
         initial=t.state.step,
         tensorboard=train.tensorboard,
+        wandb=train.wandb,
+        config=config_to_dict(t.cfg),
     )
-    t.log.announce(json.loads((t.run_dir / "config.json").read_text()) if main else {})
+    t.log.announce(start_summary(t))
+    t.started = time.perf_counter()
     try:
         while t.state.step < t.schedule.total_steps:
             run_epoch(t)
     finally:
         t.log.close()
+
+
+def start_summary(t: Trainer) -> str:
+    """A few lines a person reads at the start: model, data, batch, schedule, device, where it writes."""
+    m, s, info = t.cfg.model, t.schedule, t.info
+    params = sum(p.numel() for p in t.model.parameters())
+    warmup = f"{s.warmup_steps} warmup steps" + (f" ({s.warmup_note})" if s.warmup_note else "")
+    resumed = f", resuming at step {t.state.step}" if t.state.step else ""
+    return "\n".join(
+        [
+            f"MultiMAE {m.dim}-dim x {m.depth} blocks, {params / 1e6:.2f} M parameters; "
+            f"inputs {', '.join(m.inputs)} -> "
+            f"outputs {', '.join(m.outputs)}; {m.num_visible} of {m.num_tokens} tokens visible",
+            f"data {info.root}: {info.total_samples} samples in {len(info.shards)} shards; global batch "
+            f"{s.global_batch} ({t.cfg.data.batch_size} per rank x {t.dist.world} ranks x {t.cfg.optim.accum_steps} "
+            f"accumulation), {s.steps_per_epoch} steps per epoch",
+            f"{s.total_steps} steps{resumed}; {warmup}; peak lr {s.peak_lr:.3g}; device {t.dist.device}, "
+            f"precision {str(precision(t.cfg, t.dist)).removeprefix('torch.')}",
+            f"run folder {t.run_dir} (the resolved config: config.json)",
+        ]
+    )
 
 
 def run_epoch(t: Trainer) -> None:
@@ -297,10 +321,27 @@ def after_step(t: Trainer, record: dict[str, Any]) -> None:
     check_nonfinite(t, record["skipped"])
     record["nonfinite_total"] = s.nonfinite_total
     t.losses.append(record["loss"])
+    for name, value in record["losses"].items():
+        t.task_losses.setdefault(name, []).append(value)
     if t.log is not None:
         t.log.write(record)
+    every = t.cfg.train.figure_every
+    if every and (s.step % every == 0 or s.step == t.schedule.total_steps):
+        write_figure(t)
     if s.step % t.cfg.train.checkpoint_every == 0 or s.step == t.schedule.total_steps:
         write_checkpoint(t)
+
+
+def write_figure(t: Trainer) -> None:
+    """The reconstruction figure of the dataset's first sample, same masks every time (rank 0)."""
+    if not t.dist.is_main or t.log is None:
+        return
+    from trainer.reconstruct import as_image, figure_png, first_sample
+
+    if t.figure_inputs is None:
+        t.figure_inputs, t.figure_palette = first_sample(t.info, t.cfg.model)
+    png = figure_png(t.model, t.figure_inputs, t.cfg.train.seed, t.figure_palette)
+    t.log.figure(t.state.step, png, as_image(png))
 
 
 def check_nonfinite(t: Trainer, skipped: bool) -> None:
@@ -320,8 +361,19 @@ def finish(t: Trainer) -> RunSummary:
     export = None
     if t.dist.is_main:
         export = export_timm(t.model.state_dict(), t.run_dir / "encoder-timm.safetensors")
-    n = t.state.nonfinite_total
-    return RunSummary(run_dir=t.run_dir, steps=t.state.step, losses=t.losses, skipped_nonfinite=n, export=export)
+    seconds = time.perf_counter() - t.started if t.started else 0.0
+    steps_run = len(t.losses)
+    return RunSummary(
+        run_dir=t.run_dir,
+        steps=t.state.step,
+        losses=t.losses,
+        skipped_nonfinite=t.state.nonfinite_total,
+        export=export,
+        seconds=seconds,
+        samples_per_s=steps_run * t.schedule.global_batch / seconds if seconds > 0 else 0.0,
+        task_losses=t.task_losses,
+        checkpoint=t.run_dir / LAST if (t.run_dir / LAST).exists() else None,
+    )
 
 
 def build_config(config: Path | None, **overrides: Any) -> PretrainConfig:
@@ -337,6 +389,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--allow-defects", action="store_true", help="train on a dataset that fails its checks")
+    p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None, help="TensorBoard logs")
+    p.add_argument("--wandb", action=argparse.BooleanOptionalAction, default=None, help="Weights & Biases logs")
     for name in ("steps", "epochs", "batch-size", "workers"):
         p.add_argument(f"--{name}", type=int, default=None)
     return p.parse_args(argv)
@@ -352,6 +406,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             epochs=args.epochs,
             batch_size=args.batch_size,
             workers=args.workers,
+            tensorboard=args.tensorboard,
+            wandb=args.wandb,
         )
         options = RunOptions(
             data=args.data, out=args.out, resume=args.resume, device=args.device, allow_defects=args.allow_defects

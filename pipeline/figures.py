@@ -1,0 +1,186 @@
+"""Pictures of samples, shared by `mmforge preview`, `mmforge reconstruct` and the pretraining figures.
+
+Every member is shown by its codec kind: images as they are, value maps (depth) through a perceptual colour
+map normalised per tile, class maps through the class palette. A figure is a grid of equal square tiles
+with a title row and a label strip per row, composed with Pillow so its pixel size is exact:
+`width = label + columns x tile`, `height = title + rows x tile (+ legend)`. Charts use matplotlib (Agg).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+DEPTH_CMAP = "magma"  # perceptually uniform; bright = larger value
+TITLE_H = 22
+GAP = 2
+BACKGROUND = (255, 255, 255)
+MASKED = (128, 128, 128)
+
+
+def _font(size: int = 11) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow without FreeType sizes
+        return ImageFont.load_default()
+
+
+def colormap(values: np.ndarray, valid: np.ndarray | None = None, cmap: str = DEPTH_CMAP) -> np.ndarray:
+    """Float H x W -> uint8 H x W x 3 through `cmap`, normalised to the 2-98 % range of the valid values."""
+    from matplotlib import colormaps
+
+    v = values.astype(np.float64)
+    sel = v[valid] if valid is not None and valid.any() else v.ravel()
+    lo, hi = np.percentile(sel, (2, 98)) if sel.size else (0.0, 1.0)
+    scaled = np.clip((v - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
+    return (colormaps[cmap](scaled)[..., :3] * 255).astype(np.uint8)
+
+
+def palette_rgb(ids: np.ndarray, palette: Sequence[int]) -> np.ndarray:
+    """uint8 H x W class ids -> uint8 H x W x 3 with a flat 256 x RGB palette (ids beyond it are black)."""
+    table = np.zeros((256, 3), np.uint8)
+    flat = np.asarray(list(palette)[: 256 * 3], np.uint8)
+    table[: len(flat) // 3] = flat[: len(flat) // 3 * 3].reshape(-1, 3)
+    return table[ids]
+
+
+def fit_tile(rgb: np.ndarray, tile: int, nearest: bool = False) -> Image.Image:
+    """An H x W x 3 picture scaled to fit a tile x tile square (aspect kept, centred on white)."""
+    im = Image.fromarray(rgb)
+    scale = tile / max(im.size)
+    size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
+    im = im.resize(size, Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR)
+    canvas = Image.new("RGB", (tile, tile), BACKGROUND)
+    canvas.paste(im, ((tile - im.width) // 2, (tile - im.height) // 2))
+    return canvas
+
+
+@dataclass(frozen=True, kw_only=True)
+class Grid:
+    """A figure of rows x columns tiles; `labels` one text per row (shown left), `titles` one per column."""
+
+    titles: Sequence[str]
+    labels: Sequence[str]
+    tiles: Sequence[Sequence[Image.Image]]
+    tile: int
+    label_width: int = 220
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.label_width + len(self.titles) * self.tile, TITLE_H + len(self.labels) * self.tile
+
+    @property
+    def inner(self) -> int:
+        """The side of one picture inside its tile (tiles are separated by a white gap)."""
+        return self.tile - GAP
+
+    def render(self, legend: Image.Image | None = None) -> Image.Image:
+        w, h = self.size
+        legend_h = legend.height if legend is not None else 0
+        canvas = Image.new("RGB", (max(w, legend.width if legend else 0), h + legend_h), BACKGROUND)
+        draw, font = ImageDraw.Draw(canvas), _font()
+        for c, title in enumerate(self.titles):
+            draw.text(
+                (self.label_width + c * self.tile + 4, 5), _clip(title, self.tile, font), fill=(0, 0, 0), font=font
+            )
+        for r, (label, row) in enumerate(zip(self.labels, self.tiles, strict=True)):
+            top = TITLE_H + r * self.tile
+            _wrapped(draw, label, (4, top + 4), self.label_width - 8, font)
+            for c, tile in enumerate(row):
+                if tile.size != (self.inner, self.inner):
+                    tile = tile.resize((self.inner, self.inner))
+                canvas.paste(tile, (self.label_width + c * self.tile, top))
+        if legend is not None:
+            canvas.paste(legend, (0, h))
+        return canvas
+
+
+def _clip(text: str, width: int, font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> str:
+    while text and font.getlength(text) > width - 8:
+        text = text[:-2] + "…" if len(text) > 2 else ""
+    return text
+
+
+def _wrapped(draw: ImageDraw.ImageDraw, text: str, at: tuple[int, int], width: int, font: object) -> None:
+    lines, line = [], ""
+    for chunk in text.replace("/", "/\u200b").split():
+        for word in chunk.split("\u200b"):
+            if draw.textlength(line + word, font=font) > width and line:  # type: ignore[arg-type]
+                lines.append(line)
+                line = ""
+            line += word
+        line += " "
+    lines.append(line)
+    draw.multiline_text(at, "\n".join(lines[:8]), fill=(0, 0, 0), font=font, spacing=2)  # type: ignore[arg-type]
+
+
+def class_legend(classes: Sequence[tuple[int, str, tuple[int, int, int]]], width: int) -> Image.Image:
+    """Colour swatches with 'id name' for each class shown, in as many columns as fit `width`."""
+    font, cell_w, cell_h = _font(), 170, 16
+    cols = max(1, width // cell_w)
+    rows = (len(classes) + cols - 1) // cols
+    im = Image.new("RGB", (width, TITLE_H + rows * cell_h + 6), BACKGROUND)
+    draw = ImageDraw.Draw(im)
+    draw.text((4, 5), "classes shown (id name)", fill=(0, 0, 0), font=font)
+    for i, (cid, name, colour) in enumerate(classes):
+        x, y = 4 + (i % cols) * cell_w, TITLE_H + (i // cols) * cell_h
+        draw.rectangle((x, y + 2, x + 11, y + 13), fill=colour, outline=(0, 0, 0))
+        draw.text((x + 16, y + 1), _clip(f"{cid} {name}", cell_w - 10, font), fill=(0, 0, 0), font=font)
+    return im
+
+
+def colorbar(title: str, width: int, cmap: str = DEPTH_CMAP) -> Image.Image:
+    """A horizontal colour bar with a caption (low -> high)."""
+    font = _font()
+    im = Image.new("RGB", (width, TITLE_H + 20), BACKGROUND)
+    draw = ImageDraw.Draw(im)
+    draw.text((4, 4), _clip(title, width, font), fill=(0, 0, 0), font=font)
+    bar = colormap(np.tile(np.linspace(0, 1, 256), (12, 1)), cmap=cmap)
+    im.paste(Image.fromarray(bar).resize((min(256, width - 8), 12)), (4, TITLE_H))
+    return im
+
+
+def stack(parts: Sequence[Image.Image]) -> Image.Image:
+    """Images one below the other, left-aligned, on white."""
+    width, height = max(p.width for p in parts), sum(p.height for p in parts)
+    canvas, y = Image.new("RGB", (width, height), BACKGROUND), 0
+    for p in parts:
+        canvas.paste(p, (0, y))
+        y += p.height
+    return canvas
+
+
+def png_bytes(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def chart_png(kind: str, values: Sequence[float], labels: Sequence[str], title: str, xlabel: str = "") -> bytes:
+    """A small matplotlib chart (Agg): `bar` (horizontal, one bar per label) or `hist` (values binned)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    height = 0.25 * len(labels) + 1.2 if kind == "bar" else 3.0
+    fig, ax = plt.subplots(figsize=(6.4, max(2.0, min(height, 12.0))), dpi=100)
+    try:
+        if kind == "bar":
+            ax.barh(range(len(values)), values, color="#4c72b0")
+            ax.set_yticks(range(len(labels)), labels, fontsize=8)
+            ax.invert_yaxis()
+        else:
+            ax.hist(values, bins=64, color="#4c72b0")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(xlabel, fontsize=9)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        return buf.getvalue()
+    finally:
+        plt.close(fig)
