@@ -185,6 +185,7 @@ def reconstruct_cmd(
     mask: Annotated[Path | None, typer.Option(help="An .npz with one 0/1 array (1 = masked) per input.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the Dirichlet masks (or of the positions for --keep).")] = 0,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    tile: Annotated[int, typer.Option(help="Tile size in pixels.")] = 160,
 ) -> None:
     """Show what a checkpoint predicts: masked input | prediction | prediction + visible | target, per modality."""
     from pipeline.schema import ConfigError
@@ -202,7 +203,10 @@ def reconstruct_cmd(
             mask=mask,
             seed=seed,
             device=device,
+            tile=tile,
         )
+        if not 32 <= tile <= 1024:
+            raise ConfigError(f"--tile must be 32..1024, got {tile}")
         result = reconstruct(cfg)
     except (*USER_ERRORS, ConfigError) as err:
         raise fail(str(err)) from None
