@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
 
@@ -156,6 +157,134 @@ def pretrain_cmd(
     except USER_ERRORS as err:
         raise fail(str(err)) from None
     typer.echo(result.text())
+
+
+def _transfer(
+    kind: str,
+    data: Path,
+    out: Path,
+    config: Path | None,
+    init: Path | None,
+    val: Path | None,
+    options: Mapping[str, object],
+) -> None:
+    """finetune / probe: one library call (the shared loop), one summary, one-line errors with exit 2."""
+    from trainer.errors import USER_ERRORS
+    from trainer.finetune import build_finetune_config, finetune
+    from trainer.run import RunOptions
+
+    run_keys = ("resume", "device", "allow_defects")
+    try:
+        overrides: dict[str, object] = {k: v for k, v in options.items() if k not in run_keys}
+        if kind == "probe":
+            overrides.update(probe=True, task="cls")
+        cfg = build_finetune_config(config, **overrides)
+        run = RunOptions(data=data, out=out, **{k: options[k] for k in run_keys})  # type: ignore[arg-type]
+        result = finetune(cfg, run, init, val)
+    except USER_ERRORS as err:
+        raise fail(str(err)) from None
+    typer.echo(result.text())
+
+
+_INPUTS_HELP = "Input modalities, comma-separated (rgb, or rgb,depth ...); default: the config's."
+
+
+@app.command("finetune")
+def finetune_cmd(
+    data: Annotated[Path, typer.Option(help="Training shards (a dataset folder from build-dataset).")],
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoints, metrics.jsonl, val.jsonl, config.json.")],
+    task: Annotated[str | None, typer.Option(help="cls, semseg or depth; default: the config's.")] = None,
+    init: Annotated[
+        Path | None, typer.Option(help="Pretrained weights: our or an official checkpoint, or a timm export.")
+    ] = None,
+    val: Annotated[
+        Path | None, typer.Option(help="Validation shards: evaluated at the end (and every eval_every).")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="Fine-tuning recipe TOML (trainer/configs/finetune-*.toml).")
+    ] = None,
+    inputs: Annotated[str | None, typer.Option(help=_INPUTS_HELP)] = None,
+    device: Annotated[str, typer.Option(help="auto (GPU when present), cpu, cuda or cuda:N.")] = "auto",
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint-last.pt when there is one.")] = True,
+    steps: Annotated[int | None, typer.Option(help="Total optimizer steps (overrides epochs).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (overrides the recipe).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Samples per rank per micro-batch.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Loader worker processes per rank.")] = None,
+    allow_defects: Annotated[bool, typer.Option(help="Train on a dataset that fails its checks.")] = False,
+    tensorboard: Annotated[bool | None, typer.Option("--tensorboard/--no-tensorboard", help="TensorBoard.")] = None,
+    wandb: Annotated[bool | None, typer.Option("--wandb/--no-wandb", help="Weights & Biases.")] = None,
+) -> None:
+    """Fine-tune a pretrained MultiMAE on classification, semantic segmentation or depth, from RGB or RGB-D."""
+    names = tuple(n.strip() for n in inputs.split(",") if n.strip()) if inputs else None
+    options = dict(task=task, inputs=names, device=device, resume=resume, steps=steps, epochs=epochs)
+    options.update(batch_size=batch_size, workers=workers, allow_defects=allow_defects)
+    options.update(tensorboard=tensorboard, wandb=wandb)
+    _transfer("finetune", data, out, config, init, val, options)
+
+
+@app.command("probe")
+def probe_cmd(
+    data: Annotated[Path, typer.Option(help="Training shards with class folders (.cls).")],
+    out: Annotated[Path, typer.Option(help="Run folder.")],
+    init: Annotated[Path | None, typer.Option(help="Pretrained weights (none: a random-init baseline).")] = None,
+    val: Annotated[Path | None, typer.Option(help="Validation shards.")] = None,
+    config: Annotated[Path | None, typer.Option(help="Recipe TOML (trainer/configs/probe-*.toml).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint-last.pt.")] = True,
+    steps: Annotated[int | None, typer.Option(help="Total optimizer steps.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Samples per rank per micro-batch.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Loader worker processes per rank.")] = None,
+    allow_defects: Annotated[bool, typer.Option(help="Train on a dataset that fails its checks.")] = False,
+    tensorboard: Annotated[bool | None, typer.Option("--tensorboard/--no-tensorboard", help="TensorBoard.")] = None,
+    wandb: Annotated[bool | None, typer.Option("--wandb/--no-wandb", help="Weights & Biases.")] = None,
+) -> None:
+    """Linear probe (frozen encoder, BatchNorm + Linear): a fast signal of what pretraining learnt."""
+    options = dict(device=device, resume=resume, steps=steps, epochs=epochs, batch_size=batch_size)
+    options.update(workers=workers, allow_defects=allow_defects, tensorboard=tensorboard, wandb=wandb)
+    _transfer("probe", data, out, config, init, val, options)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="A fine-tuning checkpoint (checkpoint-best.pt, ...).")],
+    data: Annotated[Path, typer.Option(help="Shards to evaluate on.")],
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the metrics here (JSON).")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    batch_size: Annotated[int, typer.Option(help="Samples per forward.")] = 16,
+) -> None:
+    """The task's metrics over a whole split: top-1/top-5, mIoU/pixel accuracy, or delta1-3/RMSE/AbsRel."""
+    from trainer.errors import USER_ERRORS
+    from trainer.finetune import evaluate
+
+    try:
+        result = evaluate(checkpoint, data, json_path, device, batch_size)
+    except USER_ERRORS as err:
+        raise fail(str(err)) from None
+    typer.echo(f"{result.task} on {data}: " + ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items()))
+
+
+@app.command("export")
+def export_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="Our pretraining or fine-tuning checkpoint, or an official one.")],
+    out: Annotated[Path, typer.Argument(help="timm: a new folder; official: a .pth file.")],
+    format: Annotated[str, typer.Option(help="timm (local-dir folder) or official (MultiMAE .pth).")] = "timm",
+) -> None:
+    """Export the encoder to timm (timm.create_model("local-dir:OUT", pretrained=True)) or the official layout."""
+    from pipeline.schema import ConfigError
+    from trainer.errors import USER_ERRORS
+    from trainer.export import encoder_state, export_official, export_timm_folder
+
+    try:
+        if format not in ("timm", "official"):
+            raise ConfigError(f"--format must be timm or official, got {format!r}")
+        if out.exists() and (format == "official" or any(out.iterdir())):
+            raise ConfigError(f"{out} exists; export writes a new {'file' if format == 'official' else 'folder'}")
+        state, shape, _ = encoder_state(checkpoint)
+        path = export_timm_folder(state, shape, out) if format == "timm" else export_official(state, out)
+    except (*USER_ERRORS, KeyError) as err:
+        raise fail(f"cannot export {checkpoint}: {err}") from None
+    typer.echo(f"wrote {path}")
 
 
 def _keep_counts(keep: list[str]) -> dict[str, int]:

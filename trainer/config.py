@@ -70,7 +70,7 @@ class ModelConfig:
             found.append(f"dim {self.dim} must be a multiple of heads {self.heads} and of 4")
         if self.decoder_dim % self.decoder_heads or self.decoder_dim % 4:
             found.append(f"decoder_dim {self.decoder_dim} must be a multiple of decoder_heads and of 4")
-        if self.inputs and self.num_visible >= self.num_tokens:
+        if self.inputs and self.outputs and self.num_visible >= self.num_tokens:  # masking: pretraining only
             found.append(f"num_visible {self.num_visible} must be < the {self.num_tokens} tokens of the inputs")
         return found
 

@@ -50,3 +50,78 @@ def export_timm(state: Mapping[str, Tensor], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fs.write_bytes_atomic(path, save(encoder_to_timm(state), metadata={"format": "pt", "source": "multimae-forge"}))
     return path
+
+
+def encoder_state(path: Path) -> tuple[dict[str, Tensor], dict[str, int | float], str]:
+    """(encoder tensors in MultiMAE names, ViT shape, kind) of our pretraining or fine-tuning checkpoint or an
+    official MultiMAE one (ViT-B assumed without a config of ours)."""
+    from trainer.checkpoint import load_checkpoint
+
+    payload = load_checkpoint(Path(path))
+    config = payload.get("config") if isinstance(payload.get("config"), dict) else {}
+    model = config.get("model", {}) if isinstance(config, dict) else {}
+    shape = {k: model.get(k, v) for k, v in _VIT_B.items()}
+    kind = "finetune" if isinstance(config, dict) and "task" in config else "pretrain"
+    return dict(payload["model"]), shape, kind
+
+
+_VIT_B = {"image_size": 224, "patch_size": 16, "dim": 768, "depth": 12, "heads": 12, "mlp_ratio": 4.0}
+
+
+def export_timm_folder(state: Mapping[str, Tensor], shape: Mapping[str, int | float], out: Path) -> Path:
+    """A folder timm loads strictly: `timm.create_model("local-dir:OUT", pretrained=True)`.
+
+    config.json names a timm ViT with this encoder's shape (no final norm, as pretrained; class token = the
+    global token; no classifier: `num_classes = 0`) and the mean/std the model was trained with (ImageNet).
+    """
+    import json
+
+    from labelers.standards import IMAGENET_MEAN, IMAGENET_STD
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    size = int(shape["image_size"])
+    config = {
+        "architecture": "vit_base_patch16_224",
+        "num_classes": 0,
+        "num_features": int(shape["dim"]),
+        "global_pool": "token",
+        "model_args": {
+            "img_size": size,
+            "patch_size": int(shape["patch_size"]),
+            "embed_dim": int(shape["dim"]),
+            "depth": int(shape["depth"]),
+            "num_heads": int(shape["heads"]),
+            "mlp_ratio": float(shape["mlp_ratio"]),
+            "num_classes": 0,
+            "global_pool": "token",
+            "final_norm": False,
+            "fc_norm": False,
+        },
+        "pretrained_cfg": {
+            "input_size": [3, size, size],
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+            "interpolation": "bicubic",
+            "crop_pct": 1.0,
+            "num_classes": 0,
+        },
+    }
+    fs.write_bytes_atomic(out / "config.json", (json.dumps(config, indent=2) + "\n").encode())
+    tensors = encoder_to_timm(state)
+    fs.write_bytes_atomic(
+        out / "model.safetensors", save(tensors, metadata={"format": "pt", "source": "multimae-forge"})
+    )
+    return out
+
+
+def export_official(state: Mapping[str, Tensor], out: Path) -> Path:
+    """The official MultiMAE `.pth` layout: {"model": state_dict}, plain tensors (weights_only loadable)."""
+    import io
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save({"model": {k: v.detach().cpu().contiguous() for k, v in state.items()}}, buf)
+    fs.write_bytes_atomic(out, buf.getvalue())
+    return out

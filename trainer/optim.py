@@ -21,8 +21,36 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, *, fused: bool = False) -> torch.optim.AdamW:
-    groups = param_groups(model, cfg.weight_decay)
+def layer_id(name: str, num_layers: int) -> int:
+    """Layer of a parameter for layer-wise lr decay: input adapters and global tokens 0, encoder block i
+    i + 1, everything after the encoder (heads) num_layers + 1."""
+    if name.startswith(("input_adapters.", "global_tokens")):
+        return 0
+    if name.startswith("encoder."):
+        return int(name.split(".")[1]) + 1
+    return num_layers + 1
+
+
+def layer_decay_groups(model: nn.Module, weight_decay: float, decay: float, num_layers: int) -> list[dict]:
+    """One group per (layer, decay or not); each with `lr_scale` = decay ** (num_layers + 1 - layer)."""
+    skip: set[str] = getattr(model, "no_weight_decay_names", set)()
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        lid, no_wd = layer_id(name, num_layers), p.ndim <= 1 or name in skip
+        group = groups.setdefault(
+            (lid, no_wd),
+            {"params": [], "weight_decay": 0.0 if no_wd else weight_decay, "lr_scale": decay ** (num_layers + 1 - lid)},
+        )
+        group["params"].append(p)
+    return [groups[k] for k in sorted(groups)]
+
+
+def build_optimizer(
+    model: nn.Module, cfg: OptimConfig, *, fused: bool = False, groups: list[dict] | None = None
+) -> torch.optim.AdamW:
+    groups = groups if groups is not None else param_groups(model, cfg.weight_decay)
     return torch.optim.AdamW(groups, lr=0.0, betas=cfg.betas, fused=fused or None)
 
 
@@ -41,5 +69,6 @@ def lr_at(step: int, *, peak: float, warmup_steps: int, total_steps: int, min_lr
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The step's lr in every group, times the group's `lr_scale` (layer decay) where it has one."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)

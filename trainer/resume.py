@@ -90,7 +90,7 @@ def restored_cursors(mine: dict[str, Any], t: Trainer) -> list[Cursor]:
     return fresh_cursors(t.cfg)
 
 
-_MUST_MATCH = ("model.", "data.batch_size", "optim.accum_steps", "train.seed")
+_MUST_MATCH = ("model.", "task.", "data.batch_size", "optim.accum_steps", "train.seed")
 
 
 def check_compatible(ckpt: dict[str, Any], cfg: PretrainConfig, dist: DistInfo) -> None:

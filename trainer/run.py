@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -15,8 +16,21 @@ from trainer.dataset import DatasetInfo
 from trainer.distributed import DistInfo
 from trainer.errors import DataError
 from trainer.logs import RunLog
-from trainer.model import MultiMAE
 from trainer.optim import peak_lr
+
+
+class Job(Protocol):
+    """What one kind of run (pretrain, finetune, probe) adds to the shared loop in `trainer.train`."""
+
+    def check(self, info: DatasetInfo, cfg: Any) -> None: ...
+    def build_model(self, cfg: Any, info: DatasetInfo) -> nn.Module: ...
+    def param_groups(self, model: nn.Module, cfg: Any) -> list[dict] | None: ...
+    def objective(self, model: nn.Module) -> nn.Module: ...
+    def task_names(self, model: nn.Module) -> list[str]: ...
+    def stream(self, t: Trainer, plan: Any, rotation: int) -> Any: ...
+    def describe(self, t: Trainer) -> str: ...
+    def on_step(self, t: Trainer) -> None: ...
+    def finish(self, t: Trainer) -> Path | None: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,11 +104,13 @@ class RunSummary:
     samples_per_s: float = 0.0
     task_losses: dict[str, list[float]] = field(default_factory=dict)  # per task, the steps of this run
     checkpoint: Path | None = None
+    verb: str = "pretrained"
+    export_label: str = "timm export"
 
     def text(self) -> str:
         """The end of a run, for a person: steps, time, speed, losses per task, where things are."""
         lines = [
-            f"pretrained {self.steps} steps in {self.seconds:.1f} s ({self.samples_per_s:.1f} samples/s); "
+            f"{self.verb} {self.steps} steps in {self.seconds:.1f} s ({self.samples_per_s:.1f} samples/s); "
             f"{self.skipped_nonfinite} skipped as non-finite"
         ]
         for name, values in self.task_losses.items():
@@ -103,7 +119,7 @@ class RunSummary:
                 lines.append(f"  loss {name}: last {values[-1]:.4f}, mean {mean:.4f} over {len(values)} steps")
         if self.losses:
             lines.append(f"  loss total: last {self.losses[-1]:.4f}, mean {sum(self.losses) / len(self.losses):.4f}")
-        lines.append(f"  run folder {self.run_dir}; checkpoint {self.checkpoint}; timm export {self.export}")
+        lines.append(f"  run folder {self.run_dir}; checkpoint {self.checkpoint}; {self.export_label} {self.export}")
         return "\n".join(lines)
 
 
@@ -111,13 +127,13 @@ class RunSummary:
 class Trainer:
     """What the loop needs, built once per run."""
 
-    cfg: PretrainConfig
+    cfg: Any  # PretrainConfig or FinetuneConfig: model, data, optim, train (and task)
     dist: DistInfo
     info: DatasetInfo
     schedule: Schedule
     run_dir: Path
-    model: MultiMAE
-    wrapped: nn.Module
+    model: nn.Module  # what checkpoints hold (official layout)
+    wrapped: nn.Module  # the job's objective (batch -> loss, per-task losses), under DDP / compile
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None
     state: TrainState
@@ -127,6 +143,9 @@ class Trainer:
     started: float = 0.0
     figure_inputs: dict[str, torch.Tensor] | None = None
     figure_palette: list[int] | None = None
+    job: Job
+    task_names: list[str] = field(default_factory=list)
+    best: float | None = None  # fine-tuning: the best value of the main validation metric so far
 
 
 def precision(cfg: PretrainConfig, dist: DistInfo) -> torch.dtype:

@@ -105,3 +105,21 @@ def _write(root: Path, src: Path, plan: Plan, labels: deque[dict[str, np.ndarray
     stats = {s.name: process_shard(s, ctx, submit) for s in plan.shards}
     write_dataset_files(paths, plan, RECIPE, stats, {})
     return root
+
+
+def write_digit_images(folder: Path, *, per_class: int | None = None, side: int = 64, offset: int = 0) -> Path:
+    """scikit-learn's 1,797 handwritten digits (8 x 8, 10 classes; the `dev` extra installs scikit-learn) as
+    RGB PNGs of side x side in one folder per class (`0` ... `9`): a small real labelled image set for
+    `build-dataset`. `per_class` takes that many of each class, starting at the class's `offset`-th image."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    folder = Path(folder)
+    for label in range(10):
+        (folder / str(label)).mkdir(parents=True, exist_ok=True)
+        picks = np.flatnonzero(digits.target == label)[offset:]
+        for i in picks[:per_class] if per_class is not None else picks:
+            grey = (digits.images[i] * (255.0 / 16.0)).astype(np.uint8)
+            image = Image.fromarray(grey).resize((side, side), Image.Resampling.BICUBIC).convert("RGB")
+            image.save(folder / str(label) / f"digit-{i:04d}.png", compress_level=1)
+    return folder

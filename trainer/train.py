@@ -25,40 +25,46 @@ from torch.nn.parallel import DistributedDataParallel
 from pipeline import fs
 from trainer.checkpoint import LAST, load_checkpoint
 from trainer.config import PretrainConfig, apply_overrides, config_to_dict, load_config
-from trainer.data import Cursor, EpochPlan, ShardStream, check_enough_shards, make_loader
-from trainer.dataset import check_manifest, load_dataset
+from trainer.data import Cursor, EpochPlan, check_enough_shards, make_loader
+from trainer.dataset import load_dataset
 from trainer.distributed import DistInfo, gather_objects, init_distributed, nonfinite_anywhere, shutdown
 from trainer.errors import USER_ERRORS, CheckpointError, DataError, NonFiniteLossError, PretrainError
-from trainer.export import export_timm
 from trainer.logs import RunLog
-from trainer.model import MultiMAE
 from trainer.optim import build_optimizer, lr_at, set_lr
 from trainer.resume import restore, write_checkpoint
-from trainer.run import RunOptions, RunSummary, Schedule, Trainer, TrainState, fresh_cursors, precision
+from trainer.run import Job, RunOptions, RunSummary, Schedule, Trainer, TrainState, fresh_cursors, precision
 
 log = logging.getLogger(__name__)
 
 
 def pretrain(config: PretrainConfig, options: RunOptions) -> RunSummary:
     """Pretrain MultiMAE on the shards in `options.data`, writing the run folder `options.out`."""
+    from trainer.jobs import PretrainJob
+
+    return run(PretrainJob(), config, options)
+
+
+def run(job: Job, config: Any, options: RunOptions) -> RunSummary:
+    """The one loop: pretraining, fine-tuning and probing differ only in their `job`."""
     dist = init_distributed(options.device)
     try:
-        trainer = setup(config, options, dist)
+        trainer = setup(job, config, options, dist)
         run_loop(trainer)
         return finish(trainer)
     finally:
         shutdown()
 
 
-def setup(cfg: PretrainConfig, options: RunOptions, dist: DistInfo) -> Trainer:
+def setup(job: Job, cfg: Any, options: RunOptions, dist: DistInfo) -> Trainer:
     info = load_dataset(options.data, verify_checksums=cfg.data.verify_checksums, allow_defects=options.allow_defects)
-    check_manifest(info, cfg.model)
+    job.check(info, cfg)
     check_enough_shards(len(info.shards), dist.world, max(1, cfg.data.workers))
     schedule = Schedule.build(cfg, info.total_samples, dist.world)
     run_dir = prepare_run_dir(options, cfg, dist)
     torch.manual_seed(cfg.train.seed)
-    model = MultiMAE(cfg.model).to(dist.device)
-    optimizer = build_optimizer(model, cfg.optim, fused=dist.device.type == "cuda")
+    model = job.build_model(cfg, info).to(dist.device)
+    groups = job.param_groups(model, cfg)
+    optimizer = build_optimizer(model, cfg.optim, fused=dist.device.type == "cuda", groups=groups)
     scaler = torch.amp.GradScaler(dist.device.type) if precision(cfg, dist) == torch.float16 else None
     torch.manual_seed(cfg.train.seed * 1000 + dist.rank + 1)  # masking streams differ per rank
     state = TrainState(cursors=fresh_cursors(cfg))
@@ -73,6 +79,8 @@ def setup(cfg: PretrainConfig, options: RunOptions, dist: DistInfo) -> Trainer:
         optimizer=optimizer,
         scaler=scaler,
         state=state,
+        job=job,
+        task_names=job.task_names(model),
     )
     error = None
     if options.resume and (run_dir / LAST).exists():
@@ -84,7 +92,7 @@ def setup(cfg: PretrainConfig, options: RunOptions, dist: DistInfo) -> Trainer:
     if dist.is_main:  # only now: a refused resume leaves the folder's config and metrics as they were
         save_run_config(run_dir, options, cfg, dist)
         trim_metrics(run_dir / "metrics.jsonl", trainer.state.step)
-    trainer.wrapped = wrap_model(model, cfg, dist)
+    trainer.wrapped = wrap_model(job.objective(model), cfg, dist)
     return trainer
 
 
@@ -136,7 +144,7 @@ def save_run_config(run_dir: Path, options: RunOptions, cfg: PretrainConfig, dis
     fs.write_json_atomic(run_dir / "config.json", resolved)
 
 
-def wrap_model(model: MultiMAE, cfg: PretrainConfig, dist: DistInfo) -> nn.Module:
+def wrap_model(model: nn.Module, cfg: Any, dist: DistInfo) -> nn.Module:
     wrapped: nn.Module = model
     if dist.world > 1:
         ids = [dist.device.index] if dist.device.type == "cuda" else None
@@ -169,15 +177,12 @@ def run_loop(t: Trainer) -> None:
 
 def start_summary(t: Trainer) -> str:
     """A few lines a person reads at the start: model, data, batch, schedule, device, where it writes."""
-    m, s, info = t.cfg.model, t.schedule, t.info
-    params = sum(p.numel() for p in t.model.parameters())
+    s, info = t.schedule, t.info
     warmup = f"{s.warmup_steps} warmup steps" + (f" ({s.warmup_note})" if s.warmup_note else "")
     resumed = f", resuming at step {t.state.step}" if t.state.step else ""
     return "\n".join(
         [
-            f"MultiMAE {m.dim}-dim x {m.depth} blocks, {params / 1e6:.2f} M parameters; "
-            f"inputs {', '.join(m.inputs)} -> "
-            f"outputs {', '.join(m.outputs)}; {m.num_visible} of {m.num_tokens} tokens visible",
+            t.job.describe(t),
             f"data {info.root}: {info.total_samples} samples in {len(info.shards)} shards; global batch "
             f"{s.global_batch} ({t.cfg.data.batch_size} per rank x {t.dist.world} ranks x {t.cfg.optim.accum_steps} "
             f"accumulation), {s.steps_per_epoch} steps per epoch",
@@ -213,10 +218,7 @@ def epoch_batches(t: Trainer, micro_per_epoch: int) -> Iterator[dict[str, Any]]:
         workers=max(1, cfg.data.workers),
         micro_batches=micro_per_epoch,
     )
-    rotation = t.state.micro % plan.workers
-    stream = ShardStream(
-        info=t.info, data=cfg.data, model=cfg.model, plan=plan, cursors=t.state.cursors, rotation=rotation
-    )
+    stream = t.job.stream(t, plan, t.state.micro % plan.workers)
     return iter(make_loader(stream, cfg.data.workers, pin_memory=dist.device.type == "cuda"))
 
 
@@ -240,7 +242,7 @@ def worker_message(text: str) -> str:
 def train_step(t: Trainer, micro: Sequence[dict[str, Any]], data_wait: float) -> dict[str, Any]:
     """Forward/backward over the micro-batches, agreed non-finite check, then clip, step, zero."""
     t.wrapped.train()
-    sums, skipped = torch.zeros(len(t.model.output_adapters) + 2), False
+    sums, skipped = torch.zeros(len(t.task_names) + 2), False
     for i, batch in enumerate(micro):
         t.state.cursors[batch["__cursor__"]["worker"]] = cursor_of(batch)
         no_sync = getattr(t.wrapped, "no_sync", contextlib.nullcontext)
@@ -261,10 +263,8 @@ def micro_step(t: Trainer, batch: dict[str, Any], skip_backward: bool) -> tuple[
     """One micro-batch: loss, agreed non-finite flag, backward unless any rank's loss is non-finite."""
     device, dtype = t.dist.device, precision(t.cfg, t.dist)
     data = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
-    inputs = {name: data[name] for name in t.cfg.model.inputs}
     with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-        preds, masks = t.wrapped(inputs)
-        loss, per_task = t.model.forward_loss(preds, data, masks)
+        loss, per_task = t.wrapped(data)  # the objective computes its loss in its forward
     corrupt = loss.new_tensor(float(sum(c.corrupt for c in t.state.cursors)))
     values = torch.stack([loss.detach(), *(v.detach() for v in per_task.values()), corrupt]).float()
     bad, summed = nonfinite_anywhere(values)
@@ -300,13 +300,13 @@ def current_lr(t: Trainer) -> float:
 
 
 def step_record(t: Trainer, means: torch.Tensor, grad_norm: float, skipped: bool, wait: float) -> dict[str, Any]:
-    names = list(t.model.output_adapters)
+    names = t.task_names
     return {
         "step": t.state.step + 1,
         "epoch": t.state.epoch,
         "loss": float(means[0]),
         "losses": {n: float(v) for n, v in zip(names, means[1:-1], strict=True)},
-        "lr": t.optimizer.param_groups[0]["lr"],
+        "lr": current_lr(t),
         "grad_norm": grad_norm,
         "data_wait_s": wait,
         "skipped": skipped,
@@ -325,23 +325,9 @@ def after_step(t: Trainer, record: dict[str, Any]) -> None:
         t.task_losses.setdefault(name, []).append(value)
     if t.log is not None:
         t.log.write(record)
-    every = t.cfg.train.figure_every
-    if every and (s.step % every == 0 or s.step == t.schedule.total_steps):
-        write_figure(t)
+    t.job.on_step(t)
     if s.step % t.cfg.train.checkpoint_every == 0 or s.step == t.schedule.total_steps:
         write_checkpoint(t)
-
-
-def write_figure(t: Trainer) -> None:
-    """The reconstruction figure of the dataset's first sample, same masks every time (rank 0)."""
-    if not t.dist.is_main or t.log is None:
-        return
-    from trainer.reconstruct import as_image, figure_png, first_sample
-
-    if t.figure_inputs is None:
-        t.figure_inputs, t.figure_palette = first_sample(t.info, t.cfg.model)
-    png = figure_png(t.model, t.figure_inputs, t.cfg.train.seed, t.figure_palette)
-    t.log.figure(t.state.step, png, as_image(png))
 
 
 def check_nonfinite(t: Trainer, skipped: bool) -> None:
@@ -358,9 +344,7 @@ def check_nonfinite(t: Trainer, skipped: bool) -> None:
 
 
 def finish(t: Trainer) -> RunSummary:
-    export = None
-    if t.dist.is_main:
-        export = export_timm(t.model.state_dict(), t.run_dir / "encoder-timm.safetensors")
+    export = t.job.finish(t)
     seconds = time.perf_counter() - t.started if t.started else 0.0
     steps_run = len(t.losses)
     return RunSummary(
@@ -373,6 +357,8 @@ def finish(t: Trainer) -> RunSummary:
         samples_per_s=steps_run * t.schedule.global_batch / seconds if seconds > 0 else 0.0,
         task_losses=t.task_losses,
         checkpoint=t.run_dir / LAST if (t.run_dir / LAST).exists() else None,
+        verb=getattr(t.job, "verb", "pretrained"),
+        export_label=getattr(t.job, "export_label", "timm export"),
     )
 
 
