@@ -74,13 +74,6 @@ class MultiViT(nn.Module):
     def head(self) -> nn.Module:
         return self.output_adapters[self.cfg.task.name]
 
-    def no_weight_decay_names(self) -> set[str]:
-        names = {"global_tokens"}
-        for prefix, module in self.named_modules():
-            for suffix in getattr(module, "no_weight_decay", ()):
-                names.update(f"{prefix}.{n}" for n, _ in module.named_parameters() if n.startswith(suffix))
-        return names
-
     def train(self, mode: bool = True) -> MultiViT:
         super().train(mode)
         if self.cfg.task.probe:  # a probe never changes its encoder, dropout and norm statistics included

@@ -50,14 +50,6 @@ class MultiMAE(nn.Module):
             mlp_ratio=cfg.mlp_ratio,
         )
 
-    def no_weight_decay_names(self) -> set[str]:
-        """Parameters without weight decay: tokens and embeddings (biases and norms go by ndim in optim)."""
-        names = {"global_tokens"}
-        for prefix, module in self.named_modules():
-            for suffix in getattr(module, "no_weight_decay", ()):
-                names.update(f"{prefix}.{n}" for n, _ in module.named_parameters() if n.startswith(suffix))
-        return names
-
     def forward(
         self,
         inputs: Mapping[str, Tensor],

@@ -10,9 +10,19 @@ from torch import nn
 from trainer.config import OptimConfig
 
 
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """Parameters without weight decay besides biases and norms: the global tokens and what each module
+    lists in its `no_weight_decay` (position and class embeddings, mask tokens, task embeddings)."""
+    names = {"global_tokens"}
+    for prefix, module in model.named_modules():
+        for suffix in getattr(module, "no_weight_decay", ()):
+            names.update(f"{prefix}.{n}" for n, _ in module.named_parameters() if n.startswith(suffix))
+    return names
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two groups: decayed weights; no decay for biases, norms (ndim <= 1), tokens and embeddings."""
-    skip: set[str] = getattr(model, "no_weight_decay_names", set)()
+    skip = no_weight_decay_names(model)
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
@@ -33,7 +43,7 @@ def layer_id(name: str, num_layers: int) -> int:
 
 def layer_decay_groups(model: nn.Module, weight_decay: float, decay: float, num_layers: int) -> list[dict]:
     """One group per (layer, decay or not); each with `lr_scale` = decay ** (num_layers + 1 - layer)."""
-    skip: set[str] = getattr(model, "no_weight_decay_names", set)()
+    skip = no_weight_decay_names(model)
     groups: dict[tuple[int, bool], dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
