@@ -42,7 +42,7 @@ def _build(spec: LabelerSpec, *, device: str = "cpu", precision: str = "fp32") -
 def _build_smoke(spec: LabelerSpec, *, device: str = "cpu", precision: str = "fp32") -> Mask2FormerSemsegLabeler:
     from transformers import Mask2FormerForUniversalSegmentation
 
-    n = spec.num_classes or 133
+    n = spec.num_classes or 1
     folder = spec.weights or str(
         materialize(f"mask2former-smoke-{n}", lambda: Mask2FormerForUniversalSegmentation(tiny_mask2former_config(n)))
     )
@@ -71,6 +71,7 @@ register_labeler(
         std=IMAGENET_STD,
         output="classes",
         num_classes=133,
+        classes="coco-panoptic-133",
         notes="COCO panoptic, 133 classes (80 things + 53 stuff) in Mask2Former's contiguous order.",
     )
 )(_build)
@@ -90,7 +91,49 @@ register_labeler(
         std=IMAGENET_STD,
         output="classes",
         num_classes=133,
+        classes="coco-panoptic-133",
         meaningless=True,
         notes="Tiny random-weight Mask2Former of the real class: MEANINGLESS labels, for demos and tests only.",
+    )
+)(_build_smoke)
+
+register_labeler(
+    LabelerSpec(
+        name="mask2former-swin-small-ade-semantic",
+        modality="semseg",
+        model_class="Mask2FormerForUniversalSegmentation",
+        weights="facebook/mask2former-swin-small-ade-semantic",
+        revision="main",
+        license="CC-BY-NC-4.0 (Mask2Former model zoo weights)",
+        size=512,
+        geometry="short_side",
+        max_side=2048,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        output="classes",
+        num_classes=150,
+        classes="ade20k-150",
+        notes="ADE20K semantic, 150 classes (wall ... flag) in the benchmark's order.",
+    )
+)(_build)
+
+register_labeler(
+    LabelerSpec(
+        name="mask2former-smoke-ade",
+        modality="semseg",
+        model_class="Mask2FormerForUniversalSegmentation",
+        weights="",
+        license="n/a (random weights)",
+        size=64,
+        geometry="short_side",
+        min_side=32,
+        max_side=128,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        output="classes",
+        num_classes=150,
+        classes="ade20k-150",
+        meaningless=True,
+        notes="Tiny random-weight Mask2Former with the ADE20K classes: MEANINGLESS labels, for demos and tests only.",
     )
 )(_build_smoke)

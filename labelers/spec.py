@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from labelers.classes import class_table
 from labelers.standards import IGNORE_ID
 
 OUTPUT_KINDS = ("depth", "inverse_depth", "classes")
@@ -19,6 +20,7 @@ class LabelerSpec:
     """Provenance and preprocessing of one labeler (timm's `pretrained_cfg`, for pseudo-labelers).
 
     `modality` names the sample member the labeler fills (a key of `pipeline.codecs.CODECS`).
+    A class labeler names its class table (`classes`: names and colours, see `labelers.classes`).
     `geometry` says how an image is resized for the network: `square` to size x size, `short_side` so the
     short side is near `size` with both sides multiples of 32, `multiple_of_32` to the nearest multiples of
     32 of the image itself, clamped to [min_side, max_side]. Maps always come back at the image's size.
@@ -38,6 +40,7 @@ class LabelerSpec:
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     output: str
     num_classes: int | None = None
+    classes: str | None = None  # class maps: the class table (names, colours), see labelers.classes
     meaningless: bool = False
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -49,6 +52,15 @@ class LabelerSpec:
             raise ValueError(f"{self.name}: geometry must be one of {GEOMETRIES}, got {self.geometry!r}")
         if self.output == "classes" and not (self.num_classes and 0 < self.num_classes < IGNORE_ID):
             raise ValueError(f"{self.name}: a class labeler needs 0 < num_classes < {IGNORE_ID} ({IGNORE_ID} = ignore)")
+        if self.classes is not None:
+            if self.output != "classes":
+                raise ValueError(f"{self.name}: only a class labeler has a class table")
+            table = class_table(self.classes)
+            if len(table) != self.num_classes:
+                raise ValueError(
+                    f"{self.name}: class table {self.classes} has {len(table)} classes, "
+                    f"num_classes is {self.num_classes}"
+                )
         if self.size < 32 or self.min_side > self.max_side:
             raise ValueError(f"{self.name}: size must be >= 32 and min_side <= max_side")
 

@@ -8,7 +8,7 @@ from collections import Counter
 from importlib import metadata
 
 from labelers import LabelerSpec
-from labelers.coco import coco_panoptic_classes, palette
+from labelers.classes import class_table, palette_for
 from pipeline import contract
 from pipeline.codecs import CODECS, IGNORE_ID
 from pipeline.config import Recipe, to_dict
@@ -28,7 +28,6 @@ from pipeline.contract import (
 from pipeline.plan import Plan
 
 _PACKAGES = ("multimae-forge", "torch", "transformers", "pillow", "numpy", "webdataset", "ray")
-_COCO_CLASSES = 133
 
 
 def _version(package: str) -> str | None:
@@ -42,7 +41,7 @@ def _modality(spec: LabelerSpec) -> ModalityInfo:
     """What a label map is, from its codec's facts and its labeler's spec."""
     codec = CODECS[spec.modality]
     if codec.kind == "class_map":
-        coco = spec.num_classes == _COCO_CLASSES
+        n = spec.num_classes or 0
         return ModalityInfo(
             member=codec.suffix,
             labeler=spec.labeler_id,
@@ -50,8 +49,8 @@ def _modality(spec: LabelerSpec) -> ModalityInfo:
             dtype=codec.dtype,
             num_classes=spec.num_classes,
             ignore_id=IGNORE_ID,
-            classes=tuple(c.name for c in coco_panoptic_classes()) if coco else None,
-            palette=tuple(palette(_COCO_CLASSES)[: 3 * _COCO_CLASSES]) if coco else None,
+            classes=class_table(spec.classes).names if spec.classes else None,
+            palette=tuple(palette_for(spec.classes, n)[: 3 * n]),
         )
     return ModalityInfo(
         member=codec.suffix,

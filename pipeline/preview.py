@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import base64
 import html
-import tarfile
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,13 +21,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from labelers.coco import palette as coco_palette
+from labelers.classes import full_palette
 from pipeline import fs
-from pipeline.codecs import BY_SUFFIX, CODECS, dequantize_depth, split_member
+from pipeline.codecs import BY_SUFFIX, CODECS, dequantize_depth
 from pipeline.contract import IndexEntry, ModalityInfo, url_problem
 from pipeline.figures import Grid, chart_png, class_legend, colorbar, colormap, fit_tile, palette_rgb, png_bytes, stack
 from pipeline.schema import ConfigError, setting
 from pipeline.verify_docs import DatasetDocs, NotADatasetError, check_documents
+from pipeline.wds import read_samples
 
 Sample = dict[str, bytes]  # member suffix -> bytes, plus "__key__"
 _MAX_LEGEND_CLASSES = 48
@@ -114,30 +113,8 @@ def choose(entries: list[IndexEntry], n: int, seed: int) -> dict[str, list[int]]
     return chosen
 
 
-def _samples_of(path: Path, ordinals: list[int]) -> Iterator[Sample]:
-    """The samples at `ordinals` (0-based, in tar order) of one shard, read with tarfile as a stream."""
-    wanted, current, ordinal = set(ordinals), None, -1
-    sample: Sample = {}
-    with tarfile.open(path, mode="r|") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, suffix = split_member(member.name)
-            if key != current:
-                if ordinal in wanted:
-                    yield sample
-                current, ordinal, sample = key, ordinal + 1, {"__key__": key.encode()}
-                if ordinal > max(wanted):
-                    return
-            if ordinal in wanted and suffix in BY_SUFFIX:
-                f = tar.extractfile(member)
-                sample[suffix] = f.read() if f is not None else b""
-    if ordinal in wanted:
-        yield sample
-
-
 def read_chosen(docs: DatasetDocs, chosen: dict[str, list[int]]) -> list[Sample]:
-    return [s for shard, ordinals in chosen.items() for s in _samples_of(docs.paths.shard_tar(shard), ordinals)]
+    return [s for shard, ordinals in chosen.items() for _, s in read_samples(docs.paths.shard_tar(shard), ordinals)]
 
 
 def _decode(sample: Sample, suffix: str) -> Any:
@@ -145,9 +122,7 @@ def _decode(sample: Sample, suffix: str) -> Any:
 
 
 def _palette(info: ModalityInfo) -> list[int]:
-    return (
-        list(info.palette) + [0] * (768 - len(info.palette)) if info.palette else coco_palette(info.num_classes or 133)
-    )
+    return full_palette(info.palette, info.num_classes or 255)
 
 
 def _tile(col: _Column, sample: Sample, size: int) -> Image.Image:

@@ -16,10 +16,12 @@ levels. Never decode `depth.png` / `semseg.png` with them. Nor enable the defaul
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+import tarfile
+from collections.abc import Collection, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
-from pipeline.codecs import BY_SUFFIX, decode_member
+from pipeline.codecs import BY_SUFFIX, decode_member, split_member
 
 
 def _suffix(key: str) -> str:
@@ -58,3 +60,31 @@ def decode_sample(sample: Mapping[str, Any]) -> dict[str, Any]:
         else:
             raise ValueError(f"member {key!r} is not in the codec table; allowed: {sorted(BY_SUFFIX)}")
     return out
+
+
+def read_samples(path: str | Path, ordinals: Collection[int] | None = None) -> Iterator[tuple[int, dict[str, bytes]]]:
+    """(ordinal, {suffix: bytes, "__key__": key}) of one shard's samples in tar order, read as a stream with
+    tarfile; only the members of the codec table, and only the samples at `ordinals` when given (reading
+    stops after the last of them)."""
+    wanted = set(ordinals) if ordinals is not None else None
+    if wanted is not None and not wanted:
+        return
+    last = max(wanted) if wanted is not None else None
+    current, ordinal, sample = None, -1, {}  # type: tuple[str | None, int, dict[str, bytes]]
+    with tarfile.open(path, mode="r|") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, suffix = split_member(member.name)
+            if key != current:
+                if sample:
+                    yield ordinal, sample
+                current, ordinal, sample = key, ordinal + 1, {}
+                if last is not None and ordinal > last:
+                    return
+            if (wanted is None or ordinal in wanted) and suffix in BY_SUFFIX:
+                f = tar.extractfile(member)
+                sample["__key__"] = key.encode()
+                sample[suffix] = f.read() if f is not None else b""
+    if sample:
+        yield ordinal, sample

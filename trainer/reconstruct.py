@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from labelers.coco import palette as coco_palette
+from labelers.classes import full_palette
 from labelers.standards import IMAGENET_MEAN, IMAGENET_STD
 from pipeline import fs
 from pipeline.codecs import BY_SUFFIX, CODECS, quantize_depth, split_member
@@ -286,7 +286,7 @@ def predict(model: MultiMAE, inputs: Mapping[str, Tensor], masks: Mapping[str, T
 
 def _palette_of(manifest: Manifest | None) -> list[int]:
     info = next((m for m in manifest.modalities.values() if m.palette), None) if manifest else None
-    return list(info.palette) + [0] * (768 - len(info.palette)) if info and info.palette else coco_palette(133)
+    return full_palette(info.palette if info else None)
 
 
 def reconstruct(cfg: ReconstructConfig) -> Reconstruction:
@@ -320,7 +320,7 @@ def figure_png(model: MultiMAE, inputs: Mapping[str, Tensor], seed: int, palette
             tokens = {n: (mc.image_size // mc.patch_size) ** 2 for n in mc.inputs}
             masks = draw_masks(tokens, 1, mc.num_visible, mc.dirichlet_alpha, torch.device("cpu"))
         preds = predict(model, inputs, masks)
-        return png_bytes(render(model, inputs, masks, preds, palette or coco_palette(133)).render())
+        return png_bytes(render(model, inputs, masks, preds, palette or full_palette(None)).render())
     finally:
         model.train(was_training)
 
