@@ -13,6 +13,7 @@ from pipeline.config import BuildConfig, ConfigError
 from pipeline.contract import DatasetPaths, DocumentError, Manifest, ShardStats, read_stats
 from pipeline.dataset_files import write_dataset_files
 from pipeline.executors import Callbacks, init_ray, run_local, run_ray
+from pipeline.label_files import check_root, is_files
 from pipeline.plan import Plan, ShardSpec, load_plan, make_plan, save_plan, source_fingerprint
 from pipeline.progress import BuildProgress
 from pipeline.shard import ShardContext
@@ -38,10 +39,14 @@ def _check_source(cfg: BuildConfig) -> None:
 
 
 def _check_weights(cfg: BuildConfig) -> None:
-    """Fail before any work when real weights are missing (skipped on a remote cluster: workers load them)."""
-    if cfg.address:
-        return
+    """Fail before any work when real weights or label folders are missing (weights are not checked for a
+    remote cluster: its workers load them)."""
     for spec in cfg.recipe.labelers:
+        if is_files(spec):
+            check_root(spec, cfg.src)
+            continue
+        if cfg.address:
+            continue
         try:
             check_labeler(spec)
         except WeightsUnavailableError as err:

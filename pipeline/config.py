@@ -14,6 +14,7 @@ from typing import Any
 
 from labelers import LabelerSpec, resolve_spec
 from labelers.standards import PRECISIONS
+from pipeline import label_files
 from pipeline.schema import ConfigError, load, problems_of, read_toml, setting, to_plain
 
 __all__ = ["BuildConfig", "ConfigError", "Recipe", "load_recipe", "recipe_from_dict", "to_dict", "with_overrides"]
@@ -112,6 +113,12 @@ def _labelers(table: Any, problems: list[str]) -> tuple[LabelerSpec, ...]:
     for modality, entry in table.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             problems.append(f"[labelers.{modality}] needs a `name` (a registered labeler)")
+            continue
+        if entry["name"] == label_files.NAME:
+            try:
+                specs.append(label_files.spec_of(modality, entry))
+            except (ConfigError, ValueError) as err:
+                problems += err.problems if isinstance(err, ConfigError) else [f"[labelers.{modality}]: {err}"]
             continue
         overrides = {k: v for k, v in entry.items() if k != "name"}
         if isinstance(overrides.get("weights"), str) and Path(overrides["weights"]).expanduser().exists():

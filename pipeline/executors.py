@@ -64,7 +64,7 @@ class Attempts:
 
 def run_local(shards: Sequence[ShardSpec], ctx: ShardContext, runtime: RuntimeConfig, cb: Callbacks) -> None:
     device = "cuda" if _cuda() else "cpu"
-    labelers = [build_labeler(s, device=device, precision=runtime.precision) for s in ctx.labelers]
+    labelers = [build_labeler(s, device=device, precision=runtime.precision) for s in ctx.model_labelers]
     submit, attempts = local_submit(labelers), Attempts(runtime.max_retries, cb)
     for shard in shards:
         retry = True
@@ -175,7 +175,7 @@ def init_ray(address: str | None, quiet: bool) -> None:
 def run_ray(shards: Sequence[ShardSpec], ctx: ShardContext, runtime: RuntimeConfig, cb: Callbacks) -> None:
     import ray
 
-    gpu_each, cpu_each, replicas = _resources(runtime, len(ctx.labelers))
+    gpu_each, cpu_each, replicas = _resources(runtime, len(ctx.model_labelers))
     threads = max(1, int(cpu_each))
     # An actor killed by one input restarts (-1: the shard retries bound the work, not the restarts); its
     # in-flight calls fail, so the shard is retried, and its last attempt labels image by image.
@@ -183,7 +183,8 @@ def run_ray(shards: Sequence[ShardSpec], ctx: ShardContext, runtime: RuntimeConf
         num_cpus=cpu_each, num_gpus=gpu_each, max_restarts=-1, max_task_retries=0
     )
     actors: dict[str, list[Any]] = {
-        s.modality: [actor_cls.remote(s, runtime.precision, threads) for _ in range(replicas)] for s in ctx.labelers
+        s.modality: [actor_cls.remote(s, runtime.precision, threads) for _ in range(replicas)]
+        for s in ctx.model_labelers
     }
     progress: Any = ray.remote(ProgressActor).options(num_cpus=0).remote()
     task = ray.remote(_shard_task).options(num_cpus=1, max_retries=0)

@@ -31,6 +31,7 @@ class DecodedImage:
     source_mode: str
     source_format: str
     orig_size: tuple[int, int]  # (width, height) as stored in the file, before EXIF rotation
+    orientation: int = 1  # the EXIF orientation that was applied (1: none)
 
 
 def _to_rgb(im: Image.Image) -> np.ndarray:
@@ -123,4 +124,5 @@ def decode_image(data: bytes, *, max_pixels: int, max_side: int = 0, jpeg_qualit
     if not safe:  # the labelers must see exactly the pixels the stored JPEG decodes to
         jpeg = encode_rgb(rgb, quality=jpeg_quality)
         rgb = decode_rgb(jpeg)
-    return DecodedImage(rgb, jpeg, safe, hashlib.sha256(data).hexdigest(), mode, fmt, size)
+    orientation = int(im.getexif().get(_ORIENTATION, 1) or 1)
+    return DecodedImage(rgb, jpeg, safe, hashlib.sha256(data).hexdigest(), mode, fmt, size, orientation)

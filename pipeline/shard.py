@@ -16,12 +16,13 @@ from typing import Any
 import numpy as np
 
 from labelers import LabelerSpec
-from labelers.coco import palette as coco_palette
+from labelers.classes import palette_for
 from pipeline import contract
-from pipeline.codecs import CODECS, EncodeOptions, encode_cls, encode_json, quantize_depth
+from pipeline.codecs import CODECS, IGNORE_ID, EncodeOptions, encode_cls, encode_json, quantize_depth
 from pipeline.config import EncodingConfig, ImageConfig
 from pipeline.contract import DatasetPaths, Failure, ShardStats, sample_key
 from pipeline.images import DecodedImage, decode_image, read_source
+from pipeline.label_files import is_files, read_label
 from pipeline.plan import Entry, ShardSpec
 from pipeline.sink import ShardSink
 
@@ -39,6 +40,15 @@ class ShardContext:
     labelers: tuple[LabelerSpec, ...]
     batch_size: int
     plan_id: str
+
+    @property
+    def file_labelers(self) -> tuple[LabelerSpec, ...]:
+        """The labelers that read ground truth from files here, in the shard task (no model, no actor)."""
+        return tuple(s for s in self.labelers if is_files(s))
+
+    @property
+    def model_labelers(self) -> tuple[LabelerSpec, ...]:
+        return tuple(s for s in self.labelers if not is_files(s))
 
 
 @dataclass
@@ -59,19 +69,26 @@ def _failure(entry: Entry, err: BaseException, stage: str) -> Failure:
 
 def _read(
     entries: Sequence[tuple[int, Entry]], ctx: ShardContext, tally: _Tally
-) -> list[tuple[int, Entry, DecodedImage]]:
+) -> list[tuple[int, Entry, DecodedImage, dict[str, np.ndarray]]]:
+    """Decode each source image and read its label files (the `files` labelers); a failure of either is the
+    image's recorded failure (stage `read` or `label`)."""
     t0, ok = time.perf_counter(), []
+    limits = dict(max_bytes=ctx.image.max_file_bytes, max_pixels=ctx.image.max_pixels)
     for pos, entry in entries:
         try:
-            data = read_source(
-                Path(ctx.src) / entry.path, max_bytes=ctx.image.max_file_bytes, max_pixels=ctx.image.max_pixels
-            )
+            data = read_source(Path(ctx.src) / entry.path, **limits)
             img = decode_image(
                 data, max_pixels=ctx.image.max_pixels, max_side=ctx.image.max_side, jpeg_quality=ctx.image.jpeg_quality
             )
-            ok.append((pos, entry, img))
         except Exception as err:  # bad images are data: recorded with their reason
             tally.failures.append(_failure(entry, err, "read"))
+            continue
+        try:
+            given = {s.modality: read_label(s, Path(ctx.src), entry.path, img, **limits) for s in ctx.file_labelers}
+        except Exception as err:
+            tally.failures.append(_failure(entry, err, "label"))
+            continue
+        ok.append((pos, entry, img, given))
     tally.timings["read"] += time.perf_counter() - t0
     return ok
 
@@ -80,9 +97,10 @@ def _label_map(spec: LabelerSpec, label: np.ndarray, ctx: ShardContext) -> tuple
     codec, options = CODECS[spec.modality], EncodeOptions(png_level=ctx.encoding.png_level)
     if codec.kind == "class_map":
         n = spec.num_classes or 0
-        if label.size and int(label.max()) >= n:
-            raise ValueError(f"{spec.name} produced class id {int(label.max())} >= {n}")
-        options = EncodeOptions(png_level=ctx.encoding.png_level, palette=coco_palette(n))
+        ids = label[label != IGNORE_ID]
+        if ids.size and int(ids.max()) >= n:
+            raise ValueError(f"{spec.name} produced class id {int(ids.max())} >= {n} (and not the ignore id)")
+        options = EncodeOptions(png_level=ctx.encoding.png_level, palette=palette_for(spec.classes, n))
         return codec.encode(label.astype(np.uint8), options), None
     q, encoding = quantize_depth(label, spec.output)
     return codec.encode(q, options), encoding
@@ -121,22 +139,29 @@ def _members(
 
 
 def _wait_labels(
-    batch: list[tuple[int, Entry, DecodedImage]], pending: Callable[[], Labels], submit: Submit, tally: _Tally
+    batch: list[tuple[int, Entry, DecodedImage, dict[str, np.ndarray]]],
+    pending: Callable[[], Labels],
+    submit: Submit,
+    tally: _Tally,
 ) -> list[tuple[int, Entry, DecodedImage, dict[str, np.ndarray]]]:
-    """Labels for a batch. A labelling error fails the shard (it is retried whole), except on the last
-    attempt (`isolate`): then each image is labelled alone and only the ones that still fail are recorded."""
+    """Labels for a batch (the models' beside those read from files). A labelling error fails the shard (it
+    is retried whole), except on the last attempt (`isolate`): then each image is labelled alone and only the
+    ones that still fail are recorded."""
     t0 = time.perf_counter()
     try:
         labels = pending()
-        results = [(p, e, im, {m: maps[i] for m, maps in labels.items()}) for i, (p, e, im) in enumerate(batch)]
+        results = [
+            (p, e, im, {**given, **{m: maps[i] for m, maps in labels.items()}})
+            for i, (p, e, im, given) in enumerate(batch)
+        ]
     except Exception:
         if not tally.isolate:
             raise
         results = []
-        for p, e, im in batch:
+        for p, e, im, given in batch:
             try:
                 one = submit([im.rgb])()
-                results.append((p, e, im, {m: maps[0] for m, maps in one.items()}))
+                results.append((p, e, im, {**given, **{m: maps[0] for m, maps in one.items()}}))
             except Exception as err:
                 tally.failures.append(_failure(e, err, "label"))
     tally.timings["label"] += time.perf_counter() - t0
@@ -199,7 +224,7 @@ def process_shard(
         for start in range(0, len(indexed), ctx.batch_size):
             chunk = indexed[start : start + ctx.batch_size]
             batch = _read(chunk, ctx, tally)
-            pending = submit([im.rgb for _, _, im in batch]) if batch else None
+            pending = submit([item[2].rgb for item in batch]) if batch else None
             if previous is not None:
                 _flush(sink, shard, previous, ctx, submit, tally, progress)
             previous = (batch, pending, len(chunk))
