@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from torch import Tensor, nn
 
 from pipeline import fs
 from pipeline.codecs import CODECS, decode_json, decode_member, dequantize_depth
+from pipeline.wds import read_samples
 from trainer.augment import augment, center_square, resample, sample_crop
 from trainer.checkpoint import atomic_save, load_checkpoint
 from trainer.data import EpochPlan, ShardStream, check_arrays
@@ -32,10 +32,11 @@ from trainer.dataset import DatasetInfo, load_dataset
 from trainer.errors import CheckpointError, DataError
 from trainer.finetune_config import FinetuneConfig, load_finetune_config
 from trainer.finetune_model import FinetuneObjective, MultiViT, make_mixup, predict
+from trainer.loop import Trainer
 from trainer.metrics import MAIN_METRIC, metrics_for
 from trainer.modalities import MODALITIES
 from trainer.optim import layer_decay_groups
-from trainer.run import RunOptions, RunSummary, Trainer
+from trainer.run import RunOptions, RunSummary
 from trainer.transfer_init import initialise
 
 log = logging.getLogger(__name__)
@@ -115,30 +116,13 @@ def eval_batches(info: DatasetInfo, cfg: FinetuneConfig, num_classes: int, batch
     """Every sample of every shard once, in order, centre-cropped (the last batch may be smaller)."""
     items: list[dict[str, Tensor]] = []
     for shard in info.shards:
-        with tarfile.open(shard.path, mode="r|") as tar:
-            for sample in _samples(tar):
-                items.append(decode_sample(sample, cfg, num_classes, None))
-                if len(items) == batch:
-                    yield {k: torch.stack([it[k] for it in items]) for k in items[0]}
-                    items = []
+        for _, sample in read_samples(shard.path):
+            items.append(decode_sample(sample, cfg, num_classes, None))
+            if len(items) == batch:
+                yield {k: torch.stack([it[k] for it in items]) for k in items[0]}
+                items = []
     if items:
         yield {k: torch.stack([it[k] for it in items]) for k in items[0]}
-
-
-def _samples(tar: tarfile.TarFile) -> Iterator[dict[str, Any]]:
-    current, sample = None, {}  # type: tuple[str | None, dict[str, Any]]
-    for member in tar:
-        if not member.isfile():
-            continue
-        key, _, suffix = member.name.partition(".")
-        if key != current and sample:
-            yield sample
-            sample = {}
-        current = key
-        f = tar.extractfile(member)
-        sample[suffix] = f.read() if f is not None else b""
-    if sample:
-        yield sample
 
 
 def evaluate_model(model: MultiViT, info: DatasetInfo, batch: int, device: torch.device) -> dict[str, float]:

@@ -12,8 +12,8 @@ from trainer.config import PretrainConfig
 from trainer.data import EpochPlan, ShardStream
 from trainer.dataset import DatasetInfo, check_manifest
 from trainer.export import export_timm
+from trainer.loop import Trainer
 from trainer.model import MultiMAE
-from trainer.run import Trainer
 
 
 class PretrainObjective(nn.Module):

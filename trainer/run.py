@@ -1,10 +1,11 @@
-"""The state of one pretraining run: options, schedule, progress counters and the `Trainer` bundle."""
+"""The parts of a run besides the loop (`trainer.loop.Trainer`): the `Job` protocol, options, schedule,
+progress counters and the summary."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
@@ -15,8 +16,10 @@ from trainer.data import Cursor
 from trainer.dataset import DatasetInfo
 from trainer.distributed import DistInfo
 from trainer.errors import DataError
-from trainer.logs import RunLog
 from trainer.optim import peak_lr
+
+if TYPE_CHECKING:
+    from trainer.loop import Trainer
 
 
 class Job(Protocol):
@@ -121,31 +124,6 @@ class RunSummary:
             lines.append(f"  loss total: last {self.losses[-1]:.4f}, mean {sum(self.losses) / len(self.losses):.4f}")
         lines.append(f"  run folder {self.run_dir}; checkpoint {self.checkpoint}; {self.export_label} {self.export}")
         return "\n".join(lines)
-
-
-@dataclass(kw_only=True)
-class Trainer:
-    """What the loop needs, built once per run."""
-
-    cfg: Any  # PretrainConfig or FinetuneConfig: model, data, optim, train (and task)
-    dist: DistInfo
-    info: DatasetInfo
-    schedule: Schedule
-    run_dir: Path
-    model: nn.Module  # what checkpoints hold (official layout)
-    wrapped: nn.Module  # the job's objective (batch -> loss, per-task losses), under DDP / compile
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler | None
-    state: TrainState
-    log: RunLog | None = None
-    losses: list[float] = field(default_factory=list)
-    task_losses: dict[str, list[float]] = field(default_factory=dict)
-    started: float = 0.0
-    figure_inputs: dict[str, torch.Tensor] | None = None
-    figure_palette: list[int] | None = None
-    job: Job
-    task_names: list[str] = field(default_factory=list)
-    best: float | None = None  # fine-tuning: the best value of the main validation metric so far
 
 
 def precision(cfg: PretrainConfig, dist: DistInfo) -> torch.dtype:
