@@ -137,6 +137,25 @@ def test_finetune_resume_and_evaluate_on_digits(tmp_path: Path) -> None:
     assert result.exit_code == 0 and "top1" in result.output and "samples 20" in result.output
     for config, extra in (("finetune-semseg-smoke.toml", ["--inputs", "rgb,depth"]), ("finetune-depth-smoke.toml", [])):
         args = ["finetune", "--data", str(tmp_path / "train"), "--val", str(tmp_path / "val"), "--device", "cpu"]
-        args += ["--out", str(tmp_path / config), "--config", str(CONFIGS / config), "--steps", "2", "--no-tensorboard"]
-        done = run(app, [*args, *extra])
+        args += ["--out", str(tmp_path / config), "--config", str(CONFIGS / config), "--no-tensorboard", *extra]
+        done = run(app, [*args, "--steps", "2"])
         assert done.exit_code == 0, done.output
+        resumed = run(app, [*args, "--steps", "3"])
+        assert resumed.exit_code == 0 and "resuming at step 2" in resumed.output, resumed.output
+        best = tmp_path / config / "checkpoint-best.pt"
+        scored = run(app, ["evaluate", str(best), "--data", str(tmp_path / "val"), "--json", str(tmp_path / "m.json")])
+        assert scored.exit_code == 0, scored.output
+        metrics = json.loads((tmp_path / "m.json").read_text())["metrics"]
+        wanted = {"miou", "pixel_acc"} if "semseg" in config else {"delta1", "rmse", "absrel"}
+        assert wanted <= set(metrics), metrics
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("finetune-*.toml")) + sorted(CONFIGS.glob("probe-*.toml")))
+def test_every_fine_tuning_recipe_loads_and_builds_its_model_shape(path: Path) -> None:
+    """The paper-size recipes are checked as the smoke ones: they load, and state their paper number."""
+    cfg = load_finetune_config(path)
+    assert cfg.model.inputs and not cfg.model.outputs
+    if "smoke" not in path.name:
+        text = path.read_text()
+        assert "NOT YET REPRODUCED HERE" in text and "Paper:" in text
+        assert (cfg.model.dim, cfg.model.depth, cfg.model.heads) == (768, 12, 12)
