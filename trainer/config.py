@@ -45,7 +45,7 @@ class ModelConfig:
     decoder_heads: int = setting(8, ge=1)
     num_visible: int = setting(98, ge=1)
     dirichlet_alpha: float = setting(1.0, gt=0)
-    num_classes: int = setting(133, ge=1, le=255)
+    num_classes: int = setting(133, ge=0, le=255)  # semseg classes; 0: the dataset manifest's count
     class_emb_dim: int = setting(64, ge=1)
     inputs: tuple[str, ...] = ("rgb", "depth", "semseg")
     outputs: tuple[str, ...] = ("rgb", "depth", "semseg", "norm_rgb")

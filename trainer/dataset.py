@@ -97,6 +97,21 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def manifest_classes(info: DatasetInfo, model: ModelConfig) -> int:
+    """The class count of the class maps the model reads, as the dataset's manifest records it."""
+    counts = {
+        described.num_classes
+        for name, described in (info.manifest.modalities.items() if info.manifest else ())
+        if name in used_modalities(model) and CODECS[MODALITIES[name].codec].kind == "class_map"
+    }
+    if len(counts) != 1 or None in counts:
+        raise DataError(
+            f"dataset {info.root}: model.num_classes = 0 takes the class count from the manifest, which records "
+            f"{sorted(c for c in counts if c is not None) or 'none'} for the class maps the model reads"
+        )
+    return int(counts.pop())  # type: ignore[arg-type]
+
+
 def check_manifest(info: DatasetInfo, model: ModelConfig) -> None:
     """Every modality the model reads is in the dataset, and class maps have the model's class count.
 
@@ -111,7 +126,10 @@ def check_manifest(info: DatasetInfo, model: ModelConfig) -> None:
             raise DataError(f"dataset {info.root} has no {name!r} member (manifest members: {sorted(members)})")
         classes = described[name].num_classes if name in described else None
         if CODECS[MODALITIES[name].codec].kind == "class_map" and classes is not None and classes != model.num_classes:
-            raise DataError(f"dataset {name!r} has {classes} classes, model.num_classes is {model.num_classes}")
+            raise DataError(
+                f"dataset {name!r} has {classes} classes, model.num_classes is {model.num_classes} (set it to "
+                f"{classes}, or 0 to take the manifest's count)"
+            )
         if name in described and described[name].kind == "inverse_depth":
             warnings.warn(
                 f"dataset {info.root}: {name!r} holds relative INVERSE depth (e.g. MiDaS labels); the MultiMAE "

@@ -152,7 +152,7 @@ class FinetuneJob:
     verb: str = "fine-tuned"
     export_label: str = "best checkpoint"
 
-    def check(self, info: DatasetInfo, cfg: FinetuneConfig) -> None:
+    def check(self, info: DatasetInfo, cfg: FinetuneConfig) -> FinetuneConfig:
         self.num_classes = num_classes_of(info, cfg)
         members = set(info.manifest.members) if info.manifest else set()
         needed = [CODECS[MODALITIES[n].codec].suffix for n in cfg.model.inputs]
@@ -164,6 +164,7 @@ class FinetuneJob:
             raise DataError(f"dataset {info.root} lacks the members {missing} this task needs")
         if self.val is not None:
             self.val_info = load_dataset(self.val)
+        return cfg
 
     def build_model(self, cfg: FinetuneConfig, info: DatasetInfo) -> nn.Module:
         model = MultiViT(cfg, self.num_classes)

@@ -3,6 +3,7 @@ objective's forward, the shard stream of its modalities, reconstruction figures,
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from torch import Tensor, nn
 
 from trainer.config import PretrainConfig
 from trainer.data import EpochPlan, ShardStream
-from trainer.dataset import DatasetInfo, check_manifest
+from trainer.dataset import DatasetInfo, check_manifest, manifest_classes
 from trainer.export import export_timm
 from trainer.loop import Trainer
 from trainer.model import MultiMAE
@@ -29,8 +30,13 @@ class PretrainObjective(nn.Module):
 
 
 class PretrainJob:
-    def check(self, info: DatasetInfo, cfg: PretrainConfig) -> None:
+    def check(self, info: DatasetInfo, cfg: PretrainConfig) -> PretrainConfig:
+        """The dataset has what the model reads; `model.num_classes = 0` takes the manifest's class count."""
+        if cfg.model.num_classes == 0:
+            model = dataclasses.replace(cfg.model, num_classes=manifest_classes(info, cfg.model))
+            cfg = dataclasses.replace(cfg, model=model)
         check_manifest(info, cfg.model)
+        return cfg
 
     def build_model(self, cfg: PretrainConfig, info: DatasetInfo) -> nn.Module:
         return MultiMAE(cfg.model)

@@ -74,7 +74,7 @@ class Trainer:
         info = load_dataset(
             options.data, verify_checksums=cfg.data.verify_checksums, allow_defects=options.allow_defects
         )
-        job.check(info, cfg)
+        cfg = job.check(info, cfg)  # e.g. the class count from the manifest
         check_enough_shards(len(info.shards), dist.world, max(1, cfg.data.workers))
         schedule = Schedule.build(cfg, info.total_samples, dist.world)
         run_dir = prepare_run_dir(options, dist)
