@@ -77,8 +77,13 @@ def generated_palette(num_classes: int) -> list[int]:
 
 
 def palette_for(table: str | None, num_classes: int) -> list[int]:
-    """The palette a class map of `num_classes` ids is stored and drawn with."""
-    return class_table(table).palette() if table else generated_palette(num_classes)
+    """The palette a class map of `num_classes` ids is stored and drawn with (built once per table)."""
+    return list(_palette_for(table, num_classes))
+
+
+@cache
+def _palette_for(table: str | None, num_classes: int) -> tuple[int, ...]:
+    return tuple(class_table(table).palette() if table else generated_palette(num_classes))
 
 
 def full_palette(colours: Sequence[int] | None, num_classes: int = 255) -> list[int]:

@@ -178,7 +178,8 @@ def read_label(
     """The label map of one source image: uint8 class ids (255 = ignore) or float32 values (0 = invalid)."""
     path = label_path(spec, src, source)
     if not path.is_file():
-        raise LabelFileError(f"no label file {path} for {source}")
+        what = "is not a regular file" if path.exists() else "does not exist"
+        raise LabelFileError(f"no label file for {source}: {path} {what}")
     try:
         data = read_source(path, max_bytes=max_bytes, max_pixels=max_pixels)
     except (OSError, ValueError) as err:
