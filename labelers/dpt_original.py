@@ -1,10 +1,13 @@
-"""Original-DPT-layout DPT-Hybrid checkpoints (Omnidata depth) -> transformers `DPTForDepthEstimation`.
+"""Original-DPT-layout DPT-Hybrid checkpoints (Omnidata depth and normals) -> transformers DPT models.
 
 The Omnidata depth weights MultiMAE labelled ImageNet with (`omnidata_rgb2depth_dpt_hybrid.pth`, and the v2
 Lightning `.ckpt` whose keys carry a `model.` prefix) are state dicts of the reference DPT code
 (github.com/isl-org/DPT, `DPTDepthModel(backbone="vitb_rn50_384", non_negative=True)`): a timm ViT-B/16 hybrid
 (BiT ResNet-50 stem, StdConv + GroupNorm) under `pretrained.`, the reassemble/fusion neck and head under
-`scratch.`. This module renames those keys to transformers' DPT-hybrid layout at load time, splits timm's
+`scratch.`. Omnidata's surface-normal checkpoints (`omnidata_rgb2normal_dpt_hybrid.pth`, v2
+`omnidata_dpt_normal_v2.ckpt`) have the same layout with 3 output channels in the head's last conv
+(`DPTDepthModel(..., num_channels=3)`); they load into `labelers.dpt_normal_model.DPTForSurfaceNormals`.
+This module renames those keys to transformers' DPT-hybrid layout at load time, splits timm's
 fused qkv, and loads strictly: any missing, unexpected or mis-shaped key is an error that lists them.
 
 Key mapping (original -> transformers), after stripping any checkpoint prefix (P = pretrained.model):
@@ -47,6 +50,7 @@ StateDict = dict[str, torch.Tensor]
 Source = str | Path | Mapping[str, torch.Tensor]
 
 ANCHOR_KEY = "pretrained.model.cls_token"
+HEAD_KEY = "scratch.output_conv.4.weight"  # (out_channels, 32, 1, 1): 1 for depth, 3 for surface normals
 IGNORED_KEYS = frozenset({"pretrained.model.head.weight", "pretrained.model.head.bias"})
 _QKV = re.compile(r"pretrained\.model\.blocks\.(\d+)\.attn\.qkv\.(weight|bias)")
 _LIST_LIMIT = 20
@@ -56,11 +60,13 @@ class CheckpointLayoutError(ValueError):
     """The checkpoint is not (only) a DPT-Hybrid state dict in the original DPT layout."""
 
 
-def dpt_hybrid_config() -> DPTConfig:
-    """DPT-Hybrid as the original `vitb_rn50_384` builds it: ViT-B/16 on a BiT R50 stem, features 256."""
+def dpt_hybrid_config(out_channels: int = 1) -> DPTConfig:
+    """DPT-Hybrid as the original `vitb_rn50_384` builds it: ViT-B/16 on a BiT R50 stem, features 256;
+    `out_channels` maps from the head (1 = depth; more are read by `DPTForSurfaceNormals`)."""
     from transformers import DPTConfig
 
     return DPTConfig(
+        num_output_channels=out_channels,
         is_hybrid=True,
         hidden_size=768,
         num_hidden_layers=12,
@@ -252,12 +258,28 @@ def check_layout(
         raise CheckpointLayoutError(f"DPT-Hybrid checkpoint does not match the original layout: {problems}")
 
 
-def _empty_model() -> DPTForDepthEstimation:
-    """The architecture on the meta device: no time spent on a random init that loading overwrites."""
-    from transformers import DPTForDepthEstimation
+def dpt_model_class(out_channels: int) -> type[DPTForDepthEstimation]:
+    """transformers' depth DPT for one output map, `DPTForSurfaceNormals` for several."""
+    if out_channels == 1:
+        from transformers import DPTForDepthEstimation
 
+        return DPTForDepthEstimation
+    from labelers.dpt_normal_model import DPTForSurfaceNormals
+
+    return DPTForSurfaceNormals  # type: ignore[no-any-return]
+
+
+def head_channels(state: Mapping[str, torch.Tensor]) -> int:
+    """Output maps of an original-layout checkpoint, read off its head's last conv (1 where it has none:
+    strict loading then lists the key as missing)."""
+    head = state.get(HEAD_KEY)
+    return int(head.shape[0]) if head is not None and head.ndim == 4 else 1
+
+
+def _empty_model(out_channels: int) -> DPTForDepthEstimation:
+    """The architecture on the meta device: no time spent on a random init that loading overwrites."""
     with torch.device("meta"):
-        return DPTForDepthEstimation(dpt_hybrid_config())
+        return dpt_model_class(out_channels)(dpt_hybrid_config(out_channels))
 
 
 def _materialized(model: DPTForDepthEstimation) -> DPTForDepthEstimation:
@@ -267,9 +289,11 @@ def _materialized(model: DPTForDepthEstimation) -> DPTForDepthEstimation:
     return model
 
 
-def load_dpt_hybrid_original(source: Source) -> DPTForDepthEstimation:
-    """An eval-mode fp32 `DPTForDepthEstimation` from an original-layout DPT-Hybrid checkpoint (path or dict).
+def load_dpt_hybrid_original(source: Source, out_channels: int | None = None) -> DPTForDepthEstimation:
+    """An eval-mode fp32 DPT from an original-layout DPT-Hybrid checkpoint (path or dict).
 
+    `out_channels`: the maps the caller needs (1 = depth, 3 = normals); a checkpoint with another head is a
+    shape mismatch. None takes the checkpoint's own (`head_channels`).
     Raises CheckpointLayoutError listing every missing / unexpected / mis-shaped key; nothing is guessed.
     A dict given in is copied, never shared with the model.
     """
@@ -278,7 +302,7 @@ def load_dpt_hybrid_original(source: Source) -> DPTForDepthEstimation:
     else:
         state = read_original_state_dict(source)
     converted, unknown = convert_state_dict(state)
-    model = _empty_model()
+    model = _empty_model(out_channels if out_channels is not None else head_channels(state))
     check_layout(converted, unknown, model.state_dict())
     copy = isinstance(source, Mapping)
     tensors = {k: v.detach().to(torch.float32, copy=copy).contiguous() for k, v in converted.items()}
@@ -289,11 +313,11 @@ def load_dpt_hybrid_original(source: Source) -> DPTForDepthEstimation:
 def convert_weights(src: Source, dst: str | Path) -> Path:
     """`mmforge convert-weights SRC DST`: write an original-layout checkpoint as a transformers folder.
 
-    DST (must not exist) gets config.json + model.safetensors (load with
-    `DPTForDepthEstimation.from_pretrained(DST)`; run it with `labelers.dpt.dpt_forward` for sizes other
-    than 384 x 384, which transformers' own forward refuses for hybrids) and a preprocessor config with
-    Omnidata's [-1, 1] normalisation. Written to a temporary sibling folder and renamed, so DST is complete
-    or absent.
+    DST (must not exist) gets config.json + model.safetensors (load a depth network with
+    `DPTForDepthEstimation.from_pretrained(DST)`, a normal network with `DPTForSurfaceNormals`; run either
+    with `labelers.dpt.dpt_forward` for sizes other than 384 x 384, which transformers' own forward refuses
+    for hybrids) and a preprocessor config with Omnidata's input normalisation ([-1, 1] for depth, [0, 1]
+    for normals). Written to a temporary sibling folder and renamed, so DST is complete or absent.
     """
     from transformers import DPTImageProcessor
 
@@ -304,12 +328,13 @@ def convert_weights(src: Source, dst: str | Path) -> Path:
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
+    mean, std = ([0.5] * 3, [0.5] * 3) if model.config.num_output_channels == 1 else ([0.0] * 3, [1.0] * 3)
     processor = DPTImageProcessor(
         size={"height": 384, "width": 384},
         keep_aspect_ratio=True,
         ensure_multiple_of=32,
-        image_mean=[0.5, 0.5, 0.5],
-        image_std=[0.5, 0.5, 0.5],
+        image_mean=mean,
+        image_std=std,
     )
     processor.save_pretrained(tmp)
     tmp.rename(dst)

@@ -1,8 +1,10 @@
-"""Omnidata DPT-Hybrid depth, the labeler of MultiMAE's ImageNet depth maps (relative depth, not inverse).
+"""Omnidata DPT-Hybrid depth (the labeler of MultiMAE's ImageNet depth maps: relative depth, not inverse) and
+Omnidata DPT-Hybrid surface normals (3 channels, the normals 4M labels with).
 
 The weights are not on a hub in transformers form: the recipe's `weights` names a local file in the original
-DPT layout (`omnidata_rgb2depth_dpt_hybrid.pth`, or an Omnidata Lightning `.ckpt`), converted at load time by
-`labelers.dpt_original`, or a folder written by `mmforge convert-weights`.
+DPT layout (`omnidata_rgb2depth_dpt_hybrid.pth`, `omnidata_rgb2normal_dpt_hybrid.pth`, or an Omnidata
+Lightning `.ckpt`), converted at load time by `labelers.dpt_original`, or a folder written by
+`mmforge convert-weights`.
 
 License: CC-BY-NC-4.0, as the Omnidata authors publish their DPT-Hybrid models on Hugging Face
 (huggingface.co/sashasax/omnidata_normal_dpt_hybrid_384 and the Space
@@ -12,11 +14,14 @@ LICENSE) allows non-commercial research and educational use only.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from labelers.dpt import DPTDepthLabeler
 from labelers.registry import register_labeler
+from labelers.smoke import materialize, tiny_dpt_config
 from labelers.spec import LabelerSpec
 from labelers.weights import WeightsUnavailableError, load_pretrained
 
@@ -24,21 +29,29 @@ if TYPE_CHECKING:
     from transformers import DPTForDepthEstimation
 
 WEIGHTS_FILE = "omnidata_rgb2depth_dpt_hybrid.pth"
+NORMAL_WEIGHTS_FILE = "omnidata_dpt_normal_v2.ckpt"
 WEIGHTS_URLS = (
     f"https://datasets.epfl.ch/vilab/iccv21/weights/{WEIGHTS_FILE}",
     "https://zenodo.org/records/10447888 (omnidata_dpt_depth_v1.ckpt, omnidata_dpt_depth_v2.ckpt; see "
     "github.com/EPFL-VILAB/omnidata omnidata_tools/torch/tools/download_depth_models.sh)",
 )
+NORMAL_WEIGHTS_URLS = (
+    f"https://zenodo.org/records/10447888/files/{NORMAL_WEIGHTS_FILE}",
+    "https://datasets.epfl.ch/vilab/iccv21/weights/omnidata_rgb2normal_dpt_hybrid.pth (v1; see "
+    "github.com/EPFL-VILAB/omnidata omnidata_tools/torch/tools/download_surface_normal_models.sh)",
+)
 LICENSE = "CC-BY-NC-4.0 (Omnidata DPT-Hybrid weights, EPFL VILAB; non-commercial research use)"
+_CHANNELS = {"depth": 1, "normal": 3}  # the head's output maps for each labeler output
+_WEIGHTS = {"depth": (WEIGHTS_FILE, WEIGHTS_URLS), "normal": (NORMAL_WEIGHTS_FILE, NORMAL_WEIGHTS_URLS)}
 
 
-def _how_to(weights: str) -> str:
+def _how_to(spec: LabelerSpec) -> str:
+    file, urls = _WEIGHTS[spec.output]
     return (
-        f"omnidata-dpt-hybrid: weights {weights!r} are neither a file nor a converted folder. Download "
-        f"{WEIGHTS_FILE} (Omnidata v1 DPT-Hybrid depth, the MultiMAE paper's labeler) from {WEIGHTS_URLS[0]} "
-        f'(or the Omnidata release: {WEIGHTS_URLS[1]}), then set `weights = "/path/to/{WEIGHTS_FILE}"` in '
-        f"the recipe's [labelers.depth] table. Optionally convert it once with `mmforge convert-weights "
-        f"/path/to/{WEIGHTS_FILE} /path/to/folder` and point `weights` at the folder."
+        f"{spec.name}: weights {spec.weights!r} are neither a file nor a converted folder. Download "
+        f"{file} (Omnidata DPT-Hybrid {spec.output}) from {urls[0]} (or: {urls[1]}), then set "
+        f'`weights = "/path/to/{file}"` in the recipe\'s [labelers.{spec.modality}] table. Optionally convert '
+        f"it once with `mmforge convert-weights /path/to/{file} /path/to/folder` and point `weights` at the folder."
     )
 
 
@@ -46,24 +59,44 @@ def check_omnidata(spec: LabelerSpec) -> None:
     """Fails at once, with download instructions, when the weights file or converted folder is absent."""
     path = Path(spec.weights).expanduser() if spec.weights else None
     if path is None or not (path.is_file() or path.is_dir()):
-        raise WeightsUnavailableError(_how_to(spec.weights))
+        raise WeightsUnavailableError(_how_to(spec))
 
 
-def load_omnidata(weights: str) -> DPTForDepthEstimation:
-    """The Omnidata DPT-Hybrid from an original-layout file or a converted folder."""
+def load_omnidata(weights: str, out_channels: int = 1) -> DPTForDepthEstimation:
+    """An Omnidata DPT-Hybrid (depth: 1 output map, normals: 3) from an original-layout file or a converted
+    folder; a checkpoint with another head is refused (strict shapes)."""
+    from labelers.dpt_original import CheckpointLayoutError, dpt_model_class, load_dpt_hybrid_original
+
     path = Path(weights).expanduser()
-    from labelers.dpt_original import load_dpt_hybrid_original
-
-    if path.is_dir():
-        from transformers import DPTForDepthEstimation
-
-        return load_pretrained(DPTForDepthEstimation, str(path), None)
-    return load_dpt_hybrid_original(path)
+    if not path.is_dir():
+        return load_dpt_hybrid_original(path, out_channels)
+    config = path / "config.json"
+    found = int(json.loads(config.read_text()).get("num_output_channels", 1)) if config.is_file() else 1
+    if found != out_channels:
+        raise CheckpointLayoutError(f"{path}: a DPT with {found} output map(s); this labeler needs {out_channels}")
+    return load_pretrained(dpt_model_class(out_channels), str(path), None)
 
 
 def _build(spec: LabelerSpec, *, device: str = "cpu", precision: str = "fp32") -> DPTDepthLabeler:
     check_omnidata(spec)
-    return DPTDepthLabeler(spec, load_omnidata(spec.weights), device=device, precision=precision)
+    model = load_omnidata(spec.weights, _CHANNELS[spec.output])
+    return DPTDepthLabeler(spec, model, device=device, precision=precision)
+
+
+def _build_smoke(spec: LabelerSpec, *, device: str = "cpu", precision: str = "fp32") -> DPTDepthLabeler:
+    from labelers.dpt_normal_model import DPTForSurfaceNormals
+
+    def tiny() -> DPTForSurfaceNormals:
+        config = tiny_dpt_config(True)
+        config.num_output_channels = 3
+        model = DPTForSurfaceNormals(config)
+        # centre the random head's output on 0.5 (= a zero component) so the smoke normals vary instead of
+        # sitting at the ReLU's floor
+        model.head.head[4].bias.data.fill_(0.5)
+        return model
+
+    folder = spec.weights or str(materialize("dpt-hybrid-normal-smoke", tiny))
+    return DPTDepthLabeler(spec, load_omnidata(folder, 3), device=device, precision=precision)
 
 
 register_labeler(
@@ -86,3 +119,37 @@ register_labeler(
     ),
     check=check_omnidata,
 )(_build)
+
+NORMAL = LabelerSpec(
+    name="omnidata-dpt-hybrid-normal",
+    modality="normal",
+    model_class="DPTForSurfaceNormals",
+    weights=NORMAL_WEIGHTS_FILE,
+    license=LICENSE,
+    size=384,
+    geometry="multiple_of_32",
+    mean=(0.0, 0.0, 0.0),  # Omnidata's normal network reads plain [0, 1] pixels (its depth network [-1, 1])
+    std=(1.0, 1.0, 1.0),
+    output="normal",
+    notes=(
+        "Omnidata DPT-Hybrid surface normals (the depth architecture with a 3-channel head), trained at 384 on "
+        "[0, 1] inputs; output clamped to [0, 1] = [-1, 1] as Omnidata does, then scaled to unit length. "
+        f"Original-layout weights (v2 .ckpt or v1 .pth), converted at load time. Weights: {NORMAL_WEIGHTS_URLS[0]}"
+    ),
+)
+register_labeler(NORMAL, check=check_omnidata)(_build)
+
+register_labeler(
+    dataclasses.replace(
+        NORMAL,
+        name="omnidata-normal-smoke",
+        weights="",
+        license="n/a (random weights)",
+        size=64,
+        min_side=32,
+        max_side=128,
+        meaningless=True,
+        notes="Tiny random-weight DPT-hybrid normal network of the real class: MEANINGLESS labels, for demos, tests.",
+    ),
+    check=lambda spec: None,
+)(_build_smoke)

@@ -11,7 +11,15 @@ import numpy as np
 from labelers.classes import class_table
 from labelers.standards import IGNORE_ID
 
-OUTPUT_KINDS = ("depth", "inverse_depth", "classes")
+OUTPUT_KINDS = ("depth", "inverse_depth", "value", "classes", "normal")
+# the kind of member (pipeline.codecs) each output is stored as; "value" is any other float map (a plugin's)
+OUTPUT_MEMBER_KIND = {
+    "depth": "value_map",
+    "inverse_depth": "value_map",
+    "value": "value_map",
+    "classes": "class_map",
+    "normal": "vector_map",
+}
 GEOMETRIES = ("square", "short_side", "multiple_of_32")
 
 
@@ -77,7 +85,8 @@ class LabelerSpec:
 
 
 class Labeler(Protocol):
-    """Maps a batch of uint8 H x W x 3 RGB images to one H x W map each (float32 depth or uint8 classes)."""
+    """Maps a batch of uint8 H x W x 3 RGB images to one map each at the image's size: float32 H x W depth,
+    uint8 H x W classes, or float32 H x W x 3 unit surface normals (output `normal`)."""
 
     spec: LabelerSpec
 

@@ -14,9 +14,22 @@ from labelers.geometry import group_by_size
 from labelers.spec import LabelerSpec
 from labelers.standards import torch_dtype
 
+FACING = (0.0, 0.0, 1.0)  # the normal given where a network predicts none (all three channels at 0.5)
+
+
+def unit_normals(pred: torch.Tensor) -> np.ndarray:
+    """(3, H, W) network output in Omnidata's scale ([0, 1] = [-1, 1], clamped as its reference does) ->
+    float32 H x W x 3 unit vectors; a zero vector becomes FACING."""
+    n = pred.clamp(0.0, 1.0) * 2.0 - 1.0
+    length = n.norm(dim=0, keepdim=True)
+    facing = torch.tensor(FACING, device=n.device).view(3, 1, 1).expand_as(n)
+    n = torch.where(length > 1e-6, n / length.clamp(min=1e-6), facing)
+    return n.permute(1, 2, 0).contiguous().cpu().numpy().astype(np.float32)
+
 
 class TorchLabeler:
-    """Subclasses implement `predict(pixels) -> (B, h, w)` float maps or (B, C, h, w) class scores."""
+    """Subclasses implement `predict(pixels) -> (B, h, w)` float maps, (B, C, h, w) class scores, or
+    (B, 3, h, w) surface normals in Omnidata's [0, 1] scale (output `normal`)."""
 
     def __init__(self, spec: LabelerSpec, model: Any, *, device: str = "cpu", precision: str = "fp32") -> None:
         torch_dtype(precision)  # refuses an unknown precision
@@ -52,6 +65,8 @@ class TorchLabeler:
             ids = pred.argmax(0, keepdim=True)[None].to(torch.uint8)
             ids = F.interpolate(ids, size=(height, width), mode="nearest-exact")
             return ids[0, 0].cpu().numpy()
+        if self.spec.output == "normal":
+            return unit_normals(F.interpolate(pred[None].float(), size=(height, width), mode="bilinear")[0])
         m = F.interpolate(pred[None, None].float(), size=(height, width), mode="bilinear", align_corners=False)
         return m[0, 0].cpu().numpy().astype(np.float32)
 

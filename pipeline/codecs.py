@@ -3,11 +3,15 @@
 Writer, verifier, trainer and previewer all import this table. Readers never use WebDataset's stock image
 decoders on these members: they clip 16-bit depth to 8 bits and turn palette class ids into grey levels.
 
+A package of your own adds a member type without editing this one: expose a module under the entry-point
+group `multimae_forge.codecs` whose import calls `register_codec(name, Codec(...))`.
+
 | member        | value in memory                         | bytes on disk                          |
 |---------------|-----------------------------------------|----------------------------------------|
 | `rgb.jpg`     | uint8 H x W x 3                         | JPEG (original bytes when safe)        |
 | `depth.png`   | uint16 H x W                            | 16-bit greyscale PNG                   |
 | `semseg.png`  | uint8 H x W, ids 0..N-1, 255 = ignore    | 8-bit PNG, palette mode for viewing    |
+| `normal.png`  | uint8 H x W x 3, n = v / 255 * 2 - 1     | 8-bit RGB PNG (Omnidata convention)    |
 | `json`        | dict                                    | UTF-8 JSON, sorted keys                |
 | `cls`         | int                                     | ASCII decimal                          |
 """
@@ -18,6 +22,7 @@ import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from typing import Any
 
 import numpy as np
@@ -26,9 +31,15 @@ from PIL import Image
 from labelers.standards import IGNORE_ID as IGNORE_ID  # re-exported: the ignore id of class maps
 
 DEPTH_LEVELS = 65535
+NORMAL_LEVELS = 255
+# Largest |n| - 1 a stored unit normal can show: each component is off by at most half a step (1 / 255).
+NORMAL_LENGTH_TOLERANCE = 3**0.5 / NORMAL_LEVELS
+ENTRY_POINT_GROUP = "multimae_forge.codecs"
 
-
-KINDS = ("image", "value_map", "class_map", "metadata")
+# image: the rgb photo; value_map: one float per pixel, quantised; vector_map: unit 3-vectors per pixel;
+# class_map: class ids; metadata: not a pixel array
+KINDS = ("image", "value_map", "vector_map", "class_map", "metadata")
+Quantize = Callable[[np.ndarray, str], tuple[np.ndarray, "dict[str, Any] | None"]]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,7 +56,12 @@ class Codec:
     """One member type and its facts: `kind` (image, value_map, class_map, metadata), the in-memory `dtype`
     and `channels` of array values (None for metadata), and `encode(value, EncodeOptions) -> bytes` /
     `decode(bytes) -> value`. Checks of decoded values (verify --deep, the loader, the manifest) come from
-    these facts, never from the codec's name."""
+    these facts, never from the codec's name.
+
+    Label maps also say how a labeler's float output becomes the stored array (`quantize(map, output_kind)
+    -> (array, per-sample encoding or None)`; the encoding goes into the sample json under the modality),
+    what that encoding is for the manifest (`encoding`), and may check decoded values (`check(value) ->
+    reason or None`, run by verify --deep)."""
 
     suffix: str
     kind: str
@@ -53,6 +69,10 @@ class Codec:
     channels: int | None
     encoder: Callable[[Any, EncodeOptions], bytes]
     decoder: Callable[[bytes], Any]
+    quantize: Quantize | None = None
+    encoding: str | None = None
+    per_sample_encoding: bool = False
+    check: Callable[[np.ndarray], str | None] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -63,6 +83,14 @@ class Codec:
 
     def decode(self, data: bytes) -> Any:
         return self.decoder(data)
+
+    def store(self, label: np.ndarray, output: str) -> tuple[np.ndarray, dict[str, Any] | None]:
+        """A labeler's map as this member stores it: class ids as uint8, other maps through `quantize`."""
+        if self.kind == "class_map":
+            return label.astype(np.uint8), None
+        if self.quantize is None:
+            raise ValueError(f"codec {self.suffix}: cannot store a labeler's map (no quantize)")
+        return self.quantize(label, output)
 
     @property
     def is_map(self) -> bool:
@@ -162,6 +190,44 @@ def decode_semseg(data: bytes) -> np.ndarray:
         return np.asarray(im).astype(np.uint8, copy=False)
 
 
+def encode_normal(normals: np.ndarray, level: int = 1) -> bytes:
+    """uint8 H x W x 3 (Omnidata's 0..255 of [-1, 1]) -> 8-bit RGB PNG. `quantize_normal` makes it."""
+    if normals.dtype != np.uint8 or normals.ndim != 3 or normals.shape[2] != 3:
+        raise ValueError(f"normal must be uint8 HxWx3, got {normals.dtype} {normals.shape}")
+    return _png_bytes(Image.fromarray(normals, "RGB"), level)
+
+
+def decode_normal(data: bytes) -> np.ndarray:
+    """8-bit RGB PNG -> uint8 H x W x 3. Refuses other modes (a grey or palette image is not a normal map)."""
+    with Image.open(io.BytesIO(data)) as im:
+        if im.mode != "RGB":
+            raise ValueError(f"normal PNG must be 8-bit RGB, got mode {im.mode}")
+        return np.asarray(im)
+
+
+def quantize_normal(normals: np.ndarray, kind: str = "normal") -> tuple[np.ndarray, None]:
+    """float H x W x 3 unit vectors in [-1, 1] -> uint8 (v = round((n + 1) / 2 * 255)); a fixed encoding."""
+    if normals.ndim != 3 or normals.shape[2] != 3:
+        raise ValueError(f"normals must be H x W x 3, got {normals.shape}")
+    n = np.nan_to_num(normals.astype(np.float64), nan=0.0, posinf=1.0, neginf=-1.0)
+    return np.clip(np.rint((n + 1.0) * (NORMAL_LEVELS / 2.0)), 0, NORMAL_LEVELS).astype(np.uint8), None
+
+
+def dequantize_normal(v: np.ndarray) -> np.ndarray:
+    """uint8 H x W x 3 -> float32 vectors in [-1, 1] (unit length within NORMAL_LENGTH_TOLERANCE)."""
+    return (v.astype(np.float32) * (2.0 / NORMAL_LEVELS) - 1.0).astype(np.float32)
+
+
+def normal_length_problem(v: np.ndarray) -> str | None:
+    """Why a stored normal map is not made of unit vectors (None when every pixel is, within quantisation)."""
+    error = np.abs(np.linalg.norm(dequantize_normal(v), axis=-1) - 1.0)
+    bad = int((error > NORMAL_LENGTH_TOLERANCE + 1e-6).sum())
+    if bad:
+        worst, allowed = float(error.max()), NORMAL_LENGTH_TOLERANCE
+        return f"{bad} px are not unit vectors (|n| off by up to {worst:.3f}, allowed {allowed:.4f})"
+    return None
+
+
 def encode_json(meta: dict[str, Any]) -> bytes:
     # ASCII escapes: any file name (even one that is not valid UTF-8) survives the round trip
     return json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
@@ -198,6 +264,9 @@ CODECS: dict[str, Codec] = {
         channels=1,
         encoder=lambda v, o: encode_depth(v, o.png_level),
         decoder=decode_depth,
+        quantize=quantize_depth,
+        encoding="value = png * scale + offset, per sample in the sample json",
+        per_sample_encoding=True,
     ),
     "semseg": Codec(
         suffix="semseg.png",
@@ -206,6 +275,17 @@ CODECS: dict[str, Codec] = {
         channels=1,
         encoder=lambda v, o: encode_semseg(v, o.palette, o.png_level),
         decoder=decode_semseg,
+    ),
+    "normal": Codec(
+        suffix="normal.png",
+        kind="vector_map",
+        dtype="uint8",
+        channels=3,
+        encoder=lambda v, o: encode_normal(v, o.png_level),
+        decoder=decode_normal,
+        quantize=quantize_normal,
+        encoding="n = png / 255 * 2 - 1 per channel (x right, y, z; Omnidata's [-1, 1] -> 0..255), unit length",
+        check=normal_length_problem,
     ),
     "json": Codec(
         suffix="json",
@@ -223,6 +303,25 @@ CODECS: dict[str, Codec] = {
 BY_SUFFIX: dict[str, str] = {codec.suffix: name for name, codec in CODECS.items()}
 
 
+def register_codec(name: str, codec: Codec) -> Codec:
+    """Add a member type (a plugin's modality). Names and suffixes are unique; a label map needs `quantize`
+    unless it is a class map (stored as the labeler's ids)."""
+    if name in CODECS and CODECS[name] is not codec:
+        raise ValueError(f"codec {name!r} is registered twice")
+    if codec.suffix in BY_SUFFIX and BY_SUFFIX[codec.suffix] != name:
+        raise ValueError(f"codec {name!r}: suffix {codec.suffix!r} is already codec {BY_SUFFIX[codec.suffix]!r}'s")
+    if codec.kind in ("value_map", "vector_map") and codec.quantize is None:
+        raise ValueError(f"codec {name!r}: a {codec.kind} needs `quantize` (labeler output -> stored array)")
+    CODECS[name] = codec
+    BY_SUFFIX[codec.suffix] = name
+    return codec
+
+
+def _load_plugins() -> None:
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        ep.load()
+
+
 def split_member(name: str) -> tuple[str, str]:
     """'00000100003.depth.png' -> ('00000100003', 'depth.png'): the key is everything before the first dot."""
     key, dot, suffix = name.partition(".")
@@ -236,3 +335,6 @@ def decode_member(suffix: str, data: bytes) -> Any:
     if suffix not in BY_SUFFIX:
         raise ValueError(f"unknown member type {suffix!r}; allowed: {sorted(BY_SUFFIX)}")
     return CODECS[BY_SUFFIX[suffix]].decode(data)
+
+
+_load_plugins()

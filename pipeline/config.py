@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from labelers import LabelerSpec, resolve_spec
+from labelers.spec import OUTPUT_MEMBER_KIND
 from labelers.standards import PRECISIONS
 from pipeline import label_files
+from pipeline.codecs import CODECS
 from pipeline.schema import ConfigError, load, problems_of, read_toml, setting, to_plain
 
 __all__ = ["BuildConfig", "ConfigError", "Recipe", "load_recipe", "recipe_from_dict", "to_dict", "with_overrides"]
@@ -105,6 +107,16 @@ class Recipe:
         return [] if self.labelers else ["a recipe needs at least one labeler"]
 
 
+def member_problem(spec: LabelerSpec) -> str | None:
+    """Why `spec`'s maps cannot be stored as its modality's member (None when they can)."""
+    codec = CODECS.get(spec.modality)
+    if codec is None:
+        return f"labeler {spec.name!r} makes {spec.modality!r}, which no codec stores; known: {sorted(CODECS)}"
+    if codec.kind != OUTPUT_MEMBER_KIND[spec.output]:
+        return f"labeler {spec.name!r} makes {spec.output!r} maps, but member {codec.suffix} is a {codec.kind}"
+    return None
+
+
 def _labelers(table: Any, problems: list[str]) -> tuple[LabelerSpec, ...]:
     if not isinstance(table, dict) or not table:
         problems.append("[labelers] needs at least one [labelers.<modality>] table")
@@ -130,6 +142,8 @@ def _labelers(table: Any, problems: list[str]) -> tuple[LabelerSpec, ...]:
             continue
         if spec.modality != modality:
             problems.append(f"[labelers.{modality}]: labeler {spec.name!r} makes {spec.modality!r}, not {modality!r}")
+        elif member_problem(spec):
+            problems.append(f"[labelers.{modality}]: {member_problem(spec)}")
         specs.append(spec)
     return tuple(specs)
 

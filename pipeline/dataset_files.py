@@ -57,7 +57,7 @@ def _modality(spec: LabelerSpec) -> ModalityInfo:
         labeler=spec.labeler_id,
         kind=spec.output,
         dtype=codec.dtype,
-        encoding="value = png * scale + offset, per sample in the sample json",
+        encoding=codec.encoding,
     )
 
 

@@ -133,6 +133,13 @@ def class_legend(classes: Sequence[tuple[int, str, tuple[int, int, int]]], width
     return im
 
 
+def caption(title: str, width: int) -> Image.Image:
+    """One line of text, the height of a legend title."""
+    im = Image.new("RGB", (width, TITLE_H), BACKGROUND)
+    ImageDraw.Draw(im).text((4, 4), _clip(title, width, _font()), fill=(0, 0, 0), font=_font())
+    return im
+
+
 def colorbar(title: str, width: int, cmap: str = DEPTH_CMAP) -> Image.Image:
     """A horizontal colour bar with a caption (low -> high)."""
     font = _font()

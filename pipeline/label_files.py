@@ -73,8 +73,9 @@ def spec_of(modality: str, table: dict[str, Any]) -> LabelerSpec:
     """The labeler spec of `[labelers.<modality>] name = "files"`: settings checked, facts from the codec."""
     settings = load(FileLabels, {k: v for k, v in table.items() if k != "name"}, f"labelers.{modality}")
     codec = CODECS.get(modality)
-    if codec is None or not codec.is_map or codec.kind == "image":
-        raise ConfigError(f"[labelers.{modality}]: the files labeler fills a label map, not {modality!r}")
+    if codec is None or codec.kind not in ("value_map", "class_map"):
+        what = f"a {codec.kind}" if codec is not None else "not a member type"
+        raise ConfigError(f"[labelers.{modality}]: files labels are value or class maps; {modality!r} is {what}")
     classes = codec.kind == "class_map"
     if classes and not settings.num_classes:
         raise ConfigError(f"[labelers.{modality}]: a class map needs num_classes (1..254)")

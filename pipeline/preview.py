@@ -23,9 +23,20 @@ from PIL import Image
 
 from labelers.classes import full_palette
 from pipeline import fs
-from pipeline.codecs import BY_SUFFIX, CODECS, dequantize_depth
+from pipeline.codecs import BY_SUFFIX, CODECS, dequantize_depth, dequantize_normal
 from pipeline.contract import IndexEntry, ModalityInfo, url_problem
-from pipeline.figures import Grid, chart_png, class_legend, colorbar, colormap, fit_tile, palette_rgb, png_bytes, stack
+from pipeline.figures import (
+    Grid,
+    caption,
+    chart_png,
+    class_legend,
+    colorbar,
+    colormap,
+    fit_tile,
+    palette_rgb,
+    png_bytes,
+    stack,
+)
 from pipeline.schema import ConfigError, setting
 from pipeline.verify_docs import DatasetDocs, NotADatasetError, check_documents
 from pipeline.wds import read_samples
@@ -153,6 +164,8 @@ def _legend(cols: list[_Column], samples: list[Sample], width: int) -> Image.Ima
                     width,
                 )
             )
+        if col.kind == "vector_map" and col.info is not None:
+            parts.append(caption(f"{col.name}: unit normals as stored: R, G, B = x, y, z, [-1, 1] -> 0..255", width))
         if col.kind == "class_map" and col.info is not None:
             counts = _class_pixels(col, samples)
             names, pal = col.info.classes or (), _palette(col.info)
@@ -238,6 +251,20 @@ def _class_chart(col: _Column, samples: list[Sample]) -> str:
     return _img(chart_png("bar", shares, labels, title, "% of pixels"), title)
 
 
+def _normal_chart(col: _Column, samples: list[Sample]) -> str:
+    """Histogram of each normal's angle to the viewing axis (z), in degrees."""
+    values = [dequantize_normal(v)[::4, ::4, 2].ravel() for s in samples if (v := _decode(s, col.member)) is not None]
+    z = np.clip(np.concatenate(values), -1.0, 1.0) if values else np.zeros(1)
+    title = f"{col.name}: angle between normal and viewing axis z, {len(values)} samples"
+    return _img(chart_png("hist", np.degrees(np.arccos(z)).tolist(), [], title, "degrees"), title)
+
+
+def _chart(col: _Column, samples: list[Sample]) -> str:
+    if col.kind == "class_map":
+        return _class_chart(col, samples)
+    return _normal_chart(col, samples) if col.kind == "vector_map" else _value_chart(col, samples)
+
+
 def _value_chart(col: _Column, samples: list[Sample]) -> str:
     values = []
     for s in samples:
@@ -253,7 +280,7 @@ def _value_chart(col: _Column, samples: list[Sample]) -> str:
 def write_html(folder: Path, docs: DatasetDocs, cols: list[_Column], grid: Image.Image, samples: list[Sample]) -> Path:
     assert docs.manifest is not None and docs.index is not None
     m = docs.manifest
-    charts = [_class_chart(c, samples) if c.kind == "class_map" else _value_chart(c, samples) for c in cols if c.info]
+    charts = [_chart(c, samples) for c in cols if c.info]
     shard_rows = [[name, st.planned, st.written, st.failed, st.bytes] for name, st in sorted(docs.stats.items())]
     labelers = [
         [d.get("modality"), d.get("name"), d.get("weights"), d.get("revision") or "", d.get("license"), d.get("output")]

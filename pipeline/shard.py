@@ -18,7 +18,7 @@ import numpy as np
 from labelers import LabelerSpec
 from labelers.classes import palette_for
 from pipeline import contract
-from pipeline.codecs import CODECS, IGNORE_ID, EncodeOptions, encode_cls, encode_json, quantize_depth
+from pipeline.codecs import CODECS, IGNORE_ID, EncodeOptions, encode_cls, encode_json
 from pipeline.config import EncodingConfig, ImageConfig
 from pipeline.contract import DatasetPaths, Failure, ShardStats, sample_key
 from pipeline.images import DecodedImage, decode_image, read_source
@@ -101,9 +101,8 @@ def _label_map(spec: LabelerSpec, label: np.ndarray, ctx: ShardContext) -> tuple
         if ids.size and int(ids.max()) >= n:
             raise ValueError(f"{spec.name} produced class id {int(ids.max())} >= {n} (and not the ignore id)")
         options = EncodeOptions(png_level=ctx.encoding.png_level, palette=palette_for(spec.classes, n))
-        return codec.encode(label.astype(np.uint8), options), None
-    q, encoding = quantize_depth(label, spec.output)
-    return codec.encode(q, options), encoding
+    stored, encoding = codec.store(label, spec.output)
+    return codec.encode(stored, options), encoding
 
 
 def _members(

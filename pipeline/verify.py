@@ -15,8 +15,8 @@ Defect kinds (stable identifiers, `Defect.kind`):
 - tar: truncated, bad_header, trailing_data, bad_member_type
 - samples: bad_member_name, missing_member, extra_member, duplicate_member, members_not_adjacent,
   duplicate_key, not_in_plan, sample_missing
-- deep: undecodable, wrong_pixel_format, size_mismatch, class_id_out_of_range, bad_json, bad_class,
-  rgb_not_source
+- deep: undecodable, wrong_pixel_format, size_mismatch, class_id_out_of_range, bad_values (a codec's own
+  value check, e.g. normals not of unit length), bad_json, bad_class, rgb_not_source
 Per-image failures the build recorded (bad source images) are not defects: they are accounted for, and listed.
 """
 

@@ -105,6 +105,10 @@ def _check_map(sample: _Sample, arr: Any, spec: MapSpec, rgb_hw: tuple[int, int]
         sample.add("size_mismatch", spec.member, reason)
     if spec.codec.kind == "class_map" and spec.num_classes is not None:
         _class_ids(sample, arr, spec)
+    if spec.codec.check is not None:
+        reason = spec.codec.check(arr)
+        if reason:
+            sample.add("bad_values", spec.member, f"{spec.modality}: {reason}")
 
 
 def _is_size(value: Any) -> bool:
@@ -132,7 +136,7 @@ def _json_problems(meta: dict[str, Any], key: str, maps: tuple[MapSpec, ...]) ->
     if isinstance(meta.get("key"), str) and meta["key"] != key:
         wrong.append(f"'key' is {meta['key']!r}, the member key is {key!r}")
     for spec in maps:
-        if spec.codec.kind == "value_map":
+        if spec.codec.per_sample_encoding:
             enc = meta.get(spec.modality)
             found = _typed(enc, _ENCODING_TYPES) if isinstance(enc, dict) else ["missing or not an object"]
             wrong += [f"'{spec.modality}' encoding: {w}" for w in found]

@@ -1,7 +1,9 @@
 """The shared augmentation: one random-resized crop and one horizontal flip applied to every modality.
 
-Each modality is resampled with its own interpolation (bilinear for images and depth, nearest-exact for
-class maps), then brought to its stride's resolution (class maps: 224 -> 56, nearest-exact) and finished (normalised).
+Each modality is resampled with its own interpolation (bilinear for images, depth and normals, nearest-exact
+for class maps), then brought to its stride's resolution (class maps: 224 -> 56, nearest-exact) and finished
+(normalised; normals back to unit length). A flip mirrors vector maps too: the x component of a normal
+changes sign.
 """
 
 from __future__ import annotations
@@ -63,13 +65,17 @@ def _center_crop(h: int, w: int, ratio: tuple[float, float], flip: bool) -> Crop
     return Crop(top=(h - ch) // 2, left=(w - cw) // 2, height=ch, width=cw, flip=flip)
 
 
-def resample(x: Tensor, crop: Crop, size: int, mode: str) -> Tensor:
-    """(C, H, W) float -> (C, size, size): crop, resize with `mode`, then flip if the crop says so."""
+def resample(x: Tensor, crop: Crop, size: int, mode: str, mirror: tuple[float, ...] | None = None) -> Tensor:
+    """(C, H, W) float -> (C, size, size): crop, resize with `mode`, then flip if the crop says so; a flip
+    also multiplies the channels by `mirror` (vector maps: x -> -x)."""
     x = x[:, crop.top : crop.top + crop.height, crop.left : crop.left + crop.width]
     smooth = mode == "bilinear"
     kwargs = {"align_corners": False, "antialias": True} if smooth else {}
     x = F.interpolate(x.unsqueeze(0), size=(size, size), mode=mode, **kwargs).squeeze(0)
-    return torch.flip(x, dims=[-1]) if crop.flip else x
+    if not crop.flip:
+        return x
+    x = torch.flip(x, dims=[-1])
+    return x if mirror is None else x * torch.tensor(mirror, dtype=x.dtype).view(-1, 1, 1)
 
 
 def augment(arrays: Mapping[str, np.ndarray], crop: Crop, image_size: int) -> dict[str, Tensor]:
@@ -77,7 +83,7 @@ def augment(arrays: Mapping[str, np.ndarray], crop: Crop, image_size: int) -> di
     out = {}
     for name, array in arrays.items():
         spec = MODALITIES[name]
-        x = resample(spec.to_tensor(array), crop, image_size, spec.interpolation)
+        x = resample(spec.to_tensor(array), crop, image_size, spec.interpolation, spec.mirror)
         if spec.stride > 1:
             x = F.interpolate(x.unsqueeze(0), size=(image_size // spec.stride,) * 2, mode=spec.interpolation)
             x = x.squeeze(0)

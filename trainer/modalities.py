@@ -2,12 +2,17 @@
 
 Adding a modality = one `Modality` entry (+ an adapter class if no existing one fits); adding an output =
 one `Task` entry. The model, loader and trainer look modalities up here and never name them.
+
+A package of your own adds them without editing this one: expose a module under the entry-point group
+`multimae_forge.modalities` whose import calls `register_modality(...)` and `register_task(...)` (its
+member type comes from a `multimae_forge.codecs` entry point, see `pipeline.codecs`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -36,7 +41,8 @@ class Modality:
     class-id map, whose classes come from `ModelConfig.num_classes`); stride: 1 = full resolution, 4 = a
     quarter (56 x 56 at 224 px); interpolation of the shared crop; to_tensor: decoded array -> (C, H, W)
     tensor, uint8 where the interpolation allows (cheaper to resample); finish: after crop, flip and resize
-    -> the model's input and target.
+    -> the model's input and target; mirror: per-channel signs a horizontal flip applies (vector maps: the
+    x component of a normal changes sign when the picture is mirrored), None for none.
     """
 
     name: str
@@ -47,6 +53,11 @@ class Modality:
     to_tensor: Callable[[np.ndarray], Tensor]
     finish: Callable[[Tensor], Tensor]
     build_input: Callable[[Modality, ModelConfig], nn.Module]
+    mirror: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.mirror is not None and len(self.mirror) != self.channels:
+            raise ValueError(f"modality {self.name}: mirror needs one sign per channel ({self.channels})")
 
     def out_channels(self, model: ModelConfig) -> int:
         return self.channels if self.channels is not None else model.num_classes
@@ -86,6 +97,16 @@ def standardize_depth(x: Tensor) -> Tensor:
     return (x - float(kept.mean())) / float(np.sqrt(kept.var(ddof=1) + 1e-6))
 
 
+def _normal_to_tensor(a: np.ndarray) -> Tensor:
+    """uint8 H x W x 3 (Omnidata's 0..255 of [-1, 1]) -> float (3, H, W) vectors."""
+    return torch.from_numpy(np.array(a, copy=True)).permute(2, 0, 1).float() * (2.0 / 255.0) - 1.0
+
+
+def unit_length(x: Tensor) -> Tensor:
+    """(3, H, W) vectors -> unit length (bilinear resampling shortens them; a zero vector stays zero)."""
+    return x / x.norm(dim=0, keepdim=True).clamp(min=1e-6)
+
+
 def _ids_to_tensor(a: np.ndarray) -> Tensor:
     return torch.from_numpy(np.array(a, dtype=np.uint8)).unsqueeze(0)  # (1, H, W) uint8 ids
 
@@ -94,7 +115,7 @@ def _ids_finish(x: Tensor) -> Tensor:
     return x.squeeze(0).long()  # (h, w) class ids
 
 
-def _patch_input(m: Modality, cfg: ModelConfig) -> nn.Module:
+def patch_input(m: Modality, cfg: ModelConfig) -> nn.Module:
     grid = cfg.image_size // cfg.patch_size
     return PatchInputAdapter(channels=m.out_channels(cfg), patch=cfg.patch_size // m.stride, grid=grid, dim=cfg.dim)
 
@@ -115,7 +136,7 @@ _MODALITIES = (
         interpolation="bilinear",
         to_tensor=_rgb_to_tensor,
         finish=_rgb_finish,
-        build_input=_patch_input,
+        build_input=patch_input,
     ),
     Modality(
         name="depth",
@@ -125,7 +146,7 @@ _MODALITIES = (
         interpolation="bilinear",
         to_tensor=_depth_to_tensor,
         finish=standardize_depth,
-        build_input=_patch_input,
+        build_input=patch_input,
     ),
     Modality(
         name="semseg",
@@ -137,6 +158,17 @@ _MODALITIES = (
         finish=_ids_finish,
         build_input=_class_map_input,
     ),
+    Modality(
+        name="normal",
+        codec="normal",
+        channels=3,
+        stride=1,
+        interpolation="bilinear",
+        to_tensor=_normal_to_tensor,
+        finish=unit_length,
+        build_input=patch_input,
+        mirror=(-1.0, 1.0, 1.0),
+    ),
 )
 
 _TASKS = (
@@ -144,13 +176,47 @@ _TASKS = (
     Task(name="depth", source="depth", loss=losses.masked_l1),
     Task(name="semseg", source="semseg", loss=losses.masked_cross_entropy, fp32=True),
     Task(name="norm_rgb", source="rgb", loss=losses.masked_norm_mse),
+    Task(name="normal", source="normal", loss=losses.masked_l1),  # L1 on unit vectors, as depth's
 )
 
-MODALITIES: Mapping[str, Modality] = MappingProxyType({m.name: m for m in _MODALITIES})
-TASKS: Mapping[str, Task] = MappingProxyType({t.name: t for t in _TASKS})
+ENTRY_POINT_GROUP = "multimae_forge.modalities"
+_MODALITY_TABLE: dict[str, Modality] = {m.name: m for m in _MODALITIES}
+_TASK_TABLE: dict[str, Task] = {t.name: t for t in _TASKS}
+MODALITIES: Mapping[str, Modality] = MappingProxyType(_MODALITY_TABLE)
+TASKS: Mapping[str, Task] = MappingProxyType(_TASK_TABLE)
+
+
+def register_modality(modality: Modality) -> Modality:
+    """Add a modality (a plugin's); its codec must be registered first (`pipeline.codecs.register_codec`)."""
+    from pipeline.codecs import CODECS
+
+    if modality.name in _MODALITY_TABLE and _MODALITY_TABLE[modality.name] is not modality:
+        raise ValueError(f"modality {modality.name!r} is registered twice")
+    if modality.codec not in CODECS or not CODECS[modality.codec].is_map:
+        raise ValueError(f"modality {modality.name!r}: codec {modality.codec!r} is not a registered map codec")
+    _MODALITY_TABLE[modality.name] = modality
+    return modality
+
+
+def register_task(task: Task) -> Task:
+    """Add a decoder output predicting a registered modality."""
+    if task.name in _TASK_TABLE and _TASK_TABLE[task.name] is not task:
+        raise ValueError(f"task {task.name!r} is registered twice")
+    if task.source not in _MODALITY_TABLE:
+        raise ValueError(f"task {task.name!r}: source {task.source!r} is not a registered modality")
+    _TASK_TABLE[task.name] = task
+    return task
 
 
 def used_modalities(cfg: ModelConfig) -> tuple[str, ...]:
     """Modalities a run reads: its inputs and the sources of its outputs, inputs first."""
     names = list(cfg.inputs) + [TASKS[t].source for t in cfg.outputs]
     return tuple(dict.fromkeys(names))
+
+
+def _load_plugins() -> None:
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        ep.load()
+
+
+_load_plugins()

@@ -28,7 +28,7 @@ from torch import Tensor
 from labelers.classes import full_palette
 from labelers.standards import IMAGENET_MEAN, IMAGENET_STD
 from pipeline import fs
-from pipeline.codecs import BY_SUFFIX, CODECS, quantize_depth, split_member
+from pipeline.codecs import BY_SUFFIX, CODECS, split_member
 from pipeline.contract import Manifest, url_problem
 from pipeline.figures import MASKED, Grid, colormap, fit_tile, palette_rgb, png_bytes
 from pipeline.images import decode_image, read_source
@@ -144,9 +144,7 @@ def label_image(path: Path, labels_from: Path | None) -> tuple[dict[str, np.ndar
         }
         spec = resolve_spec(str(raw["name"]), overrides)
         (label,) = build_labeler(spec)([rgb])
-        arrays[spec.modality] = (
-            label if CODECS[spec.modality].kind == "class_map" else quantize_depth(label, spec.output)[0]
-        )
+        arrays[spec.modality] = CODECS[spec.modality].store(label, spec.output)[0]
     return arrays, manifest
 
 
@@ -227,11 +225,14 @@ def _pixel_mask(mask: Tensor, size: int, grid: int) -> np.ndarray:
 
 def _pictures(name: str, pred: Tensor, target: Tensor, masked: np.ndarray, palette: list[int]) -> list[np.ndarray]:
     """(masked input, prediction, prediction + visible, target) as uint8 RGB pictures."""
-    kind = MODALITIES[name]
-    if kind.channels is None:  # class map: logits (C, h, w) and ids (h, w)
+    kind = CODECS[MODALITIES[name].codec].kind
+    if kind == "class_map":  # logits (C, h, w) and ids (h, w)
         p, t = pred.argmax(0).numpy().astype(np.uint8), target.numpy().astype(np.uint8)
         show = lambda ids: palette_rgb(ids, palette)  # noqa: E731
-    elif kind.channels == 3:
+    elif kind == "vector_map":  # unit vectors (3, h, w), shown as stored: [-1, 1] -> 0..255
+        p, t = pred.permute(1, 2, 0).numpy(), target.permute(1, 2, 0).numpy()
+        show = lambda x: np.rint((np.clip(x, -1, 1) + 1) * 127.5).astype(np.uint8)  # noqa: E731
+    elif kind == "image":
         mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
         p, t = (pred * std + mean).permute(1, 2, 0).numpy(), (target * std + mean).permute(1, 2, 0).numpy()
         show = lambda x: (np.clip(x, 0, 1) * 255).astype(np.uint8)  # noqa: E731
