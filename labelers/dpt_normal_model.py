@@ -23,4 +23,5 @@ class DPTForSurfaceNormals(DPTForDepthEstimation):  # type: ignore[misc]
         channels = int(getattr(config, "num_output_channels", 3))
         config.num_output_channels = channels
         final = self.head.head[HEAD_CONV]
+        assert isinstance(final, nn.Conv2d)
         self.head.head[HEAD_CONV] = nn.Conv2d(final.in_channels, channels, kernel_size=1)

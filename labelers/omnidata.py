@@ -19,6 +19,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
+
 from labelers.dpt import DPTDepthLabeler
 from labelers.registry import register_labeler
 from labelers.smoke import materialize, tiny_dpt_config
@@ -92,7 +94,9 @@ def _build_smoke(spec: LabelerSpec, *, device: str = "cpu", precision: str = "fp
         model = DPTForSurfaceNormals(config)
         # centre the random head's output on 0.5 (= a zero component) so the smoke normals vary instead of
         # sitting at the ReLU's floor
-        model.head.head[4].bias.data.fill_(0.5)
+        final = model.head.head[4]
+        assert isinstance(final, torch.nn.Conv2d) and final.bias is not None
+        torch.nn.init.constant_(final.bias, 0.5)
         return model
 
     folder = spec.weights or str(materialize("dpt-hybrid-normal-smoke", tiny))

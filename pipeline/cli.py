@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from pipeline.locations import local_location
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 app = typer.Typer(
@@ -31,10 +33,25 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 @app.command("build-dataset")
 def build_dataset_cmd(
-    src: Annotated[Path, typer.Argument(help="Folder of RGB images (class folders, nested or flat).")],
-    out: Annotated[Path, typer.Argument(help="Output dataset folder (shards/, plan/, manifest.json, index.json).")],
+    src: Annotated[
+        Path,
+        typer.Argument(
+            parser=local_location, metavar="SRC", help="Folder of RGB images (class folders, nested or flat)."
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Argument(
+            parser=local_location,
+            metavar="OUT",
+            help="Output dataset folder (shards/, plan/, manifest.json, index.json).",
+        ),
+    ],
     recipe: Annotated[
-        Path | None, typer.Option(help="Recipe TOML (see manifests/); default: the real labelers.")
+        Path | None,
+        typer.Option(
+            parser=local_location, metavar="PATH", help="Recipe TOML (see manifests/); default: the real labelers."
+        ),
     ] = None,
     shard_size: Annotated[int | None, typer.Option(help="Samples per shard (overrides the recipe).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per labeler batch (overrides the recipe).")] = None,
@@ -70,11 +87,16 @@ def build_dataset_cmd(
 
 @app.command("verify")
 def verify_cmd(
-    out: Annotated[Path, typer.Argument(help="Dataset folder written by build-dataset.")],
+    out: Annotated[
+        Path, typer.Argument(parser=local_location, metavar="OUT", help="Dataset folder written by build-dataset.")
+    ],
     deep: Annotated[
         bool, typer.Option(help="Also decode every member: pixel formats, sizes, class ids, json fields.")
     ] = False,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the complete report (JSON) here.")] = None,
+    json_path: Annotated[
+        Path | None,
+        typer.Option("--json", parser=local_location, metavar="PATH", help="Write the complete report (JSON) here."),
+    ] = None,
     workers: Annotated[
         int, typer.Option(help="Processes over shards (0: one per CPU, none when small; 1: no pool).")
     ] = 0,
@@ -94,10 +116,20 @@ def verify_cmd(
 
 @app.command("preview")
 def preview_cmd(
-    data: Annotated[Path, typer.Argument(help="Dataset folder written by build-dataset.")],
+    data: Annotated[
+        Path, typer.Argument(parser=local_location, metavar="DATA", help="Dataset folder written by build-dataset.")
+    ],
     n: Annotated[int, typer.Option("--n", help="Samples (rows), chosen with --seed over the whole dataset.")] = 16,
-    out: Annotated[Path | None, typer.Option(help="Write the grid here (PNG); default preview.png.")] = None,
-    html: Annotated[Path | None, typer.Option(help="Write a self-contained page to this folder (index.html).")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(parser=local_location, metavar="PATH", help="Write the grid here (PNG); default preview.png."),
+    ] = None,
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            parser=local_location, metavar="PATH", help="Write a self-contained page to this folder (index.html)."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the sample choice (same seed, same samples).")] = 0,
     tile: Annotated[int, typer.Option(help="Tile size in pixels.")] = 160,
 ) -> None:
@@ -117,10 +149,25 @@ def preview_cmd(
 
 @app.command("pretrain")
 def pretrain_cmd(
-    data: Annotated[Path, typer.Option(help="Dataset folder from build-dataset (index.json, manifest.json, shards/).")],
-    out: Annotated[Path, typer.Option(help="Run folder: checkpoints, metrics.jsonl, config.json, timm export.")],
+    data: Annotated[
+        Path,
+        typer.Option(
+            parser=local_location, help="Dataset folder from build-dataset (index.json, manifest.json, shards/)."
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            parser=local_location,
+            metavar="PATH",
+            help="Run folder: checkpoints, metrics.jsonl, config.json, timm export.",
+        ),
+    ],
     config: Annotated[
-        Path | None, typer.Option(help="Trainer recipe TOML (trainer/configs/); default: ViT-B, 1600 epochs.")
+        Path | None,
+        typer.Option(
+            parser=local_location, help="Trainer recipe TOML (trainer/configs/); default: ViT-B, 1600 epochs."
+        ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto (GPU when present), cpu, cuda or cuda:N.")] = "auto",
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint-last.pt when there is one.")] = True,
@@ -191,17 +238,40 @@ _INPUTS_HELP = "Input modalities, comma-separated (rgb, or rgb,depth ...); defau
 
 @app.command("finetune")
 def finetune_cmd(
-    data: Annotated[Path, typer.Option(help="Training shards (a dataset folder from build-dataset).")],
-    out: Annotated[Path, typer.Option(help="Run folder: checkpoints, metrics.jsonl, val.jsonl, config.json.")],
+    data: Annotated[
+        Path,
+        typer.Option(
+            parser=local_location, metavar="PATH", help="Training shards (a dataset folder from build-dataset)."
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            parser=local_location,
+            metavar="PATH",
+            help="Run folder: checkpoints, metrics.jsonl, val.jsonl, config.json.",
+        ),
+    ],
     task: Annotated[str | None, typer.Option(help="cls, semseg or depth; default: the config's.")] = None,
     init: Annotated[
-        Path | None, typer.Option(help="Pretrained weights: our or an official checkpoint, or a timm export.")
+        Path | None,
+        typer.Option(
+            parser=local_location, help="Pretrained weights: our or an official checkpoint, or a timm export."
+        ),
     ] = None,
     val: Annotated[
-        Path | None, typer.Option(help="Validation shards: evaluated at the end (and every eval_every).")
+        Path | None,
+        typer.Option(
+            parser=local_location,
+            metavar="PATH",
+            help="Validation shards: evaluated at the end (and every eval_every).",
+        ),
     ] = None,
     config: Annotated[
-        Path | None, typer.Option(help="Fine-tuning recipe TOML (trainer/configs/finetune-*.toml).")
+        Path | None,
+        typer.Option(
+            parser=local_location, metavar="PATH", help="Fine-tuning recipe TOML (trainer/configs/finetune-*.toml)."
+        ),
     ] = None,
     inputs: Annotated[str | None, typer.Option(help=_INPUTS_HELP)] = None,
     device: Annotated[str, typer.Option(help="auto (GPU when present), cpu, cuda or cuda:N.")] = "auto",
@@ -224,11 +294,19 @@ def finetune_cmd(
 
 @app.command("probe")
 def probe_cmd(
-    data: Annotated[Path, typer.Option(help="Training shards with class folders (.cls).")],
-    out: Annotated[Path, typer.Option(help="Run folder.")],
-    init: Annotated[Path | None, typer.Option(help="Pretrained weights (none: a random-init baseline).")] = None,
-    val: Annotated[Path | None, typer.Option(help="Validation shards.")] = None,
-    config: Annotated[Path | None, typer.Option(help="Recipe TOML (trainer/configs/probe-*.toml).")] = None,
+    data: Annotated[
+        Path, typer.Option(parser=local_location, metavar="PATH", help="Training shards with class folders (.cls).")
+    ],
+    out: Annotated[Path, typer.Option(parser=local_location, metavar="PATH", help="Run folder.")],
+    init: Annotated[
+        Path | None,
+        typer.Option(parser=local_location, metavar="PATH", help="Pretrained weights (none: a random-init baseline)."),
+    ] = None,
+    val: Annotated[Path | None, typer.Option(parser=local_location, metavar="PATH", help="Validation shards.")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(parser=local_location, metavar="PATH", help="Recipe TOML (trainer/configs/probe-*.toml)."),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint-last.pt.")] = True,
     steps: Annotated[int | None, typer.Option(help="Total optimizer steps.")] = None,
@@ -247,9 +325,17 @@ def probe_cmd(
 
 @app.command("evaluate")
 def evaluate_cmd(
-    checkpoint: Annotated[Path, typer.Argument(help="A fine-tuning checkpoint (checkpoint-best.pt, ...).")],
-    data: Annotated[Path, typer.Option(help="Shards to evaluate on.")],
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the metrics here (JSON).")] = None,
+    checkpoint: Annotated[
+        Path,
+        typer.Argument(
+            parser=local_location, metavar="CHECKPOINT", help="A fine-tuning checkpoint (checkpoint-best.pt, ...)."
+        ),
+    ],
+    data: Annotated[Path, typer.Option(parser=local_location, metavar="PATH", help="Shards to evaluate on.")],
+    json_path: Annotated[
+        Path | None,
+        typer.Option("--json", parser=local_location, metavar="PATH", help="Write the metrics here (JSON)."),
+    ] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
     batch_size: Annotated[int, typer.Option(help="Samples per forward.")] = 16,
 ) -> None:
@@ -266,8 +352,17 @@ def evaluate_cmd(
 
 @app.command("export")
 def export_cmd(
-    checkpoint: Annotated[Path, typer.Argument(help="Our pretraining or fine-tuning checkpoint, or an official one.")],
-    out: Annotated[Path, typer.Argument(help="timm: a new folder; official: a .pth file.")],
+    checkpoint: Annotated[
+        Path,
+        typer.Argument(
+            parser=local_location,
+            metavar="CHECKPOINT",
+            help="Our pretraining or fine-tuning checkpoint, or an official one.",
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Argument(parser=local_location, metavar="OUT", help="timm: a new folder; official: a .pth file.")
+    ],
     format: Annotated[str, typer.Option(help="timm (local-dir folder) or official (MultiMAE .pth).")] = "timm",
 ) -> None:
     """Export the encoder to timm (timm.create_model("local-dir:OUT", pretrained=True)) or the official layout."""
@@ -301,17 +396,32 @@ def _keep_counts(keep: list[str]) -> dict[str, int]:
 
 @app.command("reconstruct")
 def reconstruct_cmd(
-    checkpoint: Annotated[Path, typer.Argument(help="Our checkpoint-*.pt or an official MultiMAE checkpoint.")],
-    out: Annotated[Path, typer.Option(help="Where to write the figure (PNG).")] = Path("reconstruction.png"),
-    image: Annotated[Path | None, typer.Option(help="An image file as input.")] = None,
+    checkpoint: Annotated[
+        Path,
+        typer.Argument(
+            parser=local_location, metavar="CHECKPOINT", help="Our checkpoint-*.pt or an official MultiMAE checkpoint."
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option(parser=local_location, metavar="PATH", help="Where to write the figure (PNG).")
+    ] = Path("reconstruction.png"),
+    image: Annotated[
+        Path | None, typer.Option(parser=local_location, metavar="PATH", help="An image file as input.")
+    ] = None,
     sample: Annotated[str | None, typer.Option(help="A dataset sample as input: OUT:SHARD/KEY.")] = None,
     labels_from: Annotated[
-        Path | None, typer.Option(help="Label --image with the labelers of this dataset's manifest.")
+        Path | None,
+        typer.Option(
+            parser=local_location, metavar="PATH", help="Label --image with the labelers of this dataset's manifest."
+        ),
     ] = None,
     keep: Annotated[
         list[str] | None, typer.Option(help="Visible tokens per modality, e.g. --keep rgb=98 --keep depth=0.")
     ] = None,
-    mask: Annotated[Path | None, typer.Option(help="An .npz with one 0/1 array (1 = masked) per input.")] = None,
+    mask: Annotated[
+        Path | None,
+        typer.Option(parser=local_location, metavar="PATH", help="An .npz with one 0/1 array (1 = masked) per input."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the Dirichlet masks (or of the positions for --keep).")] = 0,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
     tile: Annotated[int, typer.Option(help="Tile size in pixels.")] = 160,
@@ -346,9 +456,19 @@ def reconstruct_cmd(
 @app.command("convert-weights")
 def convert_weights_cmd(
     src: Annotated[
-        Path, typer.Argument(help="DPT-Hybrid checkpoint in the original DPT layout (.pth, Lightning .ckpt).")
+        Path,
+        typer.Argument(
+            parser=local_location,
+            metavar="SRC",
+            help="DPT-Hybrid checkpoint in the original DPT layout (.pth, Lightning .ckpt).",
+        ),
     ],
-    dst: Annotated[Path, typer.Argument(help="New folder for the transformers DPTForDepthEstimation.")],
+    dst: Annotated[
+        Path,
+        typer.Argument(
+            parser=local_location, metavar="DST", help="New folder for the transformers DPTForDepthEstimation."
+        ),
+    ],
 ) -> None:
     """Convert original-layout DPT-Hybrid weights (e.g. omnidata_rgb2depth_dpt_hybrid.pth) to a transformers folder."""
     from labelers.dpt_original import CheckpointLayoutError, convert_weights

@@ -106,9 +106,9 @@ def _check_map(sample: _Sample, arr: Any, spec: MapSpec, rgb_hw: tuple[int, int]
     if spec.codec.kind == "class_map" and spec.num_classes is not None:
         _class_ids(sample, arr, spec)
     if spec.codec.check is not None:
-        reason = spec.codec.check(arr)
-        if reason:
-            sample.add("bad_values", spec.member, f"{spec.modality}: {reason}")
+        bad = spec.codec.check(arr)
+        if bad:
+            sample.add("bad_values", spec.member, f"{spec.modality}: {bad}")
 
 
 def _is_size(value: Any) -> bool:

@@ -20,6 +20,9 @@ SAMPLES = {
     "semseg": (np.arange(40 * 60) % 133).astype(np.uint8).reshape(40, 60),
     "json": {"source": "a/b ü.jpg", "size": {"width": 3, "height": 2}},
     "cls": 417,
+    "normal": np.stack([*np.meshgrid(np.arange(60) * 4, np.arange(40) * 6), np.full((40, 60), 200)], -1).astype(
+        np.uint8
+    ),
 }
 
 

@@ -178,7 +178,7 @@ def test_files_labeler_settings_are_checked() -> None:
         recipe_from_dict({"labelers": {"semseg": {"name": "files", "root": "x"}}})
     with pytest.raises(ConfigError, match="colour"):
         recipe_from_dict({"labelers": {"semseg": {"name": "files", "root": "x", "num_classes": 3, "colour": 1}}})
-    with pytest.raises(ConfigError, match="label map"):
+    with pytest.raises(ConfigError, match="files labels are value or class maps"):
         recipe_from_dict({"labelers": {"rgb": {"name": "files", "root": "x"}}})
     with pytest.raises(ConfigError, match="150 classes"):
         recipe_from_dict(

@@ -12,7 +12,7 @@ MANIFESTS = sorted((Path(__file__).resolve().parents[1] / "manifests").glob("*.t
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
 def test_recipe_loads(path):
     recipe = load_recipe(path)
-    assert recipe.labelers and {s.modality for s in recipe.labelers} <= {"depth", "semseg"}
+    assert recipe.labelers and {s.modality for s in recipe.labelers} <= {"depth", "semseg", "normal"}
     assert recipe.name == path.stem
 
 

@@ -98,7 +98,10 @@ def _sha256(path: Path) -> str:
 
 
 def manifest_classes(info: DatasetInfo, model: ModelConfig) -> int:
-    """The class count of the class maps the model reads, as the dataset's manifest records it."""
+    """The class count of the class maps the model reads, as the dataset's manifest records it (0 when the
+    model reads no class map: the count is then unused)."""
+    if not any(CODECS[MODALITIES[n].codec].kind == "class_map" for n in used_modalities(model)):
+        return 0
     counts = {
         described.num_classes
         for name, described in (info.manifest.modalities.items() if info.manifest else ())

@@ -1,0 +1,121 @@
+"""The registries agree with each other, and every registered modality and task runs in and out of the model.
+
+Parametrised over the registries themselves, so a modality or task added later (a plugin's too, when it is
+installed) is tested without editing this file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from labelers import available, resolve_spec
+from labelers.spec import OUTPUT_MEMBER_KIND
+from pipeline.codecs import BY_SUFFIX, CODECS, Codec
+from pipeline.config import member_problem
+from trainer.augment import Crop, augment
+from trainer.config import smoke_config
+from trainer.modalities import MODALITIES, TASKS
+from trainer.model import MultiMAE
+
+TINY = smoke_config().model
+H, W = 40, 52
+
+
+def test_every_modality_has_a_map_codec_and_every_task_a_modality() -> None:
+    for name, m in MODALITIES.items():
+        assert m.codec in CODECS, name
+        codec = CODECS[m.codec]
+        assert codec.is_map, name
+        assert (m.channels is None) == (codec.kind == "class_map"), name  # class maps take num_classes
+        assert m.channels is None or m.channels == codec.channels, name
+        assert TINY.image_size % m.stride == 0 and (TINY.patch_size // m.stride) >= 1, name
+    for name, t in TASKS.items():
+        assert t.source in MODALITIES, name
+    assert set(MODALITIES) <= set(TASKS) | {"rgb"}  # every label map can be predicted
+
+
+def test_every_labeler_fills_a_registered_member_of_its_kind() -> None:
+    assert {"omnidata-dpt-hybrid-normal", "omnidata-normal-smoke", "mask2former-swin-small-ade-semantic"} <= set(
+        available()
+    )
+    for name in available():
+        spec = resolve_spec(name)
+        assert member_problem(spec) is None, name
+        assert spec.modality in MODALITIES, f"{name}: the trainer has no modality {spec.modality!r}"
+        assert CODECS[spec.modality].kind == OUTPUT_MEMBER_KIND[spec.output]
+
+
+def test_codec_names_and_suffixes_are_one_to_one() -> None:
+    assert {BY_SUFFIX[c.suffix] for c in CODECS.values()} == set(CODECS)
+    for name, codec in CODECS.items():
+        if codec.kind in ("value_map", "vector_map"):
+            assert codec.quantize is not None and codec.encoding, name
+
+
+def labeler_map(codec: Codec, rng: np.random.Generator) -> np.ndarray:
+    """What a labeler of this member's kind returns, at H x W."""
+    if codec.kind == "class_map":
+        return rng.integers(0, TINY.num_classes, (H, W)).astype(np.uint8)
+    if codec.kind == "vector_map":
+        n = rng.normal(size=(H, W, 3))
+        return (n / np.linalg.norm(n, axis=-1, keepdims=True)).astype(np.float32)
+    if codec.kind == "image":
+        return rng.integers(0, 256, (H, W, 3)).astype(np.uint8)
+    return rng.random((H, W)).astype(np.float32)
+
+
+def stored_array(name: str, rng: np.random.Generator) -> np.ndarray:
+    """A member of modality `name` through the contract: labeler map -> stored array -> bytes -> decoded."""
+    codec = CODECS[MODALITIES[name].codec]
+    value = labeler_map(codec, rng)
+    if codec.kind != "image":
+        value, _ = codec.store(value, "classes" if codec.kind == "class_map" else "value")
+    decoded = codec.decode(codec.encode(value))
+    assert codec.problem(decoded) is None
+    if codec.kind != "image":  # PNG members are lossless
+        assert np.array_equal(decoded, value)
+    return np.asarray(decoded)
+
+
+def batch_for(names: list[str], seed: int = 0) -> dict[str, torch.Tensor]:
+    rng = np.random.default_rng(seed)
+    items = []
+    for i in range(2):
+        arrays = {n: stored_array(n, rng) for n in names}
+        crop = Crop(top=2, left=3, height=H - 4, width=W - 9, flip=bool(i))
+        items.append(augment(arrays, crop, TINY.image_size))
+    return {n: torch.stack([it[n] for it in items]) for n in names}
+
+
+@pytest.mark.parametrize("name", sorted(MODALITIES))
+def test_every_modality_decodes_augments_and_feeds_the_encoder(name: str) -> None:
+    m = MODALITIES[name]
+    batch = batch_for([name])
+    size = TINY.image_size // m.stride
+    expected = (2, size, size) if m.channels is None else (2, m.channels, size, size)
+    assert tuple(batch[name].shape) == expected and torch.isfinite(batch[name].float()).all()
+    cfg = dataclasses.replace(TINY, inputs=(name,), outputs=(), num_visible=8)
+    torch.manual_seed(0)
+    model = MultiMAE(cfg)
+    tokens = model.input_adapters[name](batch[name])
+    assert tokens.shape == (2, (TINY.image_size // TINY.patch_size) ** 2, TINY.dim)
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_every_task_predicts_and_trains(task: str) -> None:
+    source = TASKS[task].source
+    inputs = tuple(dict.fromkeys(["rgb", source]))
+    cfg = dataclasses.replace(TINY, inputs=inputs, outputs=(task,), num_visible=8)
+    torch.manual_seed(0)
+    model = MultiMAE(cfg)
+    batch = batch_for(list(inputs))
+    preds, masks = model({n: batch[n] for n in inputs})
+    loss, per_task = model.forward_loss(preds, batch, masks)
+    assert set(per_task) == {task} and torch.isfinite(loss)
+    loss.backward()
+    grads = [p.grad for p in model.output_adapters[task].parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
