@@ -52,6 +52,7 @@ ASSUMPTION = (
 # labeler name -> random-weight real-size folder maker; labelers not listed (the smoke ones) need no weights
 WEIGHTS: dict[str, Callable[[Path], Path]] = {
     "omnidata-dpt-hybrid": lambda cache: real_size_folder("omnidata-dpt-hybrid", cache),
+    "omnidata-dpt-hybrid-normal": lambda cache: real_size_folder("omnidata-dpt-hybrid-normal", cache),
     "dpt-hybrid-midas": lambda cache: real_size_folder("dpt-hybrid", cache),
     "mask2former-swin-small-coco-panoptic": lambda cache: real_size_folder("m2f-swin-s", cache),
 }

@@ -22,29 +22,43 @@ import torch
 from trainer.config import DataConfig, ModelConfig, OptimConfig
 from trainer.data import Cursor, EpochPlan, ShardStream, make_loader
 from trainer.dataset import load_dataset
+from trainer.modalities import MODALITIES, used_modalities
 from trainer.model import MultiMAE
 from trainer.optim import build_optimizer
 from trainer.synthetic import write_dataset
 
 
 def random_batch(cfg: ModelConfig, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
-    s = cfg.image_size
-    return {
-        "rgb": torch.randn(batch, 3, s, s, device=device),
-        "depth": torch.randn(batch, 1, s, s, device=device),
-        "semseg": torch.randint(0, cfg.num_classes, (batch, s // 4, s // 4), device=device),
-    }
+    """Inputs of every modality the model reads, at the model's sizes (random: speed only)."""
+    out: dict[str, torch.Tensor] = {}
+    for name in used_modalities(cfg):
+        m, size = MODALITIES[name], cfg.image_size // MODALITIES[name].stride
+        if m.channels is None:
+            out[name] = torch.randint(0, cfg.num_classes, (batch, size, size), device=device)
+        else:
+            out[name] = torch.randn(batch, m.channels, size, size, device=device)
+    return out
 
 
-def train_samples_per_s(batch: int, steps: int, compile_model: bool, device: torch.device) -> dict[str, float]:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_samples_per_s(
+    batch: int, steps: int, compile_model: bool, device: torch.device, cfg: ModelConfig | None = None
+) -> dict[str, float]:
+    """Samples/s of the trainer's step (forward, forward_loss, backward, optimizer step); on CUDA in bf16
+    autocast with fused AdamW, on a CPU in fp32 (the --dry-run of benchmarks/gpu_check.py)."""
     torch.manual_seed(0)
-    model = MultiMAE(ModelConfig()).to(device)
-    optimizer = build_optimizer(model, OptimConfig(), fused=True)
+    model = MultiMAE(cfg or ModelConfig()).to(device)
+    cuda = device.type == "cuda"
+    optimizer = build_optimizer(model, OptimConfig(), fused=cuda)
     step_model = torch.compile(model) if compile_model else model
     data = random_batch(model.cfg, batch, device)
 
     def step() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
             preds, masks = step_model(data)
             loss, _ = model.forward_loss(preds, data, masks)
         loss.backward()
@@ -53,27 +67,29 @@ def train_samples_per_s(batch: int, steps: int, compile_model: bool, device: tor
 
     for _ in range(3):  # warm-up (and compilation)
         step()
-    torch.cuda.synchronize()
+    _sync(device)
     started = time.perf_counter()
     for _ in range(steps):
         step()
-    torch.cuda.synchronize()
+    _sync(device)
     elapsed = time.perf_counter() - started
     return {
         "train_samples_per_s": batch * steps / elapsed,
         "step_s": elapsed / steps,
-        "max_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30,
+        "max_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else 0.0,
     }
 
 
-def loader_samples_per_s(root: Path, workers: int, batches: int) -> float:
+def loader_samples_per_s(
+    root: Path, workers: int, batches: int, model: ModelConfig | None = None, batch_size: int = 32
+) -> float:
     info = load_dataset(root)
-    data = DataConfig(batch_size=32, workers=workers, shuffle_buffer=256)
+    data = DataConfig(batch_size=batch_size, workers=workers, shuffle_buffer=256)
     plan = EpochPlan(seed=0, epoch=0, rank=0, world=1, workers=workers, micro_batches=batches)
     stream = ShardStream(
-        info=info, data=data, model=ModelConfig(), plan=plan, cursors=[Cursor() for _ in range(workers)]
+        info=info, data=data, model=model or ModelConfig(), plan=plan, cursors=[Cursor() for _ in range(workers)]
     )
-    it = iter(make_loader(stream, workers, pin_memory=True))
+    it = iter(make_loader(stream, workers, pin_memory=torch.cuda.is_available()))
     for _ in range(workers):  # every worker has opened its shards and filled its buffer
         next(it)
     started, count = time.perf_counter(), 0

@@ -56,6 +56,10 @@ def _real_size_model(kind: str) -> Any:
     torch.manual_seed(0)
     if kind == "omnidata-dpt-hybrid":
         return DPTForDepthEstimation(dpt_hybrid_config())
+    if kind == "omnidata-dpt-hybrid-normal":
+        from labelers.dpt_normal_model import DPTForSurfaceNormals
+
+        return DPTForSurfaceNormals(dpt_hybrid_config(3))
     if kind == "dpt-hybrid":  # MiDaS v3 DPT-Hybrid: the same network, transformers' LayerNorm eps
         config = dpt_hybrid_config()
         config.layer_norm_eps = 1e-12
