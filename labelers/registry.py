@@ -9,9 +9,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from importlib import import_module
-from importlib.metadata import entry_points
 from typing import Any
 
+from labelers.plugins import load_entry_points
 from labelers.spec import Labeler, LabelerSpec
 from labelers.weights import check_weights
 
@@ -53,8 +53,7 @@ def _load_all() -> None:
     _loaded = True
     for module in _BUILTIN_MODULES:
         import_module(module)
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        ep.load()
+    load_entry_points(ENTRY_POINT_GROUP)
 
 
 def available() -> list[str]:

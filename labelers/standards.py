@@ -4,6 +4,7 @@ of the import graph: `labelers` imports nothing of `pipeline` or `trainer`).
 - `PRECISIONS`: the names of the float precisions a model may run in, and their torch dtypes.
 - `IMAGENET_MEAN` / `IMAGENET_STD`: RGB normalisation of ImageNet-trained networks (Mask2Former, MultiMAE).
 - `IGNORE_ID`: the class id of "no label" in every class map (so a class table has at most 255 classes).
+- `FACING`: the surface normal stored where none is known (a zero or non-finite vector): facing the camera.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IGNORE_ID = 255
+FACING = (0.0, 0.0, 1.0)
 
 
 def torch_dtype(precision: str) -> Any:

@@ -12,9 +12,7 @@ import torch.nn.functional as F
 
 from labelers.geometry import group_by_size
 from labelers.spec import LabelerSpec
-from labelers.standards import torch_dtype
-
-FACING = (0.0, 0.0, 1.0)  # the normal given where a network predicts none (all three channels at 0.5)
+from labelers.standards import FACING, torch_dtype
 
 
 def unit_normals(pred: torch.Tensor) -> np.ndarray:

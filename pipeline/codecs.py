@@ -22,12 +22,13 @@ import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from labelers.plugins import load_entry_points
+from labelers.standards import FACING
 from labelers.standards import IGNORE_ID as IGNORE_ID  # re-exported: the ignore id of class maps
 
 DEPTH_LEVELS = 65535
@@ -206,10 +207,13 @@ def decode_normal(data: bytes) -> np.ndarray:
 
 
 def quantize_normal(normals: np.ndarray, kind: str = "normal") -> tuple[np.ndarray, None]:
-    """float H x W x 3 unit vectors in [-1, 1] -> uint8 (v = round((n + 1) / 2 * 255)); a fixed encoding."""
+    """float H x W x 3 vectors -> unit length (a zero or non-finite one: FACING) -> uint8
+    (v = round((n + 1) / 2 * 255)); a fixed encoding, so no per-sample one."""
     if normals.ndim != 3 or normals.shape[2] != 3:
         raise ValueError(f"normals must be H x W x 3, got {normals.shape}")
     n = np.nan_to_num(normals.astype(np.float64), nan=0.0, posinf=1.0, neginf=-1.0)
+    length = np.linalg.norm(n, axis=-1, keepdims=True)
+    n = np.where(length > 1e-6, n / np.maximum(length, 1e-6), np.asarray(FACING))  # unit, or facing the camera
     return np.clip(np.rint((n + 1.0) * (NORMAL_LEVELS / 2.0)), 0, NORMAL_LEVELS).astype(np.uint8), None
 
 
@@ -318,8 +322,7 @@ def register_codec(name: str, codec: Codec) -> Codec:
 
 
 def _load_plugins() -> None:
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        ep.load()
+    load_entry_points(ENTRY_POINT_GROUP)
 
 
 def split_member(name: str) -> tuple[str, str]:

@@ -92,7 +92,7 @@ def spec_of(modality: str, table: dict[str, Any]) -> LabelerSpec:
         weights=settings.root,
         license=settings.license,
         size=32,
-        output="classes" if classes else "depth",
+        output="classes" if classes else ("depth" if modality == "depth" else "value"),
         num_classes=settings.num_classes if classes else None,
         classes=settings.classes if classes else None,
         notes=settings.notes or f"ground truth read from {settings.root}/<relative path>{settings.suffix}",

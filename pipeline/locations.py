@@ -4,8 +4,9 @@ Every path a command takes (SRC, OUT, --data, --out, --init, --recipe, --config,
 goes through `local_location` before anything is read or written. Before it, `s3://bucket/out` was taken as
 the relative folder `s3:/bucket/out` and a build "succeeded" into it. Now:
 - a plain path is returned as it is;
-- `file:///abs/path` (and `file://localhost/...`) becomes the local path;
-- any other `scheme://` is refused, naming what is wrong: an unknown protocol, a known one whose fsspec
+- `file:///abs/path` (and `file://localhost/...`, `file:/abs/path`) becomes the local path; one without a
+  path, or with a query or fragment, is refused;
+- any other `scheme://` (or `scheme:/`) is refused, naming what is wrong: an unknown protocol, a known one whose fsspec
   driver is not installed (with the package to install), or an object store these commands do not read or
   write in place yet (mount the store, e.g. with s3fs-fuse or gcsfuse, or copy the data).
 The refusal is a ValueError subclass raised before any file is touched; the command-line front ends turn it
@@ -19,7 +20,9 @@ import re
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+# `scheme:/...` (one slash is a URL too: `s3:/bucket` must not become a folder `s3:`); schemes of two or more
+# characters, so a Windows drive letter (`C:/data`) stays a path
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+):/")
 
 
 class LocationError(argparse.ArgumentTypeError, ValueError):
@@ -36,6 +39,10 @@ def _file_path(value: str) -> Path:
     parts = urlsplit(value)
     if parts.netloc not in ("", "localhost"):
         raise LocationError(f"{value!r}: a file:// URL names this machine's files; host {parts.netloc!r} is not it")
+    if parts.query or parts.fragment or "?" in value or "#" in value:
+        raise LocationError(f"{value!r}: a file:// URL with a query or fragment; write '?' as %3F and '#' as %23")
+    if not parts.path:
+        raise LocationError(f"{value!r}: a file:// URL needs a path (file:///absolute/path)")
     return Path(unquote(parts.path))
 
 

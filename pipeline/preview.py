@@ -157,13 +157,12 @@ def _legend(cols: list[_Column], samples: list[Sample], width: int) -> Image.Ima
     parts = []
     for col in cols:
         if col.kind == "value_map" and col.info is not None:
-            far = "near" if col.info.kind == "inverse_depth" else "far"
-            parts.append(
-                colorbar(
-                    f"{col.name}: {col.info.kind}, png x scale + offset per sample; 2-98 % per tile, bright = {far}",
-                    width,
-                )
-            )
+            if CODECS[BY_SUFFIX[col.member]].per_sample_encoding:
+                far = "near" if col.info.kind == "inverse_depth" else "far"
+                text = f"{col.name}: {col.info.kind}, png x scale + offset per sample; 2-98 % per tile, bright = {far}"
+            else:  # a fixed encoding (a plugin's value map): say what the manifest says it is
+                text = f"{col.name}: {col.info.encoding or col.info.kind}; 2-98 % per tile, bright = high"
+            parts.append(colorbar(text, width))
         if col.kind == "vector_map" and col.info is not None:
             parts.append(caption(f"{col.name}: unit normals as stored: R, G, B = x, y, z, [-1, 1] -> 0..255", width))
         if col.kind == "class_map" and col.info is not None:
@@ -272,6 +271,8 @@ def _value_chart(col: _Column, samples: list[Sample]) -> str:
         enc = meta.get(col.name)
         if q is not None and isinstance(enc, dict):
             values.append(dequantize_depth(q, enc)[::4, ::4].ravel())
+        elif q is not None and not CODECS[BY_SUFFIX[col.member]].per_sample_encoding:
+            values.append(np.asarray(q, dtype=np.float64)[::4, ::4].ravel())  # fixed encoding: stored values
     data = np.concatenate(values) if values else np.zeros(1)
     title = f"{col.name} ({col.info.kind if col.info else ''}): histogram of decoded values, {len(values)} samples"
     return _img(chart_png("hist", data.tolist(), [], title, "value"), title)

@@ -170,7 +170,8 @@ def test_normal_codec_round_trip_within_quantisation() -> None:
     back = dequantize_normal(decoded)
     assert float(np.abs(back - n).max()) <= 1 / 255 + 1e-6
     assert float(np.abs(np.linalg.norm(back, axis=-1) - 1).max()) <= NORMAL_LENGTH_TOLERANCE
-    assert quantize_normal(np.array([[[-1.0, 0.0, 1.0]]]))[0].tolist() == [[[0, 128, 255]]]  # Omnidata's mapping
+    omnidata = quantize_normal(np.array([[[-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]]))[0].tolist()
+    assert omnidata == [[[0, 128, 128], [128, 128, 255]]]  # Omnidata's mapping: [-1, 1] -> 0..255
 
 
 def test_normal_codec_refuses_non_rgb_and_flags_non_unit_vectors() -> None:
@@ -272,3 +273,11 @@ def test_four_modalities_build_verify_pretrain_resume(tmp_path: Path) -> None:
     assert [m["step"] for m in metrics] == list(range(6, 11)) and all(
         np.isfinite(m["losses"]["normal"]) for m in metrics
     )
+
+
+def test_stored_normals_are_unit_or_facing() -> None:
+    n = np.array([[[0.0, 0.0, 0.0], [np.nan, 1.0, 0.0], [0.0, 3.0, 4.0]]], np.float32)
+    back = dequantize_normal(quantize_normal(n)[0])
+    np.testing.assert_allclose(back[0, 0], FACING, atol=1.01 / 255)  # no direction: facing the camera
+    np.testing.assert_allclose(back[0, 2], [0.0, 0.6, 0.8], atol=1.01 / 255)  # scaled to unit length
+    assert CODECS["normal"].check(quantize_normal(n)[0]) is None

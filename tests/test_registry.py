@@ -119,3 +119,44 @@ def test_every_task_predicts_and_trains(task: str) -> None:
     loss.backward()
     grads = [p.grad for p in model.output_adapters[task].parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_registering_refuses_clashes_and_incomplete_entries() -> None:
+    from pipeline.codecs import register_codec
+    from trainer.modalities import Task, register_modality, register_task
+
+    depth = CODECS["depth"]
+    with pytest.raises(ValueError, match="registered twice"):
+        register_codec("depth", dataclasses.replace(depth))
+    with pytest.raises(ValueError, match="already codec 'depth'"):
+        register_codec("depth-copy", dataclasses.replace(depth))
+    with pytest.raises(ValueError, match="needs `quantize`"):
+        register_codec("bare", dataclasses.replace(depth, suffix="bare.png", quantize=None))
+    with pytest.raises(ValueError, match="not a registered map codec"):
+        register_modality(dataclasses.replace(MODALITIES["depth"], name="orphan", codec="no-such-codec"))
+    with pytest.raises(ValueError, match="not a registered modality"):
+        register_task(Task(name="orphan", source="no-such-modality", loss=TASKS["depth"].loss))
+    assert "bare" not in CODECS and "orphan" not in MODALITIES and "orphan" not in TASKS
+
+
+def test_a_failing_plugin_is_named() -> None:
+    from importlib.metadata import EntryPoint
+
+    from labelers import plugins
+
+    broken = EntryPoint(name="broken", value="no_such_plugin_module", group="multimae_forge.codecs")
+    original = plugins.entry_points
+    plugins.entry_points = lambda group: [broken] if group == broken.group else []  # type: ignore[assignment]
+    try:
+        with pytest.raises(plugins.PluginError, match=r"broken = no_such_plugin_module .*ModuleNotFoundError"):
+            plugins.load_entry_points("multimae_forge.codecs")
+    finally:
+        plugins.entry_points = original
+
+
+def test_mirror_signs_apply_to_integer_tensors_too() -> None:
+    from trainer.augment import resample
+
+    x = torch.full((3, 4, 4), 7, dtype=torch.uint8)
+    out = resample(x, Crop(top=0, left=0, height=4, width=4, flip=True), 4, "nearest-exact", (-1.0, 1.0, 1.0))
+    assert out.dtype == torch.float32 and out[0].eq(-7).all() and out[1:].eq(7).all()

@@ -75,7 +75,9 @@ def resample(x: Tensor, crop: Crop, size: int, mode: str, mirror: tuple[float, .
     if not crop.flip:
         return x
     x = torch.flip(x, dims=[-1])
-    return x if mirror is None else x * torch.tensor(mirror, dtype=x.dtype).view(-1, 1, 1)
+    if mirror is None:
+        return x
+    return x.float() * torch.tensor(mirror, dtype=torch.float32).view(-1, 1, 1)  # signs need a signed type
 
 
 def augment(arrays: Mapping[str, np.ndarray], crop: Crop, image_size: int) -> dict[str, Tensor]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from labelers.plugins import load_entry_points
 from labelers.standards import IMAGENET_MEAN, IMAGENET_STD
 from trainer import losses
 from trainer.adapters import ClassMapInputAdapter, PatchInputAdapter
@@ -215,8 +215,7 @@ def used_modalities(cfg: ModelConfig) -> tuple[str, ...]:
 
 
 def _load_plugins() -> None:
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        ep.load()
+    load_entry_points(ENTRY_POINT_GROUP)
 
 
 _load_plugins()
