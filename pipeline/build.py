@@ -1,4 +1,10 @@
-"""`build-dataset`: plan (or resume a plan), run the shards on a distributor, write the dataset files."""
+"""`build-dataset`: plan (or resume a plan), run the shards on a distributor, write the dataset files.
+
+An object-store OUT (`s3://bucket/out`) is built through a local stage folder that first mirrors the store's
+documents (`pipeline.stores.mirror`; shards are listed, not downloaded), so ownership, resume and the plan
+work exactly as for a folder. Each document is published after it is written in the stage (the plan's
+entries before its header, the manifest last); workers publish their shards themselves (`pipeline.sink`).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ from pathlib import Path
 
 from labelers import check_labeler
 from labelers.weights import WeightsUnavailableError
-from pipeline import fs, ownership
+from pipeline import fs, ownership, stores
 from pipeline.config import BuildConfig, ConfigError
 from pipeline.contract import DatasetPaths, DocumentError, Manifest, ShardStats, read_stats
 from pipeline.dataset_files import write_dataset_files
@@ -21,7 +27,7 @@ from pipeline.shard import ShardContext
 
 @dataclass(frozen=True)
 class BuildResult:
-    out: Path
+    out: stores.Location
     manifest: Manifest
     seconds: float
     images_this_run: int
@@ -32,9 +38,17 @@ class BuildResult:
 
 
 def _check_source(cfg: BuildConfig) -> None:
-    if not cfg.src.is_dir():
+    if stores.is_url(cfg.src) or stores.is_url(cfg.out):
+        src_url, out_url = str(cfg.src).rstrip("/"), str(cfg.out).rstrip("/")
+        if out_url == src_url or out_url.startswith(src_url + "/"):
+            raise ConfigError(f"output {cfg.out} must not be inside the source {cfg.src}")
+        if stores.is_url(cfg.src) and any(is_files(s) for s in cfg.recipe.labelers):
+            raise ConfigError("label files (labeler 'files') are read from a local source folder, not from a store")
+        return
+    src, out = Path(cfg.src), Path(cfg.out)
+    if not src.is_dir():
         raise ConfigError(f"source folder {cfg.src} does not exist or is not a folder")
-    if cfg.out.resolve() == cfg.src.resolve() or cfg.src.resolve() in cfg.out.resolve().parents:
+    if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
         raise ConfigError(f"output {cfg.out} must not be inside the source folder {cfg.src}")
 
 
@@ -43,7 +57,7 @@ def _check_weights(cfg: BuildConfig) -> None:
     remote cluster: its workers load them)."""
     for spec in cfg.recipe.labelers:
         if is_files(spec):
-            check_root(spec, cfg.src)
+            check_root(spec, Path(cfg.src))
             continue
         if cfg.address:
             continue
@@ -71,33 +85,66 @@ def _resume_plan(cfg: BuildConfig, paths: DatasetPaths) -> Plan | None:
     return plan
 
 
-def _new_plan(cfg: BuildConfig, paths: DatasetPaths) -> Plan:
+class _Publish:
+    """Publishes the driver's documents to an object-store OUT (does nothing for a local OUT)."""
+
+    def __init__(self, paths: DatasetPaths, store: stores.Store | None, listing: dict[str, stores.Entry]) -> None:
+        self.paths, self.store, self.listing = paths, store, listing
+
+    def files(self, *files: Path) -> None:
+        if self.store is not None:
+            for path in files:
+                self.store.put_file(path, self.paths.rel(path))
+
+    def plan(self, plan: Plan) -> None:
+        entries = [self.paths.plan_entries(s.name) for s in plan.shards]
+        self.files(*entries, self.paths.plan_header)  # the header last: its presence means a whole plan
+
+    def remove_dataset(self, named: set[Path]) -> None:
+        """`--overwrite` on a store: remove the objects the old documents name (the marker stays)."""
+        if self.store is not None:
+            rels = {self.paths.rel(p) for p in named} - {self.paths.rel(self.paths.marker)}
+            self.store.remove(sorted(r for r in rels if r in self.listing))
+            self.listing = {r: e for r, e in self.listing.items() if r not in rels}
+
+    def tar_size(self, shard: str) -> int | None:
+        tar = self.paths.shard_tar(shard)
+        if self.store is not None:
+            entry = self.listing.get(self.paths.rel(tar))
+            return entry.size if entry is not None else None
+        return tar.stat().st_size if tar.is_file() else None
+
+
+def _new_plan(cfg: BuildConfig, paths: DatasetPaths, publish: _Publish) -> Plan:
     """Walk the source into a new plan; only then (it may fail) is an earlier build removed and OUT marked."""
     plan = make_plan(cfg.src, cfg.recipe.source, cfg.recipe.shards.size, cfg.recipe.fingerprint())
     if plan.num_inputs == 0:
         raise ConfigError(f"no images found under {cfg.src} (extensions: {' '.join(cfg.recipe.source.extensions)})")
     if cfg.overwrite:
+        publish.remove_dataset(ownership.named_files(paths))
         ownership.remove_dataset(paths)
     ownership.claim(paths)
+    publish.files(paths.marker)
     paths.shards_dir.mkdir(exist_ok=True)
     save_plan(plan, paths)
+    publish.plan(plan)
     return plan
 
 
-def _completed(paths: DatasetPaths, plan: Plan) -> dict[str, ShardStats]:
+def _completed(paths: DatasetPaths, plan: Plan, publish: _Publish) -> dict[str, ShardStats]:
     """Stats of the shards a previous run finished: a valid marker of this plan, the tar's size matches it,
     and no image failed in labelling (that may have been the labeller's fault, so a rerun tries it again)."""
     done = {}
     for shard in plan.shards:
-        tar = paths.shard_tar(shard.name)
-        if not (paths.shard_stats(shard.name).is_file() and tar.is_file()):
+        size = publish.tar_size(shard.name)
+        if not paths.shard_stats(shard.name).is_file() or size is None:
             continue
         try:
             stats = read_stats(paths, shard.name)
         except DocumentError:
             continue  # redone: the sink replaces the tar, then the marker
         retry = any(f.stage == "label" for f in stats.failures)
-        if stats.bytes == tar.stat().st_size and stats.plan_id == plan.plan_id and not retry:
+        if stats.bytes == size and stats.plan_id == plan.plan_id and not retry:
             done[shard.name] = stats
     return done
 
@@ -105,8 +152,8 @@ def _completed(paths: DatasetPaths, plan: Plan) -> dict[str, ShardStats]:
 def _context(cfg: BuildConfig, plan: Plan) -> ShardContext:
     r = cfg.recipe
     return ShardContext(
-        src=str(cfg.src.resolve()),
-        out=str(cfg.out.resolve()),
+        src=str(cfg.src) if stores.is_url(cfg.src) else str(Path(cfg.src).resolve()),
+        out=str(cfg.out) if stores.is_url(cfg.out) else str(Path(cfg.out).resolve()),
         classes=plan.classes,
         image=r.image,
         encoding=r.encoding,
@@ -129,28 +176,49 @@ def _run(cfg: BuildConfig, todo: list[ShardSpec], ctx: ShardContext, cb: Callbac
 def build_dataset(cfg: BuildConfig) -> BuildResult:
     """Build (or finish building) the dataset `cfg` describes. Raises ConfigError on bad input, before
     anything in OUT is changed."""
-    paths = DatasetPaths(cfg.out)
     _check_source(cfg)
+    if stores.is_url(cfg.out):
+        return _build_in_store(cfg)
+    out = Path(cfg.out)
+    paths = DatasetPaths(out)
     ownership.check_ownership(paths)
     _check_weights(cfg)
-    created = not cfg.out.exists()
+    created = not out.exists()
     ownership.create_folder(paths)
     try:
         with ownership.BuildLock(paths):
             ownership.check_ownership(paths)  # again, now that no other build can change OUT
-            return _build(cfg, paths)
+            return _build(cfg, paths, _Publish(paths, None, {}))
     except ConfigError:
-        if created and cfg.out.is_dir() and not any(cfg.out.iterdir()):
-            cfg.out.rmdir()
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
         raise
 
 
-def _build(cfg: BuildConfig, paths: DatasetPaths) -> BuildResult:
+def _build_in_store(cfg: BuildConfig) -> BuildResult:
+    """Build into an object store through this machine's stage folder of OUT (one build per OUT and machine:
+    the stage's lock; builds of one OUT from two machines at once are not detected)."""
+    store = stores.open_store(str(cfg.out))
+    _check_weights(cfg)
+    stage = stores.stage_dir(store.url, "datasets")
+    stage.mkdir(parents=True, exist_ok=True)
+    paths = DatasetPaths(stage / "dataset")
+    with ownership.BuildLock(DatasetPaths(stage)):
+        try:
+            listing = stores.mirror(store, paths.root, skip_suffix=".tar")
+        except OSError as err:
+            raise ConfigError(f"cannot read {cfg.out}: {err}") from None
+        ownership.check_listed(paths, listing, str(cfg.out))
+        ownership.check_ownership(paths)
+        return _build(cfg, paths, _Publish(paths, store, listing))
+
+
+def _build(cfg: BuildConfig, paths: DatasetPaths, publish: _Publish) -> BuildResult:
     started = time.perf_counter()
-    plan = _resume_plan(cfg, paths) or _new_plan(cfg, paths)
+    plan = _resume_plan(cfg, paths) or _new_plan(cfg, paths, publish)
     for folder in (paths.root, paths.plan_dir, paths.shards_dir):
         fs.remove_temps(folder)
-    stats = _completed(paths, plan)
+    stats = _completed(paths, plan, publish)
     todo = [s for s in plan.shards if s.name not in stats]
     done_images = sum(len(s.entries) for s in plan.shards if s.name in stats)
     bar = BuildProgress(
@@ -175,6 +243,7 @@ def _build(cfg: BuildConfig, paths: DatasetPaths) -> BuildResult:
     finally:
         bar.close()
     manifest = write_dataset_files(paths, plan, cfg.recipe, stats, failed)
+    publish.files(paths.index, paths.wids_index, paths.manifest)
     return BuildResult(cfg.out, manifest, time.perf_counter() - started, plan.num_inputs - done_images)
 
 

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from pipeline.locations import local_location
+from pipeline.stores import location
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -34,17 +35,19 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 @app.command("build-dataset")
 def build_dataset_cmd(
     src: Annotated[
-        Path,
+        str,
         typer.Argument(
-            parser=local_location, metavar="SRC", help="Folder of RGB images (class folders, nested or flat)."
+            parser=location,
+            metavar="SRC",
+            help="Folder or store prefix (s3://, gs://, ...) of RGB images (class folders, nested or flat).",
         ),
     ],
     out: Annotated[
-        Path,
+        str,
         typer.Argument(
-            parser=local_location,
+            parser=location,
             metavar="OUT",
-            help="Output dataset folder (shards/, plan/, manifest.json, index.json).",
+            help="Output dataset folder or store prefix (shards/, plan/, manifest.json, index.json).",
         ),
     ],
     recipe: Annotated[
@@ -74,7 +77,13 @@ def build_dataset_cmd(
             raise ConfigError(f"--executor must be 'ray' or 'local', got {executor!r}")
         resolved = with_overrides(load_recipe(recipe), shard_size=shard_size, batch_size=batch_size, split=split)
         cfg = BuildConfig(
-            src=src, out=out, recipe=resolved, overwrite=overwrite, address=address, executor=executor, quiet=quiet
+            src=location(src),
+            out=location(out),
+            recipe=resolved,
+            overwrite=overwrite,
+            address=address,
+            executor=executor,
+            quiet=quiet,
         )
         typer.echo(describe(cfg), err=True)
         result = build_dataset(cfg)
@@ -88,7 +97,8 @@ def build_dataset_cmd(
 @app.command("verify")
 def verify_cmd(
     out: Annotated[
-        Path, typer.Argument(parser=local_location, metavar="OUT", help="Dataset folder written by build-dataset.")
+        str,
+        typer.Argument(parser=location, metavar="OUT", help="Dataset folder or store prefix written by build-dataset."),
     ],
     deep: Annotated[
         bool, typer.Option(help="Also decode every member: pixel formats, sizes, class ids, json fields.")
@@ -106,7 +116,9 @@ def verify_cmd(
     from pipeline.verify import NotADatasetError, VerifyConfig, summary, verify_dataset
 
     try:
-        report = verify_dataset(VerifyConfig(out=out, deep=deep, workers=workers, json_path=json_path, quiet=quiet))
+        report = verify_dataset(
+            VerifyConfig(out=location(out), deep=deep, workers=workers, json_path=json_path, quiet=quiet)
+        )
     except NotADatasetError as err:
         raise fail(str(err)) from None
     typer.echo(summary(report))
@@ -150,17 +162,19 @@ def preview_cmd(
 @app.command("pretrain")
 def pretrain_cmd(
     data: Annotated[
-        Path,
+        str,
         typer.Option(
-            parser=local_location, help="Dataset folder from build-dataset (index.json, manifest.json, shards/)."
+            parser=location,
+            metavar="LOCATION",
+            help="Dataset folder or store prefix from build-dataset (index.json, manifest.json, shards/).",
         ),
     ],
     out: Annotated[
-        Path,
+        str,
         typer.Option(
-            parser=local_location,
-            metavar="PATH",
-            help="Run folder: checkpoints, metrics.jsonl, config.json, timm export.",
+            parser=location,
+            metavar="LOCATION",
+            help="Run folder or store prefix: checkpoints, metrics.jsonl, config.json, timm export.",
         ),
     ],
     config: Annotated[
@@ -199,7 +213,9 @@ def pretrain_cmd(
             tensorboard=tensorboard,
             wandb=wandb,
         )
-        options = RunOptions(data=data, out=out, resume=resume, device=device, allow_defects=allow_defects)
+        options = RunOptions(
+            data=location(data), out=location(out), resume=resume, device=device, allow_defects=allow_defects
+        )
         result = pretrain(cfg, options)
     except USER_ERRORS as err:
         raise fail(str(err)) from None

@@ -18,6 +18,7 @@ from labelers.standards import PRECISIONS
 from pipeline import label_files
 from pipeline.codecs import CODECS
 from pipeline.schema import ConfigError, load, problems_of, read_toml, setting, to_plain
+from pipeline.stores import Location
 
 __all__ = ["BuildConfig", "ConfigError", "Recipe", "load_recipe", "recipe_from_dict", "to_dict", "with_overrides"]
 
@@ -206,8 +207,8 @@ def with_overrides(
 
 @dataclass(frozen=True, kw_only=True)
 class BuildConfig:
-    src: Path
-    out: Path
+    src: Location  # a folder or a store prefix (pipeline.stores)
+    out: Location
     recipe: Recipe
     overwrite: bool = False
     address: str | None = None

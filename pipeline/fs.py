@@ -1,5 +1,5 @@
-"""Every filesystem touch of the builder, the verifier and the dataset reader goes through here (local
-paths today; fsspec URLs next).
+"""Every local filesystem touch of the builder, the verifier and the dataset reader goes through here (object
+stores: `pipeline.stores`, which publishes files made here).
 
 Publishing is atomic: write to a hidden temp file (or folder) beside the target, fsync, rename, fsync the
 folder. Temp names are `.{name}.tmp-{pid}-{hex}`: only this module makes them, and only it removes them.
@@ -85,8 +85,13 @@ def write_bytes_atomic(final: Path, data: bytes) -> None:
         f.write(data)
 
 
+def json_bytes(value: Any) -> bytes:
+    """The one spelling of a JSON document on disk or in a store: sorted keys, indented, newline-terminated."""
+    return (json.dumps(value, indent=1, sort_keys=True) + "\n").encode()
+
+
 def write_json_atomic(final: Path, value: Any) -> None:
-    write_bytes_atomic(final, (json.dumps(value, indent=1, sort_keys=True) + "\n").encode())
+    write_bytes_atomic(final, json_bytes(value))
 
 
 def read_json(path: Path) -> Any:

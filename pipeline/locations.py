@@ -46,8 +46,9 @@ def _file_path(value: str) -> Path:
     return Path(unquote(parts.path))
 
 
-def _protocol_problem(scheme: str) -> str:
-    """Why `scheme://` cannot be used here, in the words a user can act on."""
+def protocol_problem(scheme: str, *, in_place: bool = False) -> str | None:
+    """Why `scheme://` cannot be used here, in the words a user can act on (None: an installed fsspec
+    protocol, and `in_place` says the caller reads and writes stores)."""
     try:
         from fsspec.registry import get_filesystem_class, known_implementations, registry
     except ImportError:  # fsspec absent: no protocol at all is known
@@ -59,9 +60,11 @@ def _protocol_problem(scheme: str) -> str:
     except ImportError:
         hint = known_implementations.get(scheme, {}).get("err") or f"install the fsspec driver for {scheme}://"
         return f"the {scheme}:// protocol is not installed here ({hint})"
+    if in_place:
+        return None
     return (
-        f"{scheme}:// locations are not read or written in place yet; mount the store as a folder "
-        "(s3fs-fuse, gcsfuse, rclone mount) or copy the data, and pass the local path"
+        f"this option takes a local path, not a {scheme}:// location; copy the file here (or mount the store "
+        "with s3fs-fuse, gcsfuse or rclone mount) and pass the local path"
     )
 
 
@@ -74,7 +77,7 @@ def local_location(value: str | Path) -> Path:
         return Path(value)
     if scheme == "file":
         return _file_path(value)
-    raise LocationError(f"{value!r}: {_protocol_problem(scheme)}")
+    raise LocationError(f"{value!r}: {protocol_problem(scheme)}")
 
 
 def optional_location(value: str | Path | None) -> Path | None:

@@ -21,6 +21,7 @@ import os
 import socket
 import stat
 import sys
+from collections.abc import Collection
 from pathlib import Path
 from types import TracebackType
 
@@ -30,6 +31,29 @@ from pipeline.schema import ConfigError
 
 log = logging.getLogger(__name__)
 _MAX_LISTED = 5
+
+
+def named_files(paths: DatasetPaths) -> set[Path]:
+    """The files the dataset's documents name (ConfigError when the plan header cannot be read)."""
+    return _named(paths)
+
+
+def check_listed(paths: DatasetPaths, listing: Collection[str], where: str) -> None:
+    """An object-store OUT: refuse (ConfigError) objects its documents do not name. `paths` is the stage
+    that mirrors the store's documents; the listing holds every object, shards included."""
+    named = {paths.rel(p) for p in _named(paths)}
+    foreign = sorted(rel for rel in listing if rel not in named)
+    if foreign and paths.rel(paths.marker) not in listing:
+        raise ConfigError(
+            f"output {where} is not empty and has no {paths.marker.name} marker, so it is not a dataset written "
+            f"by this version ({', '.join(foreign[:_MAX_LISTED])}); choose a new or empty prefix"
+        )
+    if foreign:
+        more = f" and {len(foreign) - _MAX_LISTED} more" if len(foreign) > _MAX_LISTED else ""
+        raise ConfigError(
+            f"output {where} holds objects this dataset did not write: {', '.join(foreign[:_MAX_LISTED])}{more}; "
+            "nothing was changed (move them away, or choose another prefix)"
+        )
 
 
 def _named(paths: DatasetPaths) -> set[Path]:

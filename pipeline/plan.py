@@ -11,9 +11,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import contract, fs
+from pipeline import contract, fs, stores
 from pipeline.config import ConfigError, SourceConfig
 from pipeline.contract import DatasetPaths, PlanEntries, PlanHeader, PlanShard
+
+Found = list[tuple[str, int, int | str]]  # (relative path, size, mtime_ns or the store's object version)
 
 
 @dataclass(frozen=True)
@@ -77,12 +79,33 @@ def _unreadable(err: OSError) -> None:
     raise ConfigError(f"cannot read folder {err.filename}: {err.strerror}")
 
 
-def walk_images(root: Path, extensions: tuple[str, ...]) -> list[tuple[str, int, int]]:
+def walk_source(src: stores.Location | Path, extensions: tuple[str, ...]) -> Found:
+    """Every image of a source folder or store prefix, sorted by relative path."""
+    if stores.is_url(src):
+        return walk_store(stores.open_store(str(src)), extensions)
+    return walk_images(Path(src), extensions)
+
+
+def walk_store(store: stores.Store, extensions: tuple[str, ...]) -> Found:
+    """(relative key, size, version) of every image below a store prefix, with the same rules as a folder:
+    case-insensitive extensions, hidden and `._*` names (at any depth) skipped."""
+    exts = {e.lower() for e in extensions}
+    found: Found = []
+    for rel, entry in store.listing().items():
+        parts = rel.split("/")
+        if any(_skip(p) for p in parts) or os.path.splitext(parts[-1])[1].lower() not in exts:
+            continue
+        found.append((rel, entry.size, entry.version))
+    found.sort()
+    return found
+
+
+def walk_images(root: Path, extensions: tuple[str, ...]) -> Found:
     """(relative path, size, mtime_ns) of every image under root: case-insensitive extensions, hidden and
     `._*` files skipped, symlinked folders followed once (loops cut by device+inode)."""
     exts = {e.lower() for e in extensions}
     seen: set[tuple[int, int]] = set()
-    found: list[tuple[str, int, int]] = []
+    found: Found = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=_unreadable):
         st = os.stat(dirpath)
         if (st.st_dev, st.st_ino) in seen:
@@ -103,14 +126,14 @@ def walk_images(root: Path, extensions: tuple[str, ...]) -> list[tuple[str, int,
     return found
 
 
-def fingerprint(files: list[tuple[str, int, int]]) -> str:
+def fingerprint(files: Found) -> str:
     h = hashlib.sha256()
     for rel, size, mtime in files:
         h.update(f"{rel}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
 
-def class_names(files: list[tuple[str, int, int]], root: Path, mode: str) -> tuple[str, ...] | None:
+def class_names(files: Found, root: stores.Location | Path, mode: str) -> tuple[str, ...] | None:
     """Sorted class folder names (ImageNet layout: every image exactly one folder deep), else None."""
     depths = {rel.count("/") for rel, _, _ in files}
     layout_ok = depths == {1}
@@ -121,8 +144,8 @@ def class_names(files: list[tuple[str, int, int]], root: Path, mode: str) -> tup
     return tuple(sorted({rel.split("/", 1)[0] for rel, _, _ in files}))
 
 
-def make_plan(root: Path, source: SourceConfig, shard_size: int, recipe_fingerprint: str) -> Plan:
-    files = walk_images(root, source.extensions)
+def make_plan(root: stores.Location | Path, source: SourceConfig, shard_size: int, recipe_fingerprint: str) -> Plan:
+    files = walk_source(root, source.extensions)
     classes = class_names(files, root, source.class_folders)
     ids = {name: i for i, name in enumerate(classes or ())}
     entries = [Entry(rel, ids[rel.split("/", 1)[0]] if classes else None) for rel, _, _ in files]
@@ -133,8 +156,8 @@ def make_plan(root: Path, source: SourceConfig, shard_size: int, recipe_fingerpr
     return Plan(source.split, str(root), fingerprint(files), recipe_fingerprint, classes, shards)
 
 
-def source_fingerprint(root: Path, source: SourceConfig) -> str:
-    return fingerprint(walk_images(root, source.extensions))
+def source_fingerprint(root: stores.Location | Path, source: SourceConfig) -> str:
+    return fingerprint(walk_source(root, source.extensions))
 
 
 def save_plan(plan: Plan, paths: DatasetPaths) -> None:

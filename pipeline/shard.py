@@ -6,9 +6,11 @@ batch overlaps labelling of the current one. One bad image is a recorded failure
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ import numpy as np
 
 from labelers import LabelerSpec
 from labelers.classes import palette_for
-from pipeline import contract
+from pipeline import contract, stores
 from pipeline.codecs import CODECS, IGNORE_ID, EncodeOptions, encode_cls, encode_json
 from pipeline.config import EncodingConfig, ImageConfig
 from pipeline.contract import DatasetPaths, Failure, ShardStats, sample_key
@@ -76,7 +78,7 @@ def _read(
     limits = dict(max_bytes=ctx.image.max_file_bytes, max_pixels=ctx.image.max_pixels)
     for pos, entry in entries:
         try:
-            data = read_source(Path(ctx.src) / entry.path, **limits)
+            data = read_source(stores.join(ctx.src, entry.path), **limits)
             img = decode_image(
                 data, max_pixels=ctx.image.max_pixels, max_side=ctx.image.max_side, jpeg_quality=ctx.image.jpeg_quality
             )
@@ -210,15 +212,33 @@ def process_shard(
     """Build one shard and publish it atomically; returns the stats that were written beside it.
 
     `isolate` (the last attempt): images that fail labelling are recorded one by one instead of failing the
-    shard. A source or output folder this worker cannot see fails the shard, never its images.
+    shard. A source or output folder this worker cannot see fails the shard, never its images. An object-store
+    OUT is written through a local temp folder of this worker: nothing of it needs to be shared.
     """
-    paths = DatasetPaths(Path(ctx.out))
-    for folder in (Path(ctx.src), paths.shards_dir):
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{folder} is not visible on this worker (a cluster needs a shared filesystem)")
+    with ExitStack() as stack:
+        store = stores.open_store(ctx.out) if stores.is_url(ctx.out) else None
+        staged = store is not None
+        out = stack.enter_context(tempfile.TemporaryDirectory(prefix="mmforge-shard-")) if staged else ctx.out
+        paths = DatasetPaths(Path(out))
+        if store is not None:
+            paths.shards_dir.mkdir()
+        for folder in ([] if stores.is_url(ctx.src) else [Path(ctx.src)]) + [paths.shards_dir]:
+            if not folder.is_dir():
+                raise FileNotFoundError(f"{folder} is not visible on this worker (a cluster needs a shared filesystem)")
+        return _process(shard, ctx, submit, progress, isolate, ShardSink(paths, shard.name, store))
+
+
+def _process(
+    shard: ShardSpec,
+    ctx: ShardContext,
+    submit: Submit,
+    progress: Callable[[int], None] | None,
+    isolate: bool,
+    sink: ShardSink,
+) -> ShardStats:
     tally, started = _Tally(isolate=isolate), time.perf_counter()
     indexed = list(enumerate(shard.entries))
-    with ShardSink(paths, shard.name) as sink:
+    with sink:
         previous: tuple[list[Any], Callable[[], Labels] | None, int] | None = None
         for start in range(0, len(indexed), ctx.batch_size):
             chunk = indexed[start : start + ctx.batch_size]

@@ -17,7 +17,8 @@ from types import TracebackType
 from typing import IO
 
 from pipeline import fs
-from pipeline.contract import DatasetPaths, ShardStats, write_doc
+from pipeline.contract import DatasetPaths, ShardStats, doc_bytes, write_doc
+from pipeline.stores import Store
 
 FIXED_MTIME = 946684800  # 2000-01-01T00:00:00Z: the same input gives byte-identical shards
 
@@ -40,8 +41,8 @@ class _HashingFile:
 class ShardSink:
     """`with ShardSink(paths, name) as sink: sink.add(key, members)`; then `sink.mark_done(stats)`."""
 
-    def __init__(self, paths: DatasetPaths, shard: str) -> None:
-        self.paths, self.shard = paths, shard
+    def __init__(self, paths: DatasetPaths, shard: str, store: Store | None = None) -> None:
+        self.paths, self.shard, self.store = paths, shard, store
         self.samples, self.bytes, self.sha256 = 0, 0, ""
         self._stack = ExitStack()
         self._published = False
@@ -72,11 +73,21 @@ class ShardSink:
         except BaseException as close_err:
             self._stack.__exit__(type(close_err), close_err, close_err.__traceback__)  # the temp file goes
             raise
-        self._published = kind is None
         self._stack.__exit__(kind, err, tb)  # publishes on success, removes the temp file otherwise
+        if kind is None and self.store is not None:
+            tar = self.paths.shard_tar(self.shard)
+            try:
+                self.store.put_file(tar, self.paths.rel(tar))
+            finally:
+                tar.unlink(missing_ok=True)
+        self._published = kind is None
 
     def mark_done(self, stats: ShardStats) -> None:
         """Write the stats marker of the published shard; its bytes and sha256 must be the sink's."""
         if not self._published or (stats.bytes, stats.sha256) != (self.bytes, self.sha256):
             raise RuntimeError(f"shard {self.shard}: stats marker for a shard that was not published as described")
-        write_doc(self.paths.shard_stats(self.shard), stats)
+        marker = self.paths.shard_stats(self.shard)
+        if self.store is not None:
+            self.store.put_bytes(self.paths.rel(marker), doc_bytes(stats))
+        else:
+            write_doc(marker, stats)

@@ -29,6 +29,7 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -36,9 +37,11 @@ from typing import Any
 
 from tqdm import tqdm
 
+from pipeline import stores
 from pipeline.codecs import BY_SUFFIX, CODECS, IGNORE_ID
 from pipeline.contract import url_problem
 from pipeline.schema import to_plain
+from pipeline.stores import Location
 from pipeline.verify_docs import DatasetDocs, NotADatasetError, check_documents
 from pipeline.verify_sample import Defect, MapSpec
 from pipeline.verify_shard import ShardExpect, ShardResult, check_shard
@@ -50,7 +53,7 @@ _POOL_MIN_SAMPLES = 500  # below this, auto workers verify in-process (a process
 
 @dataclass(frozen=True, kw_only=True)
 class VerifyConfig:
-    out: Path
+    out: Location  # a dataset folder or store prefix
     deep: bool = False
     workers: int = 0  # 0: auto (one process per CPU and shard; none when small); 1: in this process
     json_path: Path | None = None  # also write the complete report here
@@ -132,7 +135,7 @@ def _expects(docs: DatasetDocs, deep: bool) -> list[ShardExpect]:
         expects.append(
             ShardExpect(
                 name=shard,
-                path=str(docs.paths.shard_tar(shard)),
+                path=docs.shard_location(shard),
                 members=members,
                 maps=maps,
                 classes=docs.classes,
@@ -226,7 +229,10 @@ def _failures(docs: DatasetDocs) -> list[dict[str, Any]]:
 
 def _report(docs: DatasetDocs, results: list[ShardResult], cfg: VerifyConfig) -> VerifyReport:
     report = VerifyReport(
-        out=str(docs.paths.root), deep=cfg.deep, shards_expected=len(docs.planned), shards_checked=len(results)
+        out=docs.base or str(docs.paths.root),
+        deep=cfg.deep,
+        shards_expected=len(docs.planned),
+        shards_checked=len(results),
     )
     report.defects = list(docs.defects)
     for r in results:
@@ -253,7 +259,16 @@ def _expected_samples(docs: DatasetDocs) -> int:
 def verify_dataset(cfg: VerifyConfig) -> VerifyReport:
     """Check the dataset in `cfg.out`. Raises NotADatasetError when there is no dataset to check."""
     started = time.perf_counter()
-    docs = check_documents(cfg.out)
+    with ExitStack() as stack:
+        if stores.is_url(cfg.out):
+            stage, listed = stack.enter_context(stores.staged_documents(str(cfg.out)))
+            docs = check_documents(stage, str(cfg.out), listed)
+        else:
+            docs = check_documents(Path(cfg.out))
+        return _verify(cfg, docs, started)
+
+
+def _verify(cfg: VerifyConfig, docs: DatasetDocs, started: float) -> VerifyReport:
     expects = _expects(docs, cfg.deep)
     total = _expected_samples(docs)
     workers = _workers(cfg, len(expects), total)

@@ -5,6 +5,9 @@ trainer runs it before training and refuses a dataset it finds defects in.
 Trusts nothing but the plan: every index url must be this dataset's own shard inside OUT; plan header,
 stats markers, index, wids index and manifest must name the same plan (`plan_id`, fingerprints, classes,
 counts); a document that does not parse or validate is a `bad_document` defect, never a traceback.
+
+A dataset on an object store is checked on a local copy of its documents (`pipeline.stores.mirror`); its
+shards are not downloaded but taken from the store's listing (`DatasetDocs.listed`: name and size of each).
 """
 
 from __future__ import annotations
@@ -52,6 +55,18 @@ class DatasetDocs:
     stats: dict[str, ShardStats] = field(default_factory=dict)
     present: list[str] = field(default_factory=list)  # planned shards whose tar is present
     defects: list[Defect] = field(default_factory=list)
+    base: str = ""  # a store dataset's URL (its documents are a local copy in `paths.root`)
+    listed: dict[str, int] = field(default_factory=dict)  # store objects not copied (shards/*.tar): name -> size
+
+    def shard_location(self, shard: str) -> str:
+        """Where a shard's bytes are read: the local tar, or the store object."""
+        if self.base:
+            return f"{self.base}/{self.paths.url(shard)}"
+        return str(self.paths.shard_tar(shard))
+
+    def shard_size(self, shard: str) -> int:
+        rel = self.paths.url(shard)
+        return self.listed[rel] if rel in self.listed else self.paths.shard_tar(shard).stat().st_size
 
     @property
     def planned(self) -> dict[str, int | None]:
@@ -86,16 +101,17 @@ def _read(docs: DatasetDocs, cls: type[T], path: Path) -> T | None:
         return None
 
 
-def open_dataset(out: Path) -> DatasetDocs:
-    """Read the dataset-level documents; NotADatasetError when OUT holds no dataset at all."""
-    paths = DatasetPaths(Path(out))
+def open_dataset(out: Path, base: str = "", listed: dict[str, int] | None = None) -> DatasetDocs:
+    """Read the dataset-level documents; NotADatasetError when OUT holds no dataset at all. `base` and
+    `listed`: OUT is the local copy of the documents of the store dataset `base` (see DatasetDocs)."""
+    paths, where = DatasetPaths(Path(out)), base or out
     if not paths.root.is_dir():
-        raise NotADatasetError(f"{out} does not exist or is not a folder")
+        raise NotADatasetError(f"{where} does not exist or is not a folder")
     if not any(p.is_file() for p in (paths.marker, paths.plan_header, paths.manifest, paths.index)):
         raise NotADatasetError(
-            f"{out} is not a dataset folder (no mmforge.json, plan/plan.json, manifest.json or index.json)"
+            f"{where} is not a dataset (no mmforge.json, plan/plan.json, manifest.json or index.json)"
         )
-    docs = DatasetDocs(paths)
+    docs = DatasetDocs(paths, base=base, listed=dict(listed or {}))
     docs.plan = _read(docs, PlanHeader, paths.plan_header)
     if paths.marker.exists() or (docs.plan is not None and docs.plan.format >= 2):
         docs.marker = _read(docs, Marker, paths.marker)
@@ -105,9 +121,9 @@ def open_dataset(out: Path) -> DatasetDocs:
     return docs
 
 
-def check_documents(out: Path) -> DatasetDocs:
+def check_documents(out: Path, base: str = "", listed: dict[str, int] | None = None) -> DatasetDocs:
     """Every document-level check (no shard bytes read); the defects are in the result."""
-    docs = open_dataset(out)
+    docs = open_dataset(out, base, listed)
     holder = ownership.lock_holder(docs.paths)
     if holder:
         docs.add("build_in_progress", f"a build is writing this dataset now ({holder})")
@@ -146,6 +162,8 @@ def _shard_files(docs: DatasetDocs) -> None:
     """Check the shards/ folder against the plan: missing, extra, stray and unexpected files."""
     folder, planned, present = docs.paths.shards_dir, docs.planned, set()
     names = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    stored = {rel.removeprefix("shards/") for rel in docs.listed if rel.startswith("shards/")}
+    names = sorted(set(names) | stored)
     for name in names:
         stem = name.removesuffix(".tar").removesuffix(".stats.json")
         if fs.is_temp(folder / name):
@@ -154,7 +172,7 @@ def _shard_files(docs: DatasetDocs) -> None:
             docs.add("unexpected_file", f"shards/{name} is not a shard", member=name)
         elif stem not in planned:
             docs.add("extra_shard", f"shards/{name} is not in the plan", shard=stem)
-        elif not (folder / name).is_file():  # a FIFO, a device, a folder or a dangling link: never read
+        elif name not in stored and not (folder / name).is_file():  # a FIFO, a device, a folder, a dangling link
             kind = "a dangling link" if not (folder / name).exists() else fs.file_kind((folder / name).stat().st_mode)
             docs.add("unexpected_file", f"shards/{name} is {kind}, not a regular file", shard=stem)
         elif name.endswith(".tar"):
@@ -250,7 +268,7 @@ def _stats_checks(docs: DatasetDocs, shard: str) -> None:
         ):
             if ours != theirs:
                 docs.add(kind, f"stats {what} is {ours}; index.json says {theirs}", shard=shard)
-    size = docs.paths.shard_tar(shard).stat().st_size
+    size = docs.shard_size(shard)
     if size != stats.bytes:
         docs.add("bytes_mismatch", f"the tar is {size} bytes; its stats say {stats.bytes}", shard=shard)
 

@@ -7,9 +7,8 @@ import builtins
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from pipeline import fs
+from pipeline import stores
 from pipeline.codecs import BY_SUFFIX, CODECS, decode_json, split_member
 from pipeline.contract import key_position
 from pipeline.verify_sample import Defect, MapSpec, check_sample
@@ -182,7 +181,7 @@ def check_shard(expect: ShardExpect) -> ShardResult:
     """Read the shard once, front to back; every problem becomes a Defect in the result."""
     started, result, scan, group = time.perf_counter(), ShardResult(expect.name), TarScan(), _Grouping()
     keep = True if expect.deep else (lambda name: name.endswith("." + JSON))
-    with fs.open_regular(Path(expect.path)) as (f, _):
+    with stores.open_input(expect.path) as (f, _):
         for member in scan_tar(f, scan, keep_data=keep):
             if member.regular:
                 _add_member(member, group, expect, result)

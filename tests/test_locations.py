@@ -19,14 +19,12 @@ ROOT = Path(__file__).resolve().parents[1]
 IMAGES = str(ROOT / "examples" / "images")
 DEMO = str(ROOT / "manifests" / "demo.toml")
 SMOKE = str(ROOT / "trainer" / "configs" / "smoke.toml")
-IN_PLACE = "locations are not read or written in place yet"
-REFUSED = {  # s3 / gs: refused as not installed here, or (where s3fs / gcsfs are) as not read in place yet
-    "s3://bucket/out": ("s3:// protocol is not installed here (Install s3fs", IN_PLACE),
-    "s3:/bucket/out": ("s3:// protocol is not installed here (Install s3fs", IN_PLACE),
-    "gs://bucket/out": ("gs:// protocol is not installed here", IN_PLACE),
-    "nosuchproto://bucket/out": ("unknown protocol 'nosuchproto'",),
-    "memory://bucket/out": (IN_PLACE,),
+LOCAL_ONLY = "this option takes a local path"
+REFUSED = {  # refused by every command: not installed (gcsfs is not a dependency), or no such protocol
+    "gs://bucket/out": "gs:// protocol is not installed here",
+    "nosuchproto://bucket/out": "unknown protocol 'nosuchproto'",
 }
+STORES = ("s3://bucket/out", "memory://bucket/out")  # installed: read and written by build, verify, pretrain
 
 
 def test_plain_paths_and_file_urls_are_local(tmp_path: Path) -> None:
@@ -47,43 +45,82 @@ def files_under(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*")}
 
 
-def commands(url: str) -> list[list[str]]:
-    """Each command with `url` in one of its path arguments (the others valid)."""
+def store_commands(url: str) -> list[list[str]]:
+    """Each command with `url` in one of its path arguments that take a store (the others valid)."""
     return [
         ["build-dataset", IMAGES, url, "--recipe", DEMO, "--executor", "local"],
         ["build-dataset", url, "out-never", "--recipe", DEMO, "--executor", "local"],
         ["verify", url],
-        ["preview", url],
         ["pretrain", "--data", url, "--out", "run-never", "--config", SMOKE],
         ["pretrain", "--data", "data-never", "--out", url, "--config", SMOKE],
+    ]
+
+
+def local_commands(url: str) -> list[list[str]]:
+    """Each command with `url` in one of its path arguments that take local paths only."""
+    return [
+        ["preview", url],
+        ["build-dataset", IMAGES, "out-never", "--recipe", url],
         ["finetune", "--data", "data-never", "--out", "run-never", "--init", url],
         ["export", url, "out-never"],
         ["reconstruct", "ckpt-never.pt", "--out", url],
     ]
 
 
+def flat(text: str) -> str:
+    """Rich's error box taken off: the message as one line."""
+    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())
+
+
+def refused(args: list[str], reason: str, folder: Path) -> None:
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, (args, result.output)
+    assert reason in flat(result.output), (args, result.output)
+    assert files_under(folder) == set(), (args, files_under(folder))  # no folder named "s3:" or any other
+
+
 @pytest.mark.parametrize("url", sorted(REFUSED))
-def test_other_schemes_exit_2_and_write_nothing(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unknown_or_uninstalled_schemes_exit_2_and_write_nothing(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
-    for args in commands(url):
-        result = CliRunner().invoke(app, args)
-        assert result.exit_code == 2, (args, result.output)
-        text = " ".join(re.sub(r"[│╭╮╰╯─]", " ", result.output).split())
-        assert any(reason in text for reason in REFUSED[url]), (args, result.output)
-        assert files_under(tmp_path) == set(), (args, files_under(tmp_path))  # no folder named "s3:" or any other
+    for args in store_commands(url) + local_commands(url):
+        refused(args, REFUSED[url], tmp_path)
+
+
+@pytest.mark.parametrize("url", STORES)
+def test_options_that_take_local_paths_refuse_stores(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for args in local_commands(url):
+        refused(args, LOCAL_ONLY, tmp_path)
+
+
+BLOCK_S3FS = "import sys; sys.modules['s3fs'] = None; from pipeline.cli import app; app()"  # s3fs not importable
+
+
+@pytest.mark.parametrize("url", ["s3://bucket/out", "s3:/bucket/out"])
+def test_s3_without_its_driver_exits_2_and_writes_nothing(url: str, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    for args in store_commands(url):
+        result = subprocess.run(
+            [sys.executable, "-c", BLOCK_S3FS, *args], cwd=tmp_path, env=env, capture_output=True, text=True
+        )
+        assert result.returncode == 2, (args, result.stderr)
+        assert "s3:// protocol is not installed here (Install s3fs" in flat(result.stderr), result.stderr
+        assert files_under(tmp_path) == set(), (args, files_under(tmp_path))
 
 
 def test_torchrun_entry_point_refuses_urls_too(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        parse_args(["--data", "s3://bucket/data", "--out", "run"])
+        parse_args(["--data", "gs://bucket/data", "--out", "run"])
     err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and "s3://bucket/data" in err and ("Install s3fs" in err or IN_PLACE in err)
+    assert exit_info.value.code == 2 and "gs://bucket/data" in err and "gs:// protocol is not installed" in err
 
 
 def test_a_fresh_process_refuses_before_writing(tmp_path: Path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-c", "from pipeline.cli import main; main()", "build-dataset", IMAGES, "s3://b/out"]
+    command = [sys.executable, "-c", "from pipeline.cli import main; main()", "build-dataset", IMAGES, "gs://b/out"]
     done = subprocess.run(
         [*command, "--recipe", DEMO], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
     )
-    assert done.returncode == 2 and "s3://b/out" in done.stderr and files_under(tmp_path) == set()
+    assert done.returncode == 2 and "gs://b/out" in done.stderr and files_under(tmp_path) == set()

@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import tarfile_samples
+from webdataset.tariterators import group_by_keys, tar_file_expander, tarfile_samples
 
+from pipeline import stores
 from pipeline.codecs import CODECS, decode_member
 from trainer.augment import augment, sample_crop
 from trainer.config import DataConfig, ModelConfig
@@ -130,7 +131,7 @@ class ShardStream(IterableDataset):
         for rounds in range(1 << 62):
             seeds = [plan.seed, plan.epoch, plan.rank, worker, 2, rounds]
             order = np.random.default_rng(seeds).permutation(len(shards))
-            streams = (tarfile_samples([{"url": shards[i].path}], handler=handler) for i in order)
+            streams = (shard_samples(shards[i].path, handler) for i in order)
             count = 0
             for sample in interleave(streams, self.data.open_shards):
                 count += 1
@@ -172,6 +173,18 @@ class ShardStream(IterableDataset):
         d = self.data
         crop = sample_crop(h, w, rng, d.crop_scale, d.crop_ratio, d.hflip)
         return augment(arrays, crop, self.model.image_size)
+
+
+def shard_samples(where: str, handler: Any) -> Iterator[dict[str, Any]]:
+    """The samples of one shard, a local tar or a store object (streamed, never downloaded whole)."""
+    if not stores.is_url(where):
+        return tarfile_samples([{"url": where}], handler=handler)
+    return group_by_keys(tar_file_expander(_opened(where), handler=handler), handler=handler)
+
+
+def _opened(where: str) -> Iterator[dict[str, Any]]:
+    with stores.open_input(where) as (stream, _):
+        yield {"url": where, "stream": stream}
 
 
 def check_arrays(arrays: dict[str, np.ndarray], model: ModelConfig) -> tuple[int, int]:

@@ -3,7 +3,8 @@
 The document checks of `mmforge verify` (`pipeline.verify_docs`: every document valid, cross-checked with
 the plan and the others, every url this dataset's own shard inside OUT) run first; a dataset with defects,
 or one whose build is incomplete, is refused unless the run allows it (`allow_defects`). Shard sizes are
-checked against the index always; sha256 too with `verify_checksums`.
+checked against the index always; sha256 too with `verify_checksums`. A dataset on an object store is
+checked the same way on a private copy of its documents; its shards are streamed from the store.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import warnings
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline import stores
 from pipeline.codecs import CODECS
-from pipeline.contract import DatasetPaths, IndexEntry, Manifest, url_problem
-from pipeline.verify_docs import NotADatasetError, check_documents
+from pipeline.contract import IndexEntry, Manifest, url_problem
+from pipeline.verify_docs import DatasetDocs, NotADatasetError, check_documents
 from trainer.config import ModelConfig
 from trainer.errors import DataError
 from trainer.modalities import MODALITIES, used_modalities
@@ -36,34 +39,45 @@ class Shard:
 
 @dataclass(frozen=True, kw_only=True)
 class DatasetInfo:
-    root: Path
+    root: stores.Location
     shards: tuple[Shard, ...]
     total_samples: int
     manifest: Manifest | None
 
 
-def load_dataset(root: Path, *, verify_checksums: bool = False, allow_defects: bool = False) -> DatasetInfo:
+def load_dataset(root: stores.Location, *, verify_checksums: bool = False, allow_defects: bool = False) -> DatasetInfo:
     """Check the dataset's documents and shard sizes; DataError on a dataset that cannot be trusted."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"data folder not found: {root}")
-    try:
-        docs = check_documents(root)
-    except NotADatasetError as err:
-        raise DataError(str(err)) from None
+    with ExitStack() as stack:
+        try:
+            if stores.is_url(root):
+                stage, listed = stack.enter_context(stores.staged_documents(str(root)))
+                docs = check_documents(stage, str(root), listed)
+            else:
+                root = Path(root)
+                if not root.is_dir():
+                    raise DataError(f"data folder not found: {root}")
+                docs = check_documents(root)
+        except NotADatasetError as err:
+            raise DataError(str(err)) from None
+        except OSError as err:
+            raise DataError(f"cannot read the dataset {root}: {err}") from None
+        return _checked(root, docs, verify_checksums, allow_defects)
+
+
+def _checked(root: stores.Location, docs: DatasetDocs, verify_checksums: bool, allow_defects: bool) -> DatasetInfo:
     if docs.defects:
         _refuse_or_warn(
             root, [f"{d.kind}: {d.shard or d.member or 'dataset'}: {d.reason}" for d in docs.defects], allow_defects
         )
     if docs.index is None:
         raise DataError(f"{root}: index.json is missing or invalid; it cannot be read without one")
-    shards = tuple(_shard(root, docs.paths, entry, verify_checksums) for entry in docs.index.shards if entry.samples)
+    shards = tuple(_shard(docs, entry, verify_checksums) for entry in docs.index.shards if entry.samples)
     if not shards:
         raise DataError(f"{root}: the index lists no shards with samples")
     return DatasetInfo(root=root, shards=shards, total_samples=sum(s.samples for s in shards), manifest=docs.manifest)
 
 
-def _refuse_or_warn(root: Path, defects: list[str], allow: bool) -> None:
+def _refuse_or_warn(root: stores.Location, defects: list[str], allow: bool) -> None:
     listed = "; ".join(defects[:_LISTED]) + (f"; and {len(defects) - _LISTED} more" if len(defects) > _LISTED else "")
     if not allow:
         raise DataError(
@@ -73,25 +87,24 @@ def _refuse_or_warn(root: Path, defects: list[str], allow: bool) -> None:
     log.warning("training on dataset %s despite %d defects (--allow-defects): %s", root, len(defects), listed)
 
 
-def _shard(root: Path, paths: DatasetPaths, entry: IndexEntry, verify: bool) -> Shard:
-    problem = url_problem(paths, entry.name, entry.url)
+def _shard(docs: DatasetDocs, entry: IndexEntry, verify: bool) -> Shard:
+    problem = url_problem(docs.paths, entry.name, entry.url)
     if problem:  # never read a file the index points at outside the dataset, even when told to go on
         raise DataError(f"index.json: {problem}")
-    shard = Shard(
-        name=entry.name, path=str(root / entry.url), samples=entry.samples, bytes=entry.bytes, sha256=entry.sha256
-    )
-    path = Path(shard.path)
-    if not path.is_file() or path.stat().st_size != shard.bytes:
-        found = path.stat().st_size if path.is_file() else "no file"
+    where = docs.shard_location(entry.name)
+    shard = Shard(name=entry.name, path=where, samples=entry.samples, bytes=entry.bytes, sha256=entry.sha256)
+    present = entry.name in docs.present
+    if not present or docs.shard_size(entry.name) != shard.bytes:
+        found = docs.shard_size(entry.name) if present else "no file"
         raise DataError(f"index does not match shards: {entry.url} is {found}, index says {shard.bytes} bytes")
-    if verify and _sha256(path) != shard.sha256:
+    if verify and _sha256(where) != shard.sha256:
         raise DataError(f"index does not match shards: sha256 of {entry.url} differs")
     return shard
 
 
-def _sha256(path: Path) -> str:
+def _sha256(where: str) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as f:
+    with stores.open_input(where) as (f, _):
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()

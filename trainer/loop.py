@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from pipeline import fs
+from pipeline import fs, stores
 from trainer.checkpoint import LAST, load_checkpoint, save_checkpoint
 from trainer.config import config_to_dict
 from trainer.data import Cursor, EpochPlan, check_enough_shards, make_loader
@@ -37,6 +37,7 @@ from trainer.logs import RunLog
 from trainer.optim import build_optimizer, lr_at, set_lr
 from trainer.resume import check_compatible, rank_state, restore_rng, restored_cursors
 from trainer.run import Job, RunOptions, RunSummary, Schedule, TrainState, fresh_cursors, precision
+from trainer.run_folder import StoreRunFolder
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = 1
@@ -65,6 +66,7 @@ class Trainer:
     figure_inputs: dict[str, torch.Tensor] | None = None
     figure_palette: list[int] | None = None
     best: float | None = None  # fine-tuning: the best value of the main validation metric so far
+    store_folder: StoreRunFolder | None = None  # `--out` on an object store: run_dir is this rank's stage
 
     # ------------------------------------------------------------------------------------------ start
 
@@ -77,7 +79,7 @@ class Trainer:
         cfg = job.check(info, cfg)  # e.g. the class count from the manifest
         check_enough_shards(len(info.shards), dist.world, max(1, cfg.data.workers))
         schedule = Schedule.build(cfg, info.total_samples, dist.world)
-        run_dir = prepare_run_dir(options, dist)
+        run_dir, store_folder = prepare_run_dir(options, dist)
         torch.manual_seed(cfg.train.seed)
         model = job.build_model(cfg, info).to(dist.device)
         groups = job.param_groups(model, cfg)
@@ -97,6 +99,7 @@ class Trainer:
             state=TrainState(cursors=fresh_cursors(cfg)),
             job=job,
             task_names=job.task_names(model),
+            store_folder=store_folder,
         )
         error = None
         if options.resume and (run_dir / LAST).exists():
@@ -187,6 +190,15 @@ class Trainer:
             world=dist.world,
             workers=max(1, cfg.data.workers),
             micro_batches=micro_per_epoch,
+        )
+        names = [[s.name for s in plan.shards(self.info.shards, w)] for w in range(plan.workers)]
+        log.info(
+            "rank %d of %d, epoch %d: %d micro-batches from shards %s",
+            dist.rank,
+            dist.world,
+            self.state.epoch,
+            micro_per_epoch,
+            " | ".join(",".join(n) for n in names),
         )
         stream = self.job.stream(self, plan, self.state.micro % plan.workers)
         return iter(make_loader(stream, cfg.data.workers, pin_memory=dist.device.type == "cuda"))
@@ -342,10 +354,17 @@ class Trainer:
         payload = self.state_dict()
         if payload is not None:
             save_checkpoint(self.run_dir, self.state.step, payload, self.cfg.train.keep_last)
+            self.publish()
+
+    def publish(self) -> None:
+        """Rank 0 of a run on an object store: upload what changed in the stage (see trainer.run_folder)."""
+        if self.store_folder is not None and self.dist.is_main:
+            self.store_folder.publish(self.cfg.train.keep_last)
 
     def close(self) -> RunSummary:
         """The job's last word (an export, the best checkpoint) and the run's summary."""
         export = self.job.finish(self)
+        self.publish()
         seconds = time.perf_counter() - self.started if self.started else 0.0
         return RunSummary(
             run_dir=self.run_dir,
@@ -359,20 +378,29 @@ class Trainer:
             checkpoint=self.run_dir / LAST if (self.run_dir / LAST).exists() else None,
             verb=getattr(self.job, "verb", "pretrained"),
             export_label=getattr(self.job, "export_label", "timm export"),
+            published=self.store_folder.store.url if self.store_folder is not None else "",
         )
 
 
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def prepare_run_dir(options: RunOptions, dist: DistInfo) -> Path:
-    """Create the run folder (rank 0); refuse one with checkpoints unless resuming."""
-    run_dir = Path(options.out)
+def prepare_run_dir(options: RunOptions, dist: DistInfo) -> tuple[Path, StoreRunFolder | None]:
+    """Create the run folder (rank 0); refuse one with checkpoints unless resuming. On an object store, the
+    run folder is this rank's stage, holding the store's last checkpoint (see trainer.run_folder)."""
+    store_folder = None
+    if stores.is_url(options.out):
+        store_folder = StoreRunFolder(str(options.out), dist.rank)
+        try:
+            store_folder.pull()
+        except OSError as err:
+            raise CheckpointError(f"cannot read the run folder {options.out}: {err}") from None
+    run_dir = store_folder.local if store_folder is not None else Path(options.out)
     if not options.resume and (run_dir / LAST).exists():
-        raise CheckpointError(f"{run_dir} already holds checkpoints; pass --resume or choose another --out")
+        raise CheckpointError(f"{options.out} already holds checkpoints; pass --resume or choose another --out")
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+    return run_dir, store_folder
 
 
 def trim_metrics(path: Path, step: int) -> None:

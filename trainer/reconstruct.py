@@ -27,7 +27,7 @@ from torch import Tensor
 
 from labelers.classes import full_palette
 from labelers.standards import IMAGENET_MEAN, IMAGENET_STD
-from pipeline import fs
+from pipeline import fs, stores
 from pipeline.codecs import BY_SUFFIX, CODECS, split_member
 from pipeline.contract import Manifest, url_problem
 from pipeline.figures import MASKED, Grid, colormap, fit_tile, palette_rgb, png_bytes
@@ -108,20 +108,36 @@ def read_sample(spec: str) -> tuple[dict[str, np.ndarray], Manifest]:
     entry = {e.name: e for e in docs.index.shards}.get(shard) if docs.index else None
     if entry is None or url_problem(docs.paths, entry.name, entry.url):
         raise ConfigError(f"{folder} has no readable shard {shard!r}")
-    members: dict[str, bytes] = {}
-    with tarfile.open(docs.paths.shard_tar(shard), mode="r|") as tar:
-        for m in tar:
-            k, suffix = split_member(m.name)
-            if k == key and m.isfile() and suffix in BY_SUFFIX:
-                members[suffix] = tar.extractfile(m).read()  # type: ignore[union-attr]
+    with open(docs.paths.shard_tar(shard), "rb") as f:
+        _, members = _sample_members(f, key)
     if not members:
         raise ConfigError(f"shard {shard} of {folder} has no sample {key!r}")
     assert docs.manifest is not None
+    return _decoded(members, docs.manifest), docs.manifest
+
+
+def _sample_members(f: Any, key: str | None) -> tuple[str | None, dict[str, bytes]]:
+    """The members of sample `key` (None: the first sample) of a tar stream, by suffix."""
+    members: dict[str, bytes] = {}
+    with tarfile.open(fileobj=f, mode="r|") as tar:
+        for m in tar:
+            k, suffix = split_member(m.name)
+            if not m.isfile():
+                continue
+            key = key or k
+            if k != key and members:
+                break  # a sample's members are adjacent
+            if k == key and suffix in BY_SUFFIX:
+                members[suffix] = tar.extractfile(m).read()  # type: ignore[union-attr]
+    return key, members
+
+
+def _decoded(members: dict[str, bytes], manifest: Manifest) -> dict[str, np.ndarray]:
     arrays = {"rgb": CODECS["rgb"].decode(members[CODECS["rgb"].suffix])}
-    for name, info in docs.manifest.modalities.items():
+    for name, info in manifest.modalities.items():
         if info.member in members and name in MODALITIES:
             arrays[name] = CODECS[BY_SUFFIX[info.member]].decode(members[info.member])
-    return arrays, docs.manifest
+    return arrays
 
 
 def label_image(path: Path, labels_from: Path | None) -> tuple[dict[str, np.ndarray], Manifest | None]:
@@ -328,12 +344,12 @@ def figure_png(model: MultiMAE, inputs: Mapping[str, Tensor], seed: int, palette
 
 def first_sample(info: Any, cfg: ModelConfig) -> tuple[dict[str, Tensor], list[int]]:
     """The first sample of a run's dataset, prepared for the model (the pretraining figures show it)."""
-    shard = info.shards[0]
-    with tarfile.open(shard.path, mode="r|") as tar:
-        key = next(split_member(m.name)[0] for m in tar if m.isfile())
-    arrays, manifest = read_sample(f"{info.root}:{shard.name}/{key}")
-    inputs, _ = prepare(arrays, cfg)
-    return inputs, _palette_of(manifest)
+    if info.manifest is None or not info.shards:
+        raise DataError(f"dataset {info.root} has no manifest or no shards to take a figure sample from")
+    with stores.open_input(info.shards[0].path) as (f, _):
+        _, members = _sample_members(f, None)
+    inputs, _ = prepare(_decoded(members, info.manifest), cfg)
+    return inputs, _palette_of(info.manifest)
 
 
 def as_image(data: bytes) -> Any:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from labelers.standards import torch_dtype
+from pipeline.stores import Location
 from trainer.config import PretrainConfig
 from trainer.data import Cursor
 from trainer.dataset import DatasetInfo
@@ -40,8 +41,8 @@ class Job(Protocol):
 class RunOptions:
     """Where to read and write, and how: the parts of a run that are not the recipe."""
 
-    data: Path
-    out: Path
+    data: Location  # a dataset folder or store prefix
+    out: Location  # a run folder or store prefix
     resume: bool = True
     device: str = "auto"
     allow_defects: bool = False  # train on a dataset that fails its document checks (warned, not refused)
@@ -109,6 +110,7 @@ class RunSummary:
     checkpoint: Path | None = None
     verb: str = "pretrained"
     export_label: str = "timm export"
+    published: str = ""  # the store prefix the run folder was published to (run_dir is then a local stage)
 
     def text(self) -> str:
         """The end of a run, for a person: steps, time, speed, losses per task, where things are."""
@@ -123,6 +125,8 @@ class RunSummary:
         if self.losses:
             lines.append(f"  loss total: last {self.losses[-1]:.4f}, mean {sum(self.losses) / len(self.losses):.4f}")
         lines.append(f"  run folder {self.run_dir}; checkpoint {self.checkpoint}; {self.export_label} {self.export}")
+        if self.published:
+            lines.append(f"  published to {self.published} (the run folder above is this machine's stage of it)")
         return "\n".join(lines)
 
 

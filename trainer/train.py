@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.locations import local_location
+from pipeline.stores import location
 from trainer.config import PretrainConfig, apply_overrides, load_config
 from trainer.distributed import init_distributed, shutdown
 from trainer.errors import USER_ERRORS
@@ -49,11 +50,17 @@ def build_config(config: Path | None, **overrides: Any) -> PretrainConfig:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m trainer.train", description="MultiMAE pretraining (torchrun)")
     p.add_argument(
-        "--data", type=local_location, required=True, help="dataset folder (index.json, manifest.json, shards/)"
+        "--data",
+        type=location,
+        required=True,
+        help="dataset folder or store prefix (index.json, manifest.json, shards/)",
     )
     p.add_argument("--config", type=local_location, default=None, help="TOML recipe, e.g. trainer/configs/smoke.toml")
     p.add_argument(
-        "--out", type=local_location, required=True, help="run folder (checkpoints, metrics.jsonl, config.json)"
+        "--out",
+        type=location,
+        required=True,
+        help="run folder or store prefix (checkpoints, metrics.jsonl, config.json)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)

@@ -1,0 +1,187 @@
+"""Object stores: fsspec URLs (`s3://`, `gs://`, any installed protocol) as sources, datasets and run folders.
+
+Nothing is ever written in place on a store. Files are made locally, exactly as for a local folder, and
+then published: one PUT of the whole object (an upload that dies midway leaves no visible object: a single
+PUT is all or nothing, and an unfinished multipart upload is never listed), the done marker only after
+the object it vouches for. Documents are read back the same way: `mirror` downloads what a command needs
+into a local stage folder, so every check that runs on a local dataset runs unchanged on its copy.
+
+Credentials and endpoints come from each store's own environment and config files (for S3: AWS_* variables,
+~/.aws/config, instance roles; `AWS_ENDPOINT_URL` or fsspec's `FSSPEC_S3_ENDPOINT_URL` for a private
+endpoint), never from this project's files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from pipeline import fs
+from pipeline.locations import LocationError, local_location, protocol_problem, scheme_of
+
+
+class RemoteURL(str):
+    """A location on an object store, as the user spelled it less a trailing slash (`s3://bucket/prefix`)."""
+
+
+Location = Path | RemoteURL
+
+
+def location(value: str | Path) -> Location:
+    """A command-line location: a local path, or a URL of an installed fsspec protocol (LocationError else)."""
+    if not is_url(value):
+        return local_location(value)
+    open_store(str(value))  # the protocol must be installed and the URL well formed
+    return RemoteURL(str(value).rstrip("/"))
+
+
+@dataclass(frozen=True)
+class Entry:
+    size: int
+    version: str  # what changes when the object does (ETag, generation or mtime)
+
+
+@dataclass(frozen=True)
+class Store:
+    """One prefix of one store; `rel` names are POSIX paths below it."""
+
+    url: str
+    fs: Any  # fsspec.AbstractFileSystem
+    root: str  # the store's own path of the prefix (bucket/prefix)
+
+    def path(self, rel: str) -> str:
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def url_of(self, rel: str) -> str:
+        return f"{self.url}/{rel}" if rel else self.url
+
+    def listing(self) -> dict[str, Entry]:
+        """Every object below the prefix (fresh: no cached listing), by relative name."""
+        self.fs.invalidate_cache()
+        try:
+            found = self.fs.find(self.root, detail=True)
+        except FileNotFoundError:
+            return {}
+        out = {}
+        for key, info in found.items():
+            rel = key[len(self.root) :].lstrip("/") if key.startswith(self.root) else key
+            if info.get("type", "file") == "directory" or not rel:
+                continue
+            version = info.get("ETag") or info.get("etag") or info.get("generation") or info.get("mtime") or ""
+            out[rel] = Entry(size=int(info.get("size") or 0), version=str(version))
+        return out
+
+    def read(self, rel: str) -> bytes:
+        return bytes(self.fs.cat_file(self.path(rel)))
+
+    def put_file(self, local: Path, rel: str) -> None:
+        """One upload of a finished local file (a single PUT, or a multipart upload visible only once done)."""
+        self.fs.put_file(str(local), self.path(rel))
+
+    def put_bytes(self, rel: str, data: bytes) -> None:
+        self.fs.pipe_file(self.path(rel), data)
+
+    def get_file(self, rel: str, local: Path) -> None:
+        """Download to `local` atomically (a killed download leaves no file at `local`)."""
+        local.parent.mkdir(parents=True, exist_ok=True)
+        with fs.atomic_open(local) as f, self.fs.open(self.path(rel), "rb") as src:
+            shutil.copyfileobj(src, f, 1 << 20)
+
+    def remove(self, rels: list[str]) -> None:
+        if rels:
+            self.fs.rm([self.path(r) for r in rels])
+
+
+def open_store(url: str) -> Store:
+    """The store a URL names; LocationError (nothing touched) for an unknown or uninstalled protocol."""
+    scheme = scheme_of(url)
+    if scheme is None:
+        raise LocationError(f"{url!r} is not a URL")
+    problem = protocol_problem(scheme, in_place=True)
+    if problem:
+        raise LocationError(f"{url!r}: {problem}")
+    from fsspec.core import url_to_fs
+
+    clean = url.rstrip("/")
+    try:
+        filesystem, root = url_to_fs(clean)
+    except (ImportError, ValueError) as err:
+        raise LocationError(f"{url!r}: {err}") from None
+    root = root.rstrip("/")
+    if not root or root == filesystem.root_marker:
+        raise LocationError(f"{url!r}: name a bucket and a prefix, e.g. {scheme}://bucket/datasets/name")
+    return Store(url=clean, fs=filesystem, root=root)
+
+
+def _stage_root() -> Path:
+    cache = os.environ.get("MMFORGE_CACHE") or os.path.join(Path.home(), ".cache", "multimae-forge")
+    root = Path(cache) / "stage"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def stage_dir(url: str, kind: str) -> Path:
+    """The local folder that stages `url` for this machine (`$MMFORGE_CACHE/stage/{kind}/...`)."""
+    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
+    tail = "".join(c if c.isalnum() or c in "-_." else "_" for c in url.rsplit("/", 1)[-1])[:40]
+    return _stage_root() / kind / f"{tail}-{digest}"
+
+
+def mirror(store: Store, stage: Path, *, skip_suffix: str | None = None) -> dict[str, Entry]:
+    """Make `stage` hold exactly the store's objects (those ending in `skip_suffix` excepted: they are listed,
+    not downloaded); returns the whole listing. Files already staged with the same size are re-downloaded all
+    the same: a stage is a copy, never trusted over the store."""
+    listing = store.listing()
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True)
+    for rel in sorted(listing):
+        if skip_suffix and rel.endswith(skip_suffix):
+            continue
+        target = stage / rel
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            continue  # not a name a dataset or run folder can hold; the listing still shows it
+        store.get_file(rel, target)
+    return listing
+
+
+def join(base: str | Path, rel: str) -> str | Path:
+    """`rel` (POSIX) below a local folder or a store URL."""
+    return f"{base}/{rel}" if is_url(base) else Path(base) / rel
+
+
+def is_url(value: str | Path) -> bool:
+    if isinstance(value, Path):
+        return False
+    scheme = scheme_of(value)
+    return scheme is not None and scheme != "file"
+
+
+@contextmanager
+def staged_documents(url: str) -> Iterator[tuple[Path, dict[str, int]]]:
+    """A private local copy of a store dataset's documents (removed afterwards), and the name and size of each
+    shard tar, which stays on the store: `(folder, {"shards/x.tar": size})`."""
+    store = open_store(url)
+    with tempfile.TemporaryDirectory(prefix="mmforge-docs-", dir=_stage_root()) as tmp:
+        listing = mirror(store, Path(tmp) / "dataset", skip_suffix=".tar")
+        yield Path(tmp) / "dataset", {rel: e.size for rel, e in listing.items() if rel.endswith(".tar")}
+
+
+@contextmanager
+def open_input(path: str | Path, block_size: int = 8 << 20) -> Iterator[tuple[IO[bytes], int]]:
+    """A file or object opened for streaming reads, with its size: a local path (regular files only, see
+    `fs.open_regular`) or a store URL."""
+    if not is_url(path):
+        with fs.open_regular(local_location(path)) as (f, size):
+            yield f, size
+        return
+    store = open_store(str(path))
+    with store.fs.open(store.root, "rb", block_size=block_size) as f:
+        yield f, int(f.size)
