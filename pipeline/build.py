@@ -232,14 +232,15 @@ def _build(cfg: BuildConfig, paths: DatasetPaths, publish: _Publish) -> BuildRes
 
     def done(shard: ShardSpec, s: ShardStats) -> None:
         stats[shard.name] = s
-        bar.shard_done(shard.name, s.written, s.failed)
+        where = f"{s.node[:8]}@{s.host}" if s.node and s.node != "local" else s.host or s.node
+        bar.shard_done(shard.name, s.written, s.failed, where, s.seconds)
 
     def lost(shard: ShardSpec, error: str) -> None:
         failed[shard.name] = error
         bar.shard_failed(shard.name, len(shard.entries))
 
     try:
-        _run(cfg, todo, _context(cfg, plan), Callbacks(bar.images, done, lost))
+        _run(cfg, todo, _context(cfg, plan), Callbacks(bar.images, done, lost, bar.stalled))
     finally:
         bar.close()
     manifest = write_dataset_files(paths, plan, cfg.recipe, stats, failed)
@@ -259,6 +260,11 @@ def summary(result: BuildResult, max_listed: int = 20) -> str:
         lines.append(f"  failed: {f.path}: {f.error}: {f.message}")
     if len(m.failures) > max_listed:
         lines.append(f"  ... {len(m.failures) - max_listed} more in manifest.json")
+    if len(m.nodes) > 1:
+        for node, n in m.nodes.items():
+            lines.append(
+                f"  node {node[:12]} ({n.host}): {n.shards} shards, {n.images} images, {n.images_per_task_s} img/task-s"
+            )
     for s in m.failed_shards:
         lines.append(f"  shard {s.shard} failed ({s.planned} images): {s.error.splitlines()[0] if s.error else '?'}")
     if m.meaningless_labels:

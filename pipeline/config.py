@@ -69,6 +69,7 @@ class RuntimeConfig:
     actors_per_labeler: int = setting(0, ge=0)  # 0 = auto (one per GPU, else 1)
     max_retries: int = setting(2, ge=0, le=100)  # per shard, then the shard is reported failed
     shards_in_flight: int = setting(0, ge=0)  # 0 = auto (2 x cluster CPUs)
+    stall_minutes: float = setting(10.0, ge=0)  # name shards that made no progress this long (0 = never)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -140,6 +140,8 @@ class ShardStats:
     labelers: dict[str, str] = field(default_factory=dict)
     source_kinds: dict[str, int] = field(default_factory=dict)
     rgb_reencoded: int = setting(0, ge=0)
+    node: str = ""  # where the shard was made: the Ray node id, or "local" (the in-process executor)
+    host: str = ""  # that node's host name
 
     def problems(self) -> list[str]:
         found = []
@@ -229,6 +231,17 @@ class Totals:
 
 
 @dataclass(frozen=True, kw_only=True)
+class NodeThroughput:
+    """What one node made: shards, images, and the seconds its shard tasks ran (summed over parallel tasks)."""
+
+    host: str = ""
+    shards: int = setting(0, ge=0)
+    images: int = setting(0, ge=0)
+    seconds: float = setting(0.0, ge=0)
+    images_per_task_s: float = setting(0.0, ge=0)
+
+
+@dataclass(frozen=True, kw_only=True)
 class LostShard:
     shard: str
     planned: int = setting(ge=0)
@@ -253,6 +266,7 @@ class Manifest:
     failures: tuple[Failure, ...] = ()
     failed_shards: tuple[LostShard, ...] = ()
     complete: bool
+    nodes: dict[str, NodeThroughput] = field(default_factory=dict)  # by stats `node`; shards of every run
 
     @property
     def ok(self) -> bool:

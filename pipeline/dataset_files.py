@@ -19,6 +19,7 @@ from pipeline.contract import (
     LostShard,
     Manifest,
     ModalityInfo,
+    NodeThroughput,
     ShardStats,
     SourceInfo,
     Totals,
@@ -81,6 +82,24 @@ def wids_doc(index: Index, name: str) -> WidsIndex:
     return WidsIndex(name=name, shardlist=tuple(WidsShard(url=s.url, nsamples=s.samples) for s in index.shards))
 
 
+def node_throughput(stats: dict[str, ShardStats]) -> dict[str, NodeThroughput]:
+    """Per node (stats `node`), the shards and images it made and its shard tasks' seconds."""
+    by_node: dict[str, list[ShardStats]] = {}
+    for s in stats.values():
+        by_node.setdefault(s.node or "unknown", []).append(s)
+    out = {}
+    for node, made in sorted(by_node.items()):
+        images, seconds = sum(s.written for s in made), sum(s.seconds for s in made)
+        out[node] = NodeThroughput(
+            host=made[0].host,
+            shards=len(made),
+            images=images,
+            seconds=round(seconds, 3),
+            images_per_task_s=round(images / seconds, 2) if seconds > 0 else 0.0,
+        )
+    return out
+
+
 def manifest_doc(plan: Plan, recipe: Recipe, stats: dict[str, ShardStats], failed_shards: dict[str, str]) -> Manifest:
     failures = tuple(f for s in plan.shards if s.name in stats for f in stats[s.name].failures)
     lost = tuple(
@@ -124,6 +143,7 @@ def manifest_doc(plan: Plan, recipe: Recipe, stats: dict[str, ShardStats], faile
         failures=failures,
         failed_shards=lost,
         complete=not lost and len(stats) == len(plan.shards),
+        nodes=node_throughput(stats),
     )
 
 

@@ -7,6 +7,7 @@ bounded retries: a shard that keeps failing is reported failed and the other sha
 from __future__ import annotations
 
 import os
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,30 @@ class Callbacks:
     images: Callable[[int], None]
     done: Callable[[ShardSpec, ShardStats], None]
     failed: Callable[[ShardSpec, str], None]
+    stalled: Callable[[list[str], float], None] = lambda names, minutes: None  # shards without progress
+
+
+class Watchdog:
+    """Names the running shards that reported no progress for `minutes` (again after each further period)."""
+
+    def __init__(self, minutes: float, report: Callable[[list[str], float], None]) -> None:
+        self.seconds, self.report = minutes * 60, report
+        self.last: dict[int, tuple[float, str]] = {}
+
+    def alive(self, shard: ShardSpec) -> None:
+        self.last[shard.index] = (time.monotonic(), shard.name)
+
+    def gone(self, shard: ShardSpec) -> None:
+        self.last.pop(shard.index, None)
+
+    def check(self) -> None:
+        if self.seconds <= 0:
+            return
+        now = time.monotonic()
+        quiet = sorted(name for since, name in self.last.values() if now - since >= self.seconds)
+        if quiet:
+            self.report(quiet, self.seconds / 60)
+            self.last = {i: ((now, n) if n in quiet else (t, n)) for i, (t, n) in self.last.items()}
 
 
 def _error_text(err: BaseException) -> str:
@@ -195,7 +220,8 @@ def run_ray(shards: Sequence[ShardSpec], ctx: ShardContext, runtime: RuntimeConf
         def start(shard: ShardSpec) -> Any:
             return task.remote(shard, ctx, actors, progress, attempts.is_last(shard))
 
-        _drive(list(shards), start, progress, in_flight, attempts)
+        watchdog = Watchdog(runtime.stall_minutes, cb.stalled)
+        _drive(list(shards), start, progress, in_flight, attempts, watchdog)
     finally:
         for pool in actors.values():
             for actor in pool:
@@ -204,7 +230,12 @@ def run_ray(shards: Sequence[ShardSpec], ctx: ShardContext, runtime: RuntimeConf
 
 
 def _drive(
-    queue: list[ShardSpec], start: Callable[[ShardSpec], Any], progress: Any, in_flight: int, attempts: Attempts
+    queue: list[ShardSpec],
+    start: Callable[[ShardSpec], Any],
+    progress: Any,
+    in_flight: int,
+    attempts: Attempts,
+    watchdog: Watchdog,
 ) -> None:
     """Keep `in_flight` shard tasks running; failed shards go back to the queue while `attempts` allows."""
     import ray
@@ -215,16 +246,21 @@ def _drive(
     def poll() -> None:
         for index, n in ray.get(progress.take.remote()).items():
             attempts.progress(by_index[index], n)
+            if any(s.index == index for s in running.values()):
+                watchdog.alive(by_index[index])
+        watchdog.check()
 
     queue = list(reversed(queue))
     while queue or running:
         while queue and len(running) < in_flight:
             shard = queue.pop()
             running[start(shard)] = shard
+            watchdog.alive(shard)
         ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
         poll()
         for ref in ready:
             shard = running.pop(ref)
+            watchdog.gone(shard)
             try:
                 stats = ray.get(ref)
             except Exception as err:

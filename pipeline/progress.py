@@ -17,6 +17,7 @@ class BuildProgress:
         self.shards_total, self.shards_done, self.failures = shards, done_shards, 0
         self.images_total, self.images_done, self.quiet = images, done_images, quiet
         self._started, self._start_images = time.monotonic(), done_images
+        self.nodes: dict[str, tuple[int, float]] = {}  # node -> (images, task seconds) this run
         self._bar: Any = tqdm(
             total=images,
             initial=done_images,
@@ -29,8 +30,9 @@ class BuildProgress:
         self._refresh()
 
     def _refresh(self) -> None:
+        nodes = f", nodes {len(self.nodes)}" if len(self.nodes) > 1 else ""
         self._bar.set_postfix_str(
-            f"shards {self.shards_done}/{self.shards_total}, failed {self.failures}", refresh=True
+            f"shards {self.shards_done}/{self.shards_total}, failed {self.failures}{nodes}", refresh=True
         )
 
     def _log(self, what: str) -> None:
@@ -49,11 +51,28 @@ class BuildProgress:
         self.images_done += n
         self._bar.update(n)
 
-    def shard_done(self, name: str, written: int, failed_images: int) -> None:
+    def shard_done(self, name: str, written: int, failed_images: int, where: str = "", seconds: float = 0.0) -> None:
+        """A finished shard; `where` (node id, host) and its task's `seconds` feed the per-node rates."""
         self.shards_done += 1
         self.failures += failed_images
+        made, busy = self.nodes.get(where, (0, 0.0))
+        self.nodes[where] = (made + written, busy + seconds)
         self._refresh()
-        self._log(f"shard {name}: {written} written, {failed_images} failed")
+        rate = f", {written / seconds:.1f} img/s" if seconds > 0 else ""
+        self._log(f"shard {name}: {written} written, {failed_images} failed (on {where or '?'}{rate})")
+        if self.quiet and len(self.nodes) > 1 and self.shards_done % 10 == 0:
+            print(f"per node: {self.node_rates()}", file=sys.stderr, flush=True)
+
+    def node_rates(self) -> str:
+        """Images and images per task-second of each node so far, one line."""
+        return "; ".join(
+            f"{where or '?'}: {made} img, {made / busy:.1f} img/task-s" if busy > 0 else f"{where or '?'}: {made} img"
+            for where, (made, busy) in sorted(self.nodes.items())
+        )
+
+    def stalled(self, names: list[str], minutes: float) -> None:
+        listed = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+        tqdm.write(f"warning: no progress for {minutes:g} min in shards {listed}", file=sys.stderr)
 
     def shard_failed(self, name: str, planned: int) -> None:
         self.images(planned)  # processed, and all failed

@@ -6,6 +6,8 @@ batch overlaps labelling of the current one. One bad image is a recorded failure
 
 from __future__ import annotations
 
+import socket
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -265,9 +267,22 @@ def _process(
         labelers={s.modality: s.labeler_id for s in ctx.labelers},
         source_kinds=dict(sorted(tally.source_kinds.items())),
         rgb_reencoded=tally.reencoded,
+        node=_node_id(),
+        host=socket.gethostname(),
     )
     sink.mark_done(stats)  # last: its presence marks the shard done
     return stats
+
+
+def _node_id() -> str:
+    """The Ray node this runs on, where Ray runs in this process ("local" where it does not)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return "local"
+    try:
+        return str(ray.get_runtime_context().get_node_id())
+    except Exception:  # not inside a task or actor
+        return "local"
 
 
 def local_submit(labelers: Sequence[Any]) -> Submit:

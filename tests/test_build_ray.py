@@ -60,3 +60,29 @@ def test_a_shard_that_keeps_failing_is_reported_and_the_rest_complete(ray_sessio
 
     blocker.rmdir()
     assert ray_build(src, out).ok  # the rerun finishes the failed shard only
+
+
+def test_the_watchdog_names_shards_without_progress_once_per_period():
+    import time
+
+    from pipeline.executors import Watchdog
+    from pipeline.plan import ShardSpec
+
+    reports: list[list[str]] = []
+    dog = Watchdog(0.001, lambda names, minutes: reports.append(names))  # 60 ms
+    slow, fast, done = (ShardSpec(i, f"train-00000{i}", ()) for i in range(3))
+    for shard in (slow, fast, done):
+        dog.alive(shard)
+    dog.gone(done)
+    time.sleep(0.04)
+    dog.alive(fast)  # progress
+    time.sleep(0.04)
+    dog.check()
+    assert reports == [["train-000000"]]
+    dog.check()  # just reported: not again until another period passes
+    assert reports == [["train-000000"]]
+    off = Watchdog(0, lambda *_: reports.append(["never"]))  # stall_minutes = 0: off
+    off.alive(slow)
+    time.sleep(0.01)
+    off.check()
+    assert reports == [["train-000000"]]

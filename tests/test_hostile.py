@@ -170,7 +170,7 @@ def test_the_pixel_limit_is_checked_from_the_header_before_the_file_is_read(tmp_
     path = tmp_path / "bomb.png"
     path.write_bytes(png_header_only(30_000, 30_000) + bytes(4 << 20))
     read: list[int] = []
-    real = images.fs.open_regular
+    real = images.stores.fs.open_regular
 
     class Counting(io.BufferedReader):
         def read(self, n: int | None = -1) -> bytes:
@@ -182,7 +182,7 @@ def test_the_pixel_limit_is_checked_from_the_header_before_the_file_is_read(tmp_
         with real(p) as (f, size):
             yield Counting(f.raw), size  # type: ignore[arg-type]
 
-    monkeypatch.setattr(images.fs, "open_regular", __import__("contextlib").contextmanager(counting))
+    monkeypatch.setattr(images.stores.fs, "open_regular", __import__("contextlib").contextmanager(counting))
     with pytest.raises(Image.DecompressionBombError):
         images.read_source(path, max_bytes=1 << 30, max_pixels=89_478_485)
     assert sum(read) < 1 << 20  # the header was read, not the 4 MiB behind it
