@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from pipeline import stores
 from pipeline.locations import local_location
-from pipeline.stores import location
+from pipeline.stores import Location, fetched, location, published
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -129,17 +131,18 @@ def verify_cmd(
 @app.command("preview")
 def preview_cmd(
     data: Annotated[
-        Path, typer.Argument(parser=local_location, metavar="DATA", help="Dataset folder written by build-dataset.")
+        str,
+        typer.Argument(parser=location, metavar="DATA", help="Dataset folder or prefix written by build-dataset."),
     ],
     n: Annotated[int, typer.Option("--n", help="Samples (rows), chosen with --seed over the whole dataset.")] = 16,
     out: Annotated[
-        Path | None,
-        typer.Option(parser=local_location, metavar="PATH", help="Write the grid here (PNG); default preview.png."),
+        str | None,
+        typer.Option(parser=location, metavar="LOCATION", help="Write the grid here (PNG); default preview.png."),
     ] = None,
     html: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
-            parser=local_location, metavar="PATH", help="Write a self-contained page to this folder (index.html)."
+            parser=location, metavar="LOCATION", help="Write a self-contained page to this folder (index.html)."
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the sample choice (same seed, same samples).")] = 0,
@@ -150,7 +153,7 @@ def preview_cmd(
     from pipeline.schema import ConfigError, validate
 
     try:
-        cfg = PreviewConfig(data=data, n=n, out=out, html=html, seed=seed, tile=tile)
+        cfg = PreviewConfig(data=location(data), n=n, out=_maybe(out), html=_maybe(html), seed=seed, tile=tile)
         validate(cfg, "preview")
         result = preview(cfg)
     except ConfigError as err:
@@ -222,13 +225,17 @@ def pretrain_cmd(
     typer.echo(result.text())
 
 
+def _maybe(value: str | None) -> Location | None:
+    return None if value is None else location(value)
+
+
 def _transfer(
     kind: str,
-    data: Path,
-    out: Path,
+    data: str,
+    out: str,
     config: Path | None,
-    init: Path | None,
-    val: Path | None,
+    init: str | None,
+    val: str | None,
     options: Mapping[str, object],
 ) -> None:
     """finetune / probe: one library call (the shared loop), one summary, one-line errors with exit 2."""
@@ -242,8 +249,10 @@ def _transfer(
         if kind == "probe":
             overrides.update(probe=True, task="cls")
         cfg = build_finetune_config(config, **overrides)
-        run = RunOptions(data=data, out=out, **{k: options[k] for k in run_keys})  # type: ignore[arg-type]
-        result = finetune(cfg, run, init, val)
+        run = RunOptions(data=location(data), out=location(out), **{k: options[k] for k in run_keys})  # type: ignore[arg-type]
+        with ExitStack() as stack:
+            weights = stack.enter_context(fetched(location(init))) if init is not None else None
+            result = finetune(cfg, run, weights, _maybe(val))
     except USER_ERRORS as err:
         raise fail(str(err)) from None
     typer.echo(result.text())
@@ -255,31 +264,33 @@ _INPUTS_HELP = "Input modalities, comma-separated (rgb, or rgb,depth ...); defau
 @app.command("finetune")
 def finetune_cmd(
     data: Annotated[
-        Path,
+        str,
         typer.Option(
-            parser=local_location, metavar="PATH", help="Training shards (a dataset folder from build-dataset)."
+            parser=location, metavar="LOCATION", help="Training shards (a dataset folder or prefix from build-dataset)."
         ),
     ],
     out: Annotated[
-        Path,
+        str,
         typer.Option(
-            parser=local_location,
-            metavar="PATH",
-            help="Run folder: checkpoints, metrics.jsonl, val.jsonl, config.json.",
+            parser=location,
+            metavar="LOCATION",
+            help="Run folder or prefix: checkpoints, metrics.jsonl, val.jsonl, config.json.",
         ),
     ],
     task: Annotated[str | None, typer.Option(help="cls, semseg or depth; default: the config's.")] = None,
     init: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
-            parser=local_location, help="Pretrained weights: our or an official checkpoint, or a timm export."
+            parser=location,
+            metavar="LOCATION",
+            help="Pretrained weights: our or an official checkpoint (a file or store object).",
         ),
     ] = None,
     val: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
-            parser=local_location,
-            metavar="PATH",
+            parser=location,
+            metavar="LOCATION",
             help="Validation shards: evaluated at the end (and every eval_every).",
         ),
     ] = None,
@@ -311,14 +322,14 @@ def finetune_cmd(
 @app.command("probe")
 def probe_cmd(
     data: Annotated[
-        Path, typer.Option(parser=local_location, metavar="PATH", help="Training shards with class folders (.cls).")
+        str, typer.Option(parser=location, metavar="LOCATION", help="Training shards with class folders (.cls).")
     ],
-    out: Annotated[Path, typer.Option(parser=local_location, metavar="PATH", help="Run folder.")],
+    out: Annotated[str, typer.Option(parser=location, metavar="LOCATION", help="Run folder or prefix.")],
     init: Annotated[
-        Path | None,
-        typer.Option(parser=local_location, metavar="PATH", help="Pretrained weights (none: a random-init baseline)."),
+        str | None,
+        typer.Option(parser=location, metavar="LOCATION", help="Pretrained weights (none: a random-init baseline)."),
     ] = None,
-    val: Annotated[Path | None, typer.Option(parser=local_location, metavar="PATH", help="Validation shards.")] = None,
+    val: Annotated[str | None, typer.Option(parser=location, metavar="LOCATION", help="Validation shards.")] = None,
     config: Annotated[
         Path | None,
         typer.Option(parser=local_location, metavar="PATH", help="Recipe TOML (trainer/configs/probe-*.toml)."),
@@ -342,12 +353,12 @@ def probe_cmd(
 @app.command("evaluate")
 def evaluate_cmd(
     checkpoint: Annotated[
-        Path,
+        str,
         typer.Argument(
-            parser=local_location, metavar="CHECKPOINT", help="A fine-tuning checkpoint (checkpoint-best.pt, ...)."
+            parser=location, metavar="CHECKPOINT", help="A fine-tuning checkpoint (checkpoint-best.pt, ...)."
         ),
     ],
-    data: Annotated[Path, typer.Option(parser=local_location, metavar="PATH", help="Shards to evaluate on.")],
+    data: Annotated[str, typer.Option(parser=location, metavar="LOCATION", help="Shards to evaluate on.")],
     json_path: Annotated[
         Path | None,
         typer.Option("--json", parser=local_location, metavar="PATH", help="Write the metrics here (JSON)."),
@@ -360,7 +371,8 @@ def evaluate_cmd(
     from trainer.finetune import evaluate
 
     try:
-        result = evaluate(checkpoint, data, json_path, device, batch_size)
+        with fetched(location(checkpoint)) as weights:
+            result = evaluate(weights, location(data), json_path, device, batch_size)
     except USER_ERRORS as err:
         raise fail(str(err)) from None
     typer.echo(f"{result.task} on {data}: " + ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items()))
@@ -369,15 +381,18 @@ def evaluate_cmd(
 @app.command("export")
 def export_cmd(
     checkpoint: Annotated[
-        Path,
+        str,
         typer.Argument(
-            parser=local_location,
+            parser=location,
             metavar="CHECKPOINT",
-            help="Our pretraining or fine-tuning checkpoint, or an official one.",
+            help="Our pretraining or fine-tuning checkpoint, or an official one (a file or store object).",
         ),
     ],
     out: Annotated[
-        Path, typer.Argument(parser=local_location, metavar="OUT", help="timm: a new folder; official: a .pth file.")
+        str,
+        typer.Argument(
+            parser=location, metavar="OUT", help="timm: a new folder (or prefix); official: a .pth file (or object)."
+        ),
     ],
     format: Annotated[str, typer.Option(help="timm (local-dir folder) or official (MultiMAE .pth).")] = "timm",
 ) -> None:
@@ -389,10 +404,12 @@ def export_cmd(
     try:
         if format not in ("timm", "official"):
             raise ConfigError(f"--format must be timm or official, got {format!r}")
-        if out.exists() and (format == "official" or any(out.iterdir())):
+        if stores.exists(location(out), folder=format == "timm"):
             raise ConfigError(f"{out} exists; export writes a new {'file' if format == 'official' else 'folder'}")
-        state, shape, _ = encoder_state(checkpoint)
-        path = export_timm_folder(state, shape, out) if format == "timm" else export_official(state, out)
+        with fetched(location(checkpoint)) as weights, published(location(out)) as target:
+            state, shape, _ = encoder_state(weights)
+            written = export_timm_folder(state, shape, target) if format == "timm" else export_official(state, target)
+        path = out if stores.is_url(out) else written
     except (*USER_ERRORS, KeyError) as err:
         raise fail(f"cannot export {checkpoint}: {err}") from None
     typer.echo(f"wrote {path}")
@@ -413,14 +430,14 @@ def _keep_counts(keep: list[str]) -> dict[str, int]:
 @app.command("reconstruct")
 def reconstruct_cmd(
     checkpoint: Annotated[
-        Path,
+        str,
         typer.Argument(
-            parser=local_location, metavar="CHECKPOINT", help="Our checkpoint-*.pt or an official MultiMAE checkpoint."
+            parser=location, metavar="CHECKPOINT", help="Our checkpoint-*.pt or an official MultiMAE checkpoint."
         ),
     ],
     out: Annotated[
-        Path, typer.Option(parser=local_location, metavar="PATH", help="Where to write the figure (PNG).")
-    ] = Path("reconstruction.png"),
+        str, typer.Option(parser=location, metavar="LOCATION", help="Where to write the figure (PNG).")
+    ] = "reconstruction.png",
     image: Annotated[
         Path | None, typer.Option(parser=local_location, metavar="PATH", help="An image file as input.")
     ] = None,
@@ -448,9 +465,10 @@ def reconstruct_cmd(
     from trainer.reconstruct import ReconstructConfig, reconstruct
 
     try:
+        stack = ExitStack()
         cfg = ReconstructConfig(
-            checkpoint=checkpoint,
-            out=out,
+            checkpoint=stack.enter_context(fetched(location(checkpoint))),
+            out=stack.enter_context(published(location(out))),
             image=image,
             sample=sample,
             labels_from=labels_from,
@@ -462,11 +480,14 @@ def reconstruct_cmd(
         )
         if not 32 <= tile <= 1024:
             raise ConfigError(f"--tile must be 32..1024, got {tile}")
-        result = reconstruct(cfg)
+        with stack:
+            result = reconstruct(cfg)
     except (*USER_ERRORS, ConfigError) as err:
         raise fail(str(err)) from None
     shown = ", ".join(f"{n}={v}" for n, v in result.visible.items())
-    typer.echo(f"wrote {result.out} ({len(result.rows)} modalities; visible tokens {shown})")
+    typer.echo(
+        f"wrote {out if stores.is_url(out) else result.out} ({len(result.rows)} modalities; visible tokens {shown})"
+    )
 
 
 @app.command("convert-weights")

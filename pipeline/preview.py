@@ -14,6 +14,8 @@ from __future__ import annotations
 import base64
 import html
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from labelers.classes import full_palette
-from pipeline import fs
+from pipeline import fs, stores
 from pipeline.codecs import BY_SUFFIX, CODECS, dequantize_depth, dequantize_normal
 from pipeline.contract import IndexEntry, ModalityInfo, url_problem
 from pipeline.figures import (
@@ -38,7 +40,8 @@ from pipeline.figures import (
     stack,
 )
 from pipeline.schema import ConfigError, setting
-from pipeline.verify_docs import DatasetDocs, NotADatasetError, check_documents
+from pipeline.stores import Location
+from pipeline.verify_docs import DatasetDocs, NotADatasetError, checked_documents
 from pipeline.wds import read_samples
 
 Sample = dict[str, bytes]  # member suffix -> bytes, plus "__key__"
@@ -47,19 +50,19 @@ _MAX_LEGEND_CLASSES = 48
 
 @dataclass(frozen=True, kw_only=True)
 class PreviewConfig:
-    data: Path
+    data: Location  # a dataset folder or store prefix
     n: int = setting(16, ge=1, le=1024)  # rows of the grid
     seed: int = setting(0, ge=0)
-    out: Path | None = None  # the grid as PNG
-    html: Path | None = None  # a folder for index.html
+    out: Location | None = None  # the grid as PNG (a file or store object)
+    html: Location | None = None  # a folder (or prefix) for index.html
     tile: int = setting(160, ge=32, le=1024)  # pixels per tile
     stats_samples: int = setting(256, ge=1)  # samples behind the class shares and the depth histogram
 
 
 @dataclass(kw_only=True)
 class PreviewResult:
-    png: Path | None
-    html: Path | None
+    png: Location | None
+    html: Location | None
     rows: int
     columns: tuple[str, ...]
     size: tuple[int, int]
@@ -85,14 +88,17 @@ class _Column:
         return f"{self.name} ({self.info.kind})"
 
 
-def _open(cfg: PreviewConfig) -> DatasetDocs:
+@contextmanager
+def _open(cfg: PreviewConfig) -> Iterator[DatasetDocs]:
     try:
-        docs = check_documents(cfg.data)
+        with checked_documents(cfg.data) as docs:
+            if docs.index is None or docs.manifest is None:
+                raise ConfigError(
+                    f"{cfg.data}: index.json and manifest.json are needed to preview (run mmforge verify)"
+                )
+            yield docs
     except NotADatasetError as err:
         raise ConfigError(str(err)) from None
-    if docs.index is None or docs.manifest is None:
-        raise ConfigError(f"{cfg.data}: index.json and manifest.json are needed to preview (run mmforge verify)")
-    return docs
 
 
 def _columns(docs: DatasetDocs) -> list[_Column]:
@@ -108,7 +114,7 @@ def _entries(docs: DatasetDocs) -> list[IndexEntry]:
     return [
         e
         for e in docs.index.shards
-        if e.samples and url_problem(docs.paths, e.name, e.url) is None and docs.paths.shard_tar(e.name).is_file()
+        if e.samples and url_problem(docs.paths, e.name, e.url) is None and e.name in docs.present
     ]
 
 
@@ -125,7 +131,7 @@ def choose(entries: list[IndexEntry], n: int, seed: int) -> dict[str, list[int]]
 
 
 def read_chosen(docs: DatasetDocs, chosen: dict[str, list[int]]) -> list[Sample]:
-    return [s for shard, ordinals in chosen.items() for _, s in read_samples(docs.paths.shard_tar(shard), ordinals)]
+    return [s for shard, ordinals in chosen.items() for _, s in read_samples(docs.shard_location(shard), ordinals)]
 
 
 def _decode(sample: Sample, suffix: str) -> Any:
@@ -201,20 +207,24 @@ def render_grid(cols: list[_Column], samples: list[Sample], tile: int) -> tuple[
 
 
 def preview(cfg: PreviewConfig) -> PreviewResult:
-    """Write the grid (PNG) and/or the HTML page for the dataset in `cfg.data`."""
-    docs = _open(cfg)
-    entries, cols = _entries(docs), _columns(docs)
-    if not entries:
-        raise ConfigError(f"{cfg.data}: no readable shard with samples to preview")
-    samples = read_chosen(docs, choose(entries, cfg.n, cfg.seed))
-    _, image = render_grid(cols, samples, cfg.tile)
-    out = cfg.out if cfg.out is not None or cfg.html is not None else Path("preview.png")
-    if out is not None:
-        fs.write_bytes_atomic(out, png_bytes(image))
-    page = None
-    if cfg.html is not None:
-        more = read_chosen(docs, choose(entries, max(cfg.stats_samples, cfg.n), cfg.seed + 1))
-        page = write_html(cfg.html, docs, cols, image, more)
+    """Write the grid (PNG) and/or the HTML page for the dataset in `cfg.data` (each a file and folder, or
+    store locations: written here, then published)."""
+    with _open(cfg) as docs:
+        entries, cols = _entries(docs), _columns(docs)
+        if not entries:
+            raise ConfigError(f"{cfg.data}: no readable shard with samples to preview")
+        samples = read_chosen(docs, choose(entries, cfg.n, cfg.seed))
+        _, image = render_grid(cols, samples, cfg.tile)
+        out = cfg.out if cfg.out is not None or cfg.html is not None else Path("preview.png")
+        if out is not None:
+            with stores.published(out) as local:
+                fs.write_bytes_atomic(local, png_bytes(image))
+        page: Location | None = None
+        if cfg.html is not None:
+            more = read_chosen(docs, choose(entries, max(cfg.stats_samples, cfg.n), cfg.seed + 1))
+            with stores.published(cfg.html) as folder:
+                written = write_html(folder, docs, cols, image, more)
+            page = written if not stores.is_url(cfg.html) else stores.RemoteURL(f"{cfg.html}/index.html")
     keys = [s["__key__"].decode() for s in samples]
     return PreviewResult(
         png=out, html=page, rows=len(samples), columns=tuple(c.name for c in cols), size=image.size, keys=keys

@@ -164,6 +164,49 @@ def is_url(value: str | Path) -> bool:
     return scheme is not None and scheme != "file"
 
 
+def exists(where: Location, *, folder: bool) -> bool:
+    """Whether writing `where` would replace something: a file (or, for a `folder`, a non-empty folder), or
+    any object at or below the store path."""
+    if is_url(where):
+        store = open_store(str(where))
+        return bool(store.listing()) or bool(store.fs.exists(store.root))
+    path = Path(where)
+    return path.exists() and (not folder or not path.is_dir() or any(path.iterdir()))
+
+
+@contextmanager
+def fetched(where: Location) -> Iterator[Path]:
+    """A local path holding the file `where`: itself, or a private download of the object (removed after)."""
+    if not is_url(where):
+        yield Path(where)
+        return
+    store = open_store(str(where))
+    name = store.root.rsplit("/", 1)[-1]
+    with tempfile.TemporaryDirectory(prefix="mmforge-in-", dir=_stage_root()) as tmp:
+        local = Path(tmp) / name
+        with fs.atomic_open(local) as f, store.fs.open(store.root, "rb") as src:
+            shutil.copyfileobj(src, f, 1 << 20)
+        yield local
+
+
+@contextmanager
+def published(where: Location) -> Iterator[Path]:
+    """A local path to write the file or folder `where` at: itself, or a temp path whose file (or every file
+    below it) is uploaded, one upload each, once the block succeeds."""
+    if not is_url(where):
+        yield Path(where)
+        return
+    store = open_store(str(where))
+    with tempfile.TemporaryDirectory(prefix="mmforge-out-", dir=_stage_root()) as tmp:
+        local = Path(tmp) / store.root.rsplit("/", 1)[-1]
+        yield local
+        if local.is_dir():
+            for path in sorted(p for p in local.rglob("*") if p.is_file()):
+                store.put_file(path, path.relative_to(local).as_posix())
+        elif local.is_file():
+            store.fs.put_file(str(local), store.root)
+
+
 @contextmanager
 def staged_documents(url: str) -> Iterator[tuple[Path, dict[str, int]]]:
     """A private local copy of a store dataset's documents (removed afterwards), and the name and size of each

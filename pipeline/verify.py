@@ -29,7 +29,6 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -37,12 +36,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from pipeline import stores
 from pipeline.codecs import BY_SUFFIX, CODECS, IGNORE_ID
 from pipeline.contract import url_problem
 from pipeline.schema import to_plain
 from pipeline.stores import Location
-from pipeline.verify_docs import DatasetDocs, NotADatasetError, check_documents
+from pipeline.verify_docs import DatasetDocs, NotADatasetError, checked_documents
 from pipeline.verify_sample import Defect, MapSpec
 from pipeline.verify_shard import ShardExpect, ShardResult, check_shard
 
@@ -259,12 +257,7 @@ def _expected_samples(docs: DatasetDocs) -> int:
 def verify_dataset(cfg: VerifyConfig) -> VerifyReport:
     """Check the dataset in `cfg.out`. Raises NotADatasetError when there is no dataset to check."""
     started = time.perf_counter()
-    with ExitStack() as stack:
-        if stores.is_url(cfg.out):
-            stage, listed = stack.enter_context(stores.staged_documents(str(cfg.out)))
-            docs = check_documents(stage, str(cfg.out), listed)
-        else:
-            docs = check_documents(Path(cfg.out))
+    with checked_documents(cfg.out) as docs:
         return _verify(cfg, docs, started)
 
 

@@ -12,11 +12,13 @@ shards are not downloaded but taken from the store's listing (`DatasetDocs.liste
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pipeline import fs, ownership
+from pipeline import fs, ownership, stores
 from pipeline.contract import (
     DatasetPaths,
     DocumentError,
@@ -32,6 +34,7 @@ from pipeline.contract import (
     read_doc,
     url_problem,
 )
+from pipeline.stores import Location
 from pipeline.verify_sample import Defect
 
 T = TypeVar("T")
@@ -109,7 +112,8 @@ def open_dataset(out: Path, base: str = "", listed: dict[str, int] | None = None
         raise NotADatasetError(f"{where} does not exist or is not a folder")
     if not any(p.is_file() for p in (paths.marker, paths.plan_header, paths.manifest, paths.index)):
         raise NotADatasetError(
-            f"{where} is not a dataset (no mmforge.json, plan/plan.json, manifest.json or index.json)"
+            f"{where} is not a dataset {'prefix' if base else 'folder'} (no mmforge.json, plan/plan.json, "
+            "manifest.json or index.json)"
         )
     docs = DatasetDocs(paths, base=base, listed=dict(listed or {}))
     docs.plan = _read(docs, PlanHeader, paths.plan_header)
@@ -119,6 +123,17 @@ def open_dataset(out: Path, base: str = "", listed: dict[str, int] | None = None
     docs.index = _read(docs, Index, paths.index)
     docs.wids = _read(docs, WidsIndex, paths.wids_index)
     return docs
+
+
+@contextmanager
+def checked_documents(out: Location) -> Iterator[DatasetDocs]:
+    """`check_documents` of a folder, or of a store dataset (on a private copy of its documents, removed when
+    the block ends; its shards stay on the store, `DatasetDocs.shard_location`)."""
+    if not stores.is_url(out):
+        yield check_documents(Path(out))
+        return
+    with stores.staged_documents(str(out)) as (stage, listed):
+        yield check_documents(stage, str(out), listed)
 
 
 def check_documents(out: Path, base: str = "", listed: dict[str, int] | None = None) -> DatasetDocs:

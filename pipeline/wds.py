@@ -21,6 +21,7 @@ from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from pipeline import stores
 from pipeline.codecs import BY_SUFFIX, decode_member, split_member
 
 
@@ -71,7 +72,7 @@ def read_samples(path: str | Path, ordinals: Collection[int] | None = None) -> I
         return
     last = max(wanted) if wanted is not None else None
     current, ordinal, sample = None, -1, {}  # type: tuple[str | None, int, dict[str, bytes]]
-    with tarfile.open(path, mode="r|") as tar:
+    with stores.open_input(path) as (stream, _), tarfile.open(fileobj=stream, mode="r|") as tar:
         for member in tar:
             if not member.isfile():
                 continue

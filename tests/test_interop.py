@@ -97,3 +97,33 @@ def test_hugging_face_datasets(urls, truth, tmp_path):
 def test_ray_data_read_webdataset(ray_session, urls, truth):
     rows = ray_session.data.read_webdataset(urls, decoder=decode_sample).take_all()
     assert_exact({r["__key__"]: r for r in rows}, truth)
+
+
+def test_wids_serves_a_stale_cached_shard_after_a_rebuild_unless_read_in_place(tmp_path):
+    """What README "Reading the shards" warns of: wids copies each shard into its cache once and keeps using
+    the copy; `localname=lambda url: url` reads the shards where they are."""
+    wids = pytest.importorskip("wids")
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+    from tests.conftest import DEMO_RECIPE, EXAMPLES
+
+    out, index = tmp_path / "ds", str(tmp_path / "ds" / "wids-index.json")
+
+    def build(png_level: int) -> str:
+        recipe = tmp_path / f"level{png_level}.toml"
+        recipe.write_text(DEMO_RECIPE.read_text().replace("png_level = 1", f"png_level = {png_level}"))
+        args = ["build-dataset", str(EXAMPLES), str(out), "--recipe", str(recipe), "--executor", "local"]
+        assert CliRunner().invoke(app, [*args, "--overwrite", "--quiet"]).exit_code == 0
+        return __import__("json").loads((out / "manifest.json").read_text())["plan_id"]
+
+    def first_sample_dataset(**where) -> str:
+        return wids.ShardListDataset(index, transformations=[decode_sample], **where)[0]["json"]["dataset"]
+
+    cache = {"cache_dir": str(tmp_path / "wids-cache")}
+    old = build(1)
+    assert first_sample_dataset(**cache) == old
+    new = build(9)  # same shard names, other bytes (and another dataset id in every sample)
+    assert new != old
+    assert first_sample_dataset(**cache) == old  # stale: the cached copy of the old build
+    assert first_sample_dataset(localname=lambda url: url) == new  # in place: this build

@@ -51,19 +51,25 @@ def store_commands(url: str) -> list[list[str]]:
         ["build-dataset", IMAGES, url, "--recipe", DEMO, "--executor", "local"],
         ["build-dataset", url, "out-never", "--recipe", DEMO, "--executor", "local"],
         ["verify", url],
+        ["preview", url],
+        ["preview", "data-never", "--out", url],
         ["pretrain", "--data", url, "--out", "run-never", "--config", SMOKE],
         ["pretrain", "--data", "data-never", "--out", url, "--config", SMOKE],
+        ["finetune", "--data", "data-never", "--out", "run-never", "--init", url],
+        ["export", url, "out-never"],
+        ["export", "ckpt-never.pt", url],
+        ["reconstruct", "ckpt-never.pt", "--out", url],
     ]
 
 
 def local_commands(url: str) -> list[list[str]]:
-    """Each command with `url` in one of its path arguments that take local paths only."""
+    """Each command with `url` in one of its path arguments that take local files only."""
     return [
-        ["preview", url],
         ["build-dataset", IMAGES, "out-never", "--recipe", url],
-        ["finetune", "--data", "data-never", "--out", "run-never", "--init", url],
-        ["export", url, "out-never"],
-        ["reconstruct", "ckpt-never.pt", "--out", url],
+        ["pretrain", "--data", "data-never", "--out", "run-never", "--config", url],
+        ["verify", "data-never", "--json", url],
+        ["reconstruct", "ckpt-never.pt", "--image", url],
+        ["reconstruct", "ckpt-never.pt", "--sample", "d:s/k", "--mask", url],
     ]
 
 

@@ -116,6 +116,24 @@ def test_build_verify_pretrain_resume_through_s3(s3: S3, tmp_path: Path) -> None
     assert after["checkpoint-last.pt"] == after["checkpoint-10.pt"] and "checkpoint-5.pt" in after
     assert [json.loads(line)["step"] for line in after["metrics.jsonl"].decode().splitlines()] == list(range(6, 11))
 
+    # pictures and exports from and to the store
+    code, out = cli(
+        "preview", data, "--n", "3", "--out", f"s3://{BUCKET}/pics/grid.png", "--html", f"s3://{BUCKET}/pics/page"
+    )
+    assert code == 0 and "3 samples" in out, out
+    pics = objects(s3, "pics")
+    assert pics["grid.png"].startswith(b"\x89PNG") and b"<html" in pics["page/index.html"]
+    ckpt = f"s3://{BUCKET}/run/checkpoint-last.pt"
+    code, out = cli("export", ckpt, f"s3://{BUCKET}/timm")
+    assert code == 0, out
+    assert {"config.json", "model.safetensors"} <= set(objects(s3, "timm"))
+    code, out = cli("export", ckpt, f"s3://{BUCKET}/timm")
+    assert code == 2 and "exists" in out, out
+    sample = f"{tmp_path / 'local'}:train-000000/00000000000"
+    code, out = cli("reconstruct", ckpt, "--sample", sample, "--out", f"s3://{BUCKET}/pics/reconstruction.png")
+    assert code == 0 and f"wrote s3://{BUCKET}/pics/reconstruction.png" in out, out
+    assert objects(s3, "pics")["reconstruction.png"].startswith(b"\x89PNG")
+
 
 def test_verify_s3_finds_what_was_changed_on_the_store(s3: S3) -> None:
     code, out = cli(

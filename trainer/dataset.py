@@ -12,14 +12,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import warnings
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import stores
 from pipeline.codecs import CODECS
 from pipeline.contract import IndexEntry, Manifest, url_problem
-from pipeline.verify_docs import DatasetDocs, NotADatasetError, check_documents
+from pipeline.verify_docs import DatasetDocs, NotADatasetError, checked_documents
 from trainer.config import ModelConfig
 from trainer.errors import DataError
 from trainer.modalities import MODALITIES, used_modalities
@@ -47,21 +46,16 @@ class DatasetInfo:
 
 def load_dataset(root: stores.Location, *, verify_checksums: bool = False, allow_defects: bool = False) -> DatasetInfo:
     """Check the dataset's documents and shard sizes; DataError on a dataset that cannot be trusted."""
-    with ExitStack() as stack:
-        try:
-            if stores.is_url(root):
-                stage, listed = stack.enter_context(stores.staged_documents(str(root)))
-                docs = check_documents(stage, str(root), listed)
-            else:
-                root = Path(root)
-                if not root.is_dir():
-                    raise DataError(f"data folder not found: {root}")
-                docs = check_documents(root)
-        except NotADatasetError as err:
-            raise DataError(str(err)) from None
-        except OSError as err:
-            raise DataError(f"cannot read the dataset {root}: {err}") from None
-        return _checked(root, docs, verify_checksums, allow_defects)
+    root = root if stores.is_url(root) else Path(root)
+    if isinstance(root, Path) and not root.is_dir():
+        raise DataError(f"data folder not found: {root}")
+    try:
+        with checked_documents(root) as docs:
+            return _checked(root, docs, verify_checksums, allow_defects)
+    except NotADatasetError as err:
+        raise DataError(str(err)) from None
+    except OSError as err:
+        raise DataError(f"cannot read the dataset {root}: {err}") from None
 
 
 def _checked(root: stores.Location, docs: DatasetDocs, verify_checksums: bool, allow_defects: bool) -> DatasetInfo:

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from pipeline import fs
 from pipeline.codecs import CODECS, decode_json, decode_member, dequantize_depth
+from pipeline.stores import Location
 from pipeline.wds import read_samples
 from trainer.augment import augment, center_square, resample, sample_crop
 from trainer.checkpoint import atomic_save, load_checkpoint
@@ -146,7 +147,7 @@ def evaluate_model(model: MultiViT, info: DatasetInfo, batch: int, device: torch
 @dataclass
 class FinetuneJob:
     init: Path | None = None
-    val: Path | None = None
+    val: Location | None = None
     num_classes: int = 0
     val_info: DatasetInfo | None = None
     verb: str = "fine-tuned"
@@ -242,7 +243,7 @@ def _payload(t: Trainer, metrics: dict[str, float]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ commands
 
 
-def finetune(cfg: FinetuneConfig, options: RunOptions, init: Path | None, val: Path | None) -> RunSummary:
+def finetune(cfg: FinetuneConfig, options: RunOptions, init: Path | None, val: Location | None) -> RunSummary:
     from trainer.train import run
 
     return run(FinetuneJob(init=init, val=val), cfg, options)
@@ -251,7 +252,7 @@ def finetune(cfg: FinetuneConfig, options: RunOptions, init: Path | None, val: P
 @dataclass(frozen=True, kw_only=True)
 class EvalResult:
     checkpoint: Path
-    data: Path
+    data: Location
     task: str
     metrics: dict[str, float]
 
@@ -285,7 +286,7 @@ def _class_key(cfg: FinetuneConfig) -> str:
 
 
 def evaluate(
-    checkpoint: Path, data: Path, json_path: Path | None = None, device: str = "cpu", batch: int = 16
+    checkpoint: Path, data: Location, json_path: Path | None = None, device: str = "cpu", batch: int = 16
 ) -> EvalResult:
     model = load_finetuned(checkpoint, device)
     info = load_dataset(data)
