@@ -1,5 +1,6 @@
 """Object-store benchmark: the same build and verify on a local folder and through an S3 API (moto's server on
-loopback, so what is measured is this project's staging, listing and one-PUT publishing, not a network).
+loopback, in a process of its own, so what is measured is this project's staging, listing, reading and one-PUT
+publishing, and moto's own cost per request, not a network).
 
     python -m benchmarks.bench_store --images 240 --shard-size 40
 
@@ -58,7 +59,7 @@ def main() -> None:
         load_recipe(ROOT / "manifests" / "demo.toml"), shard_size=args.shard_size, batch_size=args.batch_size
     )
     src = make_source(args.workdir / "src", args.images)
-    with s3_server(BUCKET) as s3:
+    with s3_server(BUCKET, own_process=True) as s3:
         s3.fs.put(str(src) + "/", f"{BUCKET}/src/", recursive=True)  # type: ignore[attr-defined]
         timed_build(recipe, src, args.workdir / "warm-up", args.executor)  # model caches, imports
         runs = [

@@ -12,6 +12,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from pipeline.label_files import is_files, read_label
 from pipeline.plan import Entry, ShardSpec
 from pipeline.sink import ShardSink
 
+_STORE_READERS = 16
 Labels = dict[str, list[np.ndarray]]  # modality -> one map per image
 Submit = Callable[[list[np.ndarray]], Callable[[], Labels]]  # start labelling; call the result to wait
 
@@ -71,6 +73,22 @@ def _failure(entry: Entry, err: BaseException, stage: str) -> Failure:
     return Failure(path=entry.path, error=type(err).__name__, message=message, stage=stage)
 
 
+def _fetch(entries: list[Entry], ctx: ShardContext, limits: dict[str, int]) -> list[bytes | Exception]:
+    """Each source's bytes (or why not). From a store, `_STORE_READERS` requests at a time: one object read
+    after another would leave a store's per-request latency (tens of ms) between every two images."""
+
+    def one(entry: Entry) -> bytes | Exception:
+        try:
+            return read_source(stores.join(ctx.src, entry.path), **limits)
+        except Exception as err:  # a bad image is data: recorded by the caller
+            return err
+
+    if not stores.is_url(ctx.src) or len(entries) < 2:
+        return [one(e) for e in entries]
+    with ThreadPoolExecutor(min(_STORE_READERS, len(entries))) as pool:
+        return list(pool.map(one, entries))
+
+
 def _read(
     entries: Sequence[tuple[int, Entry]], ctx: ShardContext, tally: _Tally
 ) -> list[tuple[int, Entry, DecodedImage, dict[str, np.ndarray]]]:
@@ -78,9 +96,11 @@ def _read(
     image's recorded failure (stage `read` or `label`)."""
     t0, ok = time.perf_counter(), []
     limits = dict(max_bytes=ctx.image.max_file_bytes, max_pixels=ctx.image.max_pixels)
-    for pos, entry in entries:
+    fetched = _fetch([e for _, e in entries], ctx, limits)
+    for (pos, entry), data in zip(entries, fetched, strict=True):
         try:
-            data = read_source(stores.join(ctx.src, entry.path), **limits)
+            if isinstance(data, Exception):
+                raise data
             img = decode_image(
                 data, max_pixels=ctx.image.max_pixels, max_side=ctx.image.max_side, jpeg_quality=ctx.image.jpeg_quality
             )

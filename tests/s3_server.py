@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,16 +29,59 @@ class S3:
 
 
 @contextmanager
-def s3_server(bucket: str) -> Iterator[S3]:
-    """Start moto's S3 server on 127.0.0.1, point this process at it (AWS_* variables), make `bucket`."""
-    pytest.importorskip("s3fs")
-    server_mod = pytest.importorskip("moto.server")
-    import s3fs
+def _moto_process() -> Iterator[str]:
+    """moto's server in a process of its own (so it does not share this process's GIL); yields its endpoint."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("moto's server did not start") from None
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.kill()
+        proc.wait(10)
 
+
+@contextmanager
+def _moto_thread() -> Iterator[str]:
+    server_mod = pytest.importorskip("moto.server")
     server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    s3 = S3(endpoint=f"http://{host}:{port}", fs=None)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@contextmanager
+def s3_server(bucket: str, *, own_process: bool = False) -> Iterator[S3]:
+    """Start moto's S3 server on 127.0.0.1 (in a thread here, or `own_process`), point this process at it
+    (AWS_* variables), make `bucket`."""
+    pytest.importorskip("s3fs")
+    pytest.importorskip("moto.server")
+    with _moto_process() if own_process else _moto_thread() as endpoint, _pointed_at(endpoint, bucket) as s3:
+        yield s3
+
+
+@contextmanager
+def _pointed_at(endpoint: str, bucket: str) -> Iterator[S3]:
+    import s3fs
+
+    s3 = S3(endpoint=endpoint, fs=None)
     saved = {k: os.environ.get(k) for k in (*CREDENTIALS, "AWS_ENDPOINT_URL")}
     os.environ.update(s3.env())
     s3fs.S3FileSystem.clear_instance_cache()
@@ -50,7 +96,6 @@ def s3_server(bucket: str) -> Iterator[S3]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        server.stop()
 
 
 class StallingRelay:
