@@ -16,7 +16,7 @@ from labelers import check_labeler
 from labelers.weights import WeightsUnavailableError
 from pipeline import fs, ownership, stores
 from pipeline.config import BuildConfig, ConfigError
-from pipeline.contract import DatasetPaths, DocumentError, Manifest, ShardStats, read_stats
+from pipeline.contract import DatasetPaths, DocumentError, Manifest, ShardStats, document_name, read_stats
 from pipeline.dataset_files import write_dataset_files
 from pipeline.executors import Callbacks, init_ray, run_local, run_ray
 from pipeline.label_files import check_root, is_files
@@ -97,15 +97,34 @@ class _Publish:
                 self.store.put_file(path, self.paths.rel(path))
 
     def plan(self, plan: Plan) -> None:
+        """The plan's entries, then (entries of an unfinished earlier plan removed) its header: the header's
+        presence means a whole plan, as the local plan folder's rename does."""
         entries = [self.paths.plan_entries(s.name) for s in plan.shards]
-        self.files(*entries, self.paths.plan_header)  # the header last: its presence means a whole plan
+        self.files(*entries)
+        if self.store is not None:
+            ours = {self.paths.rel(p) for p in entries}
+            self._remove([r for r in self.listing if r.startswith("plan/") and r not in ours])
+        self.files(self.paths.plan_header)
 
     def remove_dataset(self, named: set[Path]) -> None:
-        """`--overwrite` on a store: remove the objects the old documents name (the marker stays)."""
+        """`--overwrite` on a store: remove the objects the old documents name (the marker stays): shards first,
+        the plan's header last but the dataset documents, so a killed removal leaves a prefix that is still
+        ours to finish."""
         if self.store is not None:
             rels = {self.paths.rel(p) for p in named} - {self.paths.rel(self.paths.marker)}
-            self.store.remove(sorted(r for r in rels if r in self.listing))
-            self.listing = {r: e for r, e in self.listing.items() if r not in rels}
+            header = self.paths.rel(self.paths.plan_header)
+            order = {"shards": 0, "plan": 1}
+            self._remove(
+                sorted(
+                    (r for r in rels if r in self.listing),
+                    key=lambda r: (order.get(r.split("/", 1)[0], 3) + (r == header), r),
+                )
+            )
+
+    def _remove(self, rels: list[str]) -> None:
+        if self.store is not None and rels:
+            self.store.remove(rels)
+            self.listing = {r: e for r, e in self.listing.items() if r not in set(rels)}
 
     def tar_size(self, shard: str) -> int | None:
         tar = self.paths.shard_tar(shard)
@@ -205,8 +224,16 @@ def _build_in_store(cfg: BuildConfig) -> BuildResult:
     paths = DatasetPaths(stage / "dataset")
     with ownership.BuildLock(DatasetPaths(stage)):
         try:
-            listing = stores.mirror(store, paths.root, skip_suffix=".tar")
-        except OSError as err:
+            listing = store.listing()
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"cannot read {cfg.out}: {err}") from None
+        ownership.check_names(listing, paths, str(cfg.out))  # before anything is downloaded
+        planned = paths.rel(paths.plan_header) in listing  # else plan entries are an unfinished plan's
+        try:
+            stores.mirror(
+                store, paths.root, lambda r: document_name(r) and (planned or r.split("/")[0] != "plan"), listing
+            )
+        except (OSError, ValueError) as err:
             raise ConfigError(f"cannot read {cfg.out}: {err}") from None
         ownership.check_listed(paths, listing, str(cfg.out))
         ownership.check_ownership(paths)

@@ -123,6 +123,8 @@ def verify_cmd(
         )
     except NotADatasetError as err:
         raise fail(str(err)) from None
+    except OSError as err:  # a store that cannot be listed or read (credentials, network)
+        raise fail(f"cannot read {out}: {err}") from None
     typer.echo(summary(report))
     if not report.ok:
         raise typer.Exit(1)

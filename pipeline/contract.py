@@ -360,6 +360,23 @@ class DatasetPaths:
         return named
 
 
+_DOCUMENT = re.compile(
+    rf"(mmforge\.json|manifest\.json|index\.json|wids-index\.json|plan/plan\.json|plan/{SHARD_NAME}\.json"
+    rf"|shards/{SHARD_NAME}\.stats\.json)"
+)
+_SHARD_TAR = re.compile(rf"shards/{SHARD_NAME}\.tar")
+
+
+def document_name(rel: str) -> bool:
+    """Whether `rel` (relative to OUT) can be one of a dataset's documents (what a store copy downloads)."""
+    return _DOCUMENT.fullmatch(rel) is not None
+
+
+def dataset_name(rel: str) -> bool:
+    """Whether `rel` can be any file of a dataset: a document or a shard tar."""
+    return document_name(rel) or _SHARD_TAR.fullmatch(rel) is not None
+
+
 def url_problem(paths: DatasetPaths, shard: str, url: str) -> str | None:
     """Why an index url is not this dataset's shard `shard` (None when it is): it must be the relative url
     `shards/{shard}.tar` and resolve, links followed, to that file inside OUT."""

@@ -199,6 +199,7 @@ def init_ray(address: str | None, quiet: bool) -> None:
 
 def run_ray(shards: Sequence[ShardSpec], ctx: ShardContext, runtime: RuntimeConfig, cb: Callbacks) -> None:
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     gpu_each, cpu_each, replicas = _resources(runtime, len(ctx.model_labelers))
     threads = max(1, int(cpu_each))
@@ -211,7 +212,9 @@ def run_ray(shards: Sequence[ShardSpec], ctx: ShardContext, runtime: RuntimeConf
         s.modality: [actor_cls.remote(s, runtime.precision, threads) for _ in range(replicas)]
         for s in ctx.model_labelers
     }
-    progress: Any = ray.remote(ProgressActor).options(num_cpus=0).remote()
+    # the progress counter lives on the driver's node: a lost worker node must not take it along
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    progress: Any = ray.remote(ProgressActor).options(num_cpus=0, scheduling_strategy=here).remote()
     task = ray.remote(_shard_task).options(num_cpus=1, max_retries=0)
     in_flight = runtime.shards_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
     try:

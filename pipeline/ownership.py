@@ -26,7 +26,15 @@ from pathlib import Path
 from types import TracebackType
 
 from pipeline import fs
-from pipeline.contract import DatasetPaths, DocumentError, read_marker, read_plan_header, write_marker
+from pipeline.contract import (
+    DatasetPaths,
+    DocumentError,
+    dataset_name,
+    document_name,
+    read_marker,
+    read_plan_header,
+    write_marker,
+)
 from pipeline.schema import ConfigError
 
 log = logging.getLogger(__name__)
@@ -38,11 +46,25 @@ def named_files(paths: DatasetPaths) -> set[Path]:
     return _named(paths)
 
 
+def check_names(listing: Collection[str], paths: DatasetPaths, where: str) -> None:
+    """An object-store OUT, from its listing alone (nothing downloaded yet): refuse objects that no dataset
+    can hold, and a non-empty prefix without the marker."""
+    _refuse(sorted(rel for rel in listing if not dataset_name(rel)), listing, paths, where)
+    if listing and paths.rel(paths.marker) not in listing:
+        _refuse(sorted(listing), listing, paths, where)
+
+
 def check_listed(paths: DatasetPaths, listing: Collection[str], where: str) -> None:
     """An object-store OUT: refuse (ConfigError) objects its documents do not name. `paths` is the stage
-    that mirrors the store's documents; the listing holds every object, shards included."""
+    that mirrors the store's documents; the listing holds every object, shards included. Without a plan
+    header, plan entries are an unfinished plan's (the next plan replaces them)."""
     named = {paths.rel(p) for p in _named(paths)}
-    foreign = sorted(rel for rel in listing if rel not in named)
+    header = paths.rel(paths.plan_header) in listing
+    unfinished = {rel for rel in listing if not header and rel.startswith("plan/") and document_name(rel)}
+    _refuse(sorted(rel for rel in listing if rel not in named | unfinished), listing, paths, where)
+
+
+def _refuse(foreign: list[str], listing: Collection[str], paths: DatasetPaths, where: str) -> None:
     if foreign and paths.rel(paths.marker) not in listing:
         raise ConfigError(
             f"output {where} is not empty and has no {paths.marker.name} marker, so it is not a dataset written "

@@ -1,4 +1,4 @@
-"""Object stores: fsspec URLs (`s3://`, `gs://`, any installed protocol) as sources, datasets and run folders.
+"""Object stores: fsspec URLs (`s3://`, `gs://`, `az://`: `OBJECT_STORES`) as sources, datasets and run folders.
 
 Nothing is ever written in place on a store. Files are made locally, exactly as for a local folder, and
 then published: one PUT of the whole object (an upload that dies midway leaves no visible object: a single
@@ -17,7 +17,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +25,9 @@ from typing import IO, Any
 
 from pipeline import fs
 from pipeline.locations import LocationError, local_location, protocol_problem, scheme_of
+
+# object stores whose single PUT (or completed multipart upload) makes an object appear whole or not at all
+OBJECT_STORES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
 
 
 class RemoteURL(str):
@@ -107,6 +110,11 @@ def open_store(url: str) -> Store:
     problem = protocol_problem(scheme, in_place=True)
     if problem:
         raise LocationError(f"{url!r}: {problem}")
+    if scheme not in OBJECT_STORES:
+        raise LocationError(
+            f"{url!r}: {scheme}:// is not an object store with all-or-nothing uploads; these commands read and "
+            f"write {', '.join(s + '://' for s in OBJECT_STORES)} (or a local path)"
+        )
     from fsspec.core import url_to_fs
 
     clean = url.rstrip("/")
@@ -134,27 +142,23 @@ def stage_dir(url: str, kind: str) -> Path:
     return _stage_root() / kind / f"{tail}-{digest}"
 
 
-def mirror(store: Store, stage: Path, *, skip_suffix: str | None = None) -> dict[str, Entry]:
-    """Make `stage` hold exactly the store's objects (those ending in `skip_suffix` excepted: they are listed,
-    not downloaded); returns the whole listing. Files already staged with the same size are re-downloaded all
-    the same: a stage is a copy, never trusted over the store."""
-    listing = store.listing()
+def mirror(store: Store, stage: Path, want: Callable[[str], bool], listing: dict[str, Entry] | None = None) -> None:
+    """Make `stage` hold exactly the store's objects that `want` (by relative name; names with `..` or empty
+    parts never); the others stay on the store. Files already staged are re-downloaded all the same: a stage
+    is a copy, never trusted over the store."""
+    listing = store.listing() if listing is None else listing
     if stage.exists():
         shutil.rmtree(stage)
     stage.mkdir(parents=True)
     for rel in sorted(listing):
-        if skip_suffix and rel.endswith(skip_suffix):
-            continue
-        target = stage / rel
-        if Path(rel).is_absolute() or ".." in Path(rel).parts:
-            continue  # not a name a dataset or run folder can hold; the listing still shows it
-        store.get_file(rel, target)
-    return listing
+        parts = rel.split("/")
+        if want(rel) and "" not in parts and ".." not in parts:
+            store.get_file(rel, stage / rel)
 
 
 def join(base: str | Path, rel: str) -> str | Path:
     """`rel` (POSIX) below a local folder or a store URL."""
-    return f"{base}/{rel}" if is_url(base) else Path(base) / rel
+    return f"{str(base).rstrip('/')}/{rel}" if is_url(base) else Path(base) / rel
 
 
 def is_url(value: str | Path) -> bool:
@@ -208,13 +212,15 @@ def published(where: Location) -> Iterator[Path]:
 
 
 @contextmanager
-def staged_documents(url: str) -> Iterator[tuple[Path, dict[str, int]]]:
-    """A private local copy of a store dataset's documents (removed afterwards), and the name and size of each
-    shard tar, which stays on the store: `(folder, {"shards/x.tar": size})`."""
+def staged_documents(url: str, want: Callable[[str], bool]) -> Iterator[tuple[Path, dict[str, int]]]:
+    """A private local copy of the objects of a store prefix that `want` (a dataset's documents; removed
+    afterwards), and the name and size of every other object, which stays on the store:
+    `(folder, {"shards/x.tar": size, ...})`."""
     store = open_store(url)
     with tempfile.TemporaryDirectory(prefix="mmforge-docs-", dir=_stage_root()) as tmp:
-        listing = mirror(store, Path(tmp) / "dataset", skip_suffix=".tar")
-        yield Path(tmp) / "dataset", {rel: e.size for rel, e in listing.items() if rel.endswith(".tar")}
+        listing = store.listing()
+        mirror(store, Path(tmp) / "dataset", want, listing)
+        yield Path(tmp) / "dataset", {rel: e.size for rel, e in listing.items() if not want(rel)}
 
 
 @contextmanager

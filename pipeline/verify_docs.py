@@ -30,6 +30,7 @@ from pipeline.contract import (
     PlanHeader,
     ShardStats,
     WidsIndex,
+    document_name,
     entry_problems,
     read_doc,
     url_problem,
@@ -132,8 +133,8 @@ def checked_documents(out: Location) -> Iterator[DatasetDocs]:
     if not stores.is_url(out):
         yield check_documents(Path(out))
         return
-    with stores.staged_documents(str(out)) as (stage, listed):
-        yield check_documents(stage, str(out), listed)
+    with stores.staged_documents(str(out), document_name) as (stage, listed):
+        yield check_documents(stage, str(out).rstrip("/"), listed)
 
 
 def check_documents(out: Path, base: str = "", listed: dict[str, int] | None = None) -> DatasetDocs:
@@ -214,6 +215,8 @@ def _stray_temps(docs: DatasetDocs) -> None:
                 docs.add("stray_temp_file", f"leftover temp file {rel}", member=rel)
             elif path not in named:
                 docs.add("unexpected_file", f"{rel} is no file of this dataset", member=rel)
+    for rel in sorted(r for r in docs.listed if not r.startswith("shards/")):  # on the store, not copied
+        docs.add("unexpected_file", f"{rel} is no file of this dataset", member=rel)
 
 
 def _same_plan(docs: DatasetDocs, what: str, plan_id: str, **where: Any) -> None:

@@ -24,7 +24,7 @@ REFUSED = {  # refused by every command: not installed (gcsfs is not a dependenc
     "gs://bucket/out": "gs:// protocol is not installed here",
     "nosuchproto://bucket/out": "unknown protocol 'nosuchproto'",
 }
-STORES = ("s3://bucket/out", "memory://bucket/out")  # installed: read and written by build, verify, pretrain
+STORES = ("s3://bucket/out", "memory://bucket/out")  # installed protocols
 
 
 def test_plain_paths_and_file_urls_are_local(tmp_path: Path) -> None:
@@ -99,6 +99,12 @@ def test_options_that_take_local_paths_refuse_stores(url: str, tmp_path: Path, m
     monkeypatch.chdir(tmp_path)
     for args in local_commands(url):
         refused(args, LOCAL_ONLY, tmp_path)
+
+
+def test_installed_protocols_that_are_not_object_stores_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # memory:// is installed (fsspec's own) but not a store others can see
+    for args in store_commands("memory://bucket/out"):
+        refused(args, "memory:// is not an object store with all-or-nothing uploads", tmp_path)
 
 
 BLOCK_S3FS = "import sys; sys.modules['s3fs'] = None; from pipeline.cli import app; app()"  # s3fs not importable

@@ -264,3 +264,38 @@ def test_two_node_torchrun_reads_disjoint_s3_shards(s3: S3, tmp_path: Path) -> N
     run = objects(s3, "ddp-run")
     assert "checkpoint-last.pt" in run
     assert torch.load(io.BytesIO(run["checkpoint-last.pt"]), weights_only=True)["world_size"] == 2
+
+
+def test_a_build_killed_while_publishing_its_plan_can_be_run_again(s3: S3) -> None:
+    """A planner killed after some plan entries but before the header: the prefix stays ours to finish."""
+    code, out = cli(
+        "build-dataset", f"s3://{BUCKET}/src", f"s3://{BUCKET}/replan", "--recipe", DEMO, "--executor", "local"
+    )
+    assert code == 0, out
+    fs = s3.fs
+    for key in fs.find(f"{BUCKET}/replan"):  # type: ignore[attr-defined]
+        if not (key.endswith("mmforge.json") or "/plan/train-" in key):
+            fs.rm(key)  # type: ignore[attr-defined]
+    fs.pipe_file(f"{BUCKET}/replan/plan/train-000007.json", b"{}")  # type: ignore[attr-defined]  # of a bigger plan
+    code, out = cli(
+        "build-dataset", f"s3://{BUCKET}/src", f"s3://{BUCKET}/replan", "--recipe", DEMO, "--executor", "local"
+    )
+    assert code == 0, out
+    assert "plan/train-000007.json" not in objects(s3, "replan")
+    code, out = cli("verify", f"s3://{BUCKET}/replan")
+    assert code == 0, out
+
+
+def test_foreign_objects_are_refused_before_anything_is_downloaded(s3: S3, tmp_path: Path) -> None:
+    s3.fs.pipe_file(f"{BUCKET}/mixed/images/a.jpg", b"\xff\xd8" + bytes(1000))  # type: ignore[attr-defined]
+    s3.fs.pipe_file(f"{BUCKET}/mixed/index.json", b"{}")  # type: ignore[attr-defined]
+    cache = tmp_path / "cache"
+    os.environ["MMFORGE_CACHE"], saved = str(cache), os.environ.get("MMFORGE_CACHE")
+    try:
+        code, out = cli(
+            "build-dataset", f"s3://{BUCKET}/src", f"s3://{BUCKET}/mixed", "--recipe", DEMO, "--executor", "local"
+        )
+    finally:
+        os.environ["MMFORGE_CACHE"] = saved or ""
+    assert code == 2 and "has no mmforge.json marker" in out, out
+    assert not [p for p in cache.rglob("*") if p.is_file() and not p.name.startswith(".")]  # nothing copied here

@@ -3,9 +3,10 @@
 The trainer writes its run folder exactly as on a local disk, into a stage folder of this rank
 (`$MMFORGE_CACHE/stage/runs/...`). Rank 0 publishes it after every checkpoint and at the end: each changed
 file is one upload (all or nothing: no partial checkpoint is ever visible), numbered checkpoints before
-`checkpoint-last.pt`, so the last always names a complete one; numbered checkpoints past `keep_last` are
-removed from the store. Resuming, every rank first copies `checkpoint-last.pt`, `metrics.jsonl` and
-`config.json` from the store into its own fresh stage, so all ranks read the same checkpoint.
+the other files, and `checkpoint-last.pt` last, so the last always names a complete checkpoint whose metrics
+are already there; numbered checkpoints past `keep_last` are removed from the store. Resuming, every rank
+first copies the last (and best) checkpoint, the metrics, the validation log and `config.json` from the store
+into its own fresh stage, so all ranks read the same checkpoint.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pipeline import stores
 from trainer.checkpoint import LAST
 
 _NUMBERED = re.compile(r"checkpoint-(\d+)\.pt")
-_PULLED = (LAST, "metrics.jsonl", "config.json")
+_PULLED = (LAST, "metrics.jsonl", "config.json", "val.jsonl", "checkpoint-best.pt")  # what a resumed run reads
 
 
 class StoreRunFolder:
@@ -44,8 +45,9 @@ class StoreRunFolder:
         """Upload what changed since the last call (numbered checkpoints, then the last one, then the rest),
         then remove numbered checkpoints past `keep_last` from the store."""
         files = sorted(p for p in self.local.rglob("*") if p.is_file() and not p.name.startswith("."))
-        order = {True: 0, False: 2}
-        files.sort(key=lambda p: (order[bool(_NUMBERED.fullmatch(p.name))] if p.name != LAST else 1, str(p)))
+        # numbered checkpoints, then everything else, and checkpoint-last.pt last: when it names step S, the
+        # store already holds the metrics and files of step S
+        files.sort(key=lambda p: (0 if _NUMBERED.fullmatch(p.name) else 2 if p.name == LAST else 1, str(p)))
         for path in files:
             rel = path.relative_to(self.local).as_posix()
             signature = _signature(path)
