@@ -374,7 +374,7 @@ def evaluate_cmd(
 
     try:
         with fetched(location(checkpoint)) as weights:
-            result = evaluate(weights, location(data), json_path, device, batch_size)
+            result = evaluate(weights, location(data), json_path, device, batch_size, source=str(checkpoint))
     except USER_ERRORS as err:
         raise fail(str(err)) from None
     typer.echo(f"{result.task} on {data}: " + ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items()))

@@ -129,7 +129,7 @@ def test_build_verify_pretrain_resume_through_s3(s3: S3, tmp_path: Path) -> None
     assert {"config.json", "model.safetensors"} <= set(objects(s3, "timm"))
     code, out = cli("export", ckpt, f"s3://{BUCKET}/timm")
     assert code == 2 and "exists" in out, out
-    sample = f"{tmp_path / 'local'}:train-000000/00000000000"
+    sample = f"{data}:train-000000/00000000000"  # a sample of the store dataset
     code, out = cli("reconstruct", ckpt, "--sample", sample, "--out", f"s3://{BUCKET}/pics/reconstruction.png")
     assert code == 0 and f"wrote s3://{BUCKET}/pics/reconstruction.png" in out, out
     assert objects(s3, "pics")["reconstruction.png"].startswith(b"\x89PNG")

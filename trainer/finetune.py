@@ -286,14 +286,21 @@ def _class_key(cfg: FinetuneConfig) -> str:
 
 
 def evaluate(
-    checkpoint: Path, data: Location, json_path: Path | None = None, device: str = "cpu", batch: int = 16
+    checkpoint: Path,
+    data: Location,
+    json_path: Path | None = None,
+    device: str = "cpu",
+    batch: int = 16,
+    source: str | None = None,
 ) -> EvalResult:
+    """The task's metrics of `checkpoint` over `data`; `source`: where the checkpoint came from, for the JSON
+    record (a store URL, when `checkpoint` is its local copy)."""
     model = load_finetuned(checkpoint, device)
     info = load_dataset(data)
     metrics = evaluate_model(model, info, batch, torch.device(device))
     result = EvalResult(checkpoint=checkpoint, data=data, task=model.cfg.task.name, metrics=metrics)
     if json_path is not None:
-        doc = {"checkpoint": str(checkpoint), "data": str(data), "task": result.task, "metrics": metrics}
+        doc = {"checkpoint": source or str(checkpoint), "data": str(data), "task": result.task, "metrics": metrics}
         fs.write_json_atomic(Path(json_path), doc)
     return result
 

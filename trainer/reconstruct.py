@@ -32,8 +32,10 @@ from pipeline.codecs import BY_SUFFIX, CODECS, split_member
 from pipeline.contract import Manifest, url_problem
 from pipeline.figures import MASKED, Grid, colormap, fit_tile, palette_rgb, png_bytes
 from pipeline.images import decode_image, read_source
+from pipeline.locations import LocationError
 from pipeline.schema import ConfigError
-from pipeline.verify_docs import DatasetDocs, NotADatasetError, check_documents
+from pipeline.stores import location
+from pipeline.verify_docs import DatasetDocs, NotADatasetError, check_documents, checked_documents
 from trainer.augment import augment, center_square
 from trainer.checkpoint import load_checkpoint
 from trainer.config import ModelConfig, config_from_dict
@@ -104,16 +106,21 @@ def read_sample(spec: str) -> tuple[dict[str, np.ndarray], Manifest]:
         raise ConfigError(
             f"--sample must look like OUT:SHARD/KEY (e.g. out/demo:train-000000/00000000000), got {spec!r}"
         )
-    docs = _docs(Path(folder))
-    entry = {e.name: e for e in docs.index.shards}.get(shard) if docs.index else None
-    if entry is None or url_problem(docs.paths, entry.name, entry.url):
-        raise ConfigError(f"{folder} has no readable shard {shard!r}")
-    with open(docs.paths.shard_tar(shard), "rb") as f:
-        _, members = _sample_members(f, key)
+    try:
+        with checked_documents(location(folder)) as docs:
+            if docs.manifest is None or docs.index is None:
+                raise ConfigError(f"{folder}: manifest.json and index.json are needed")
+            entry = {e.name: e for e in docs.index.shards}.get(shard)
+            if entry is None or url_problem(docs.paths, entry.name, entry.url) or shard not in docs.present:
+                raise ConfigError(f"{folder} has no readable shard {shard!r}")
+            with stores.open_input(docs.shard_location(shard)) as (f, _):
+                _, members = _sample_members(f, key)
+            manifest = docs.manifest
+    except (NotADatasetError, LocationError) as err:
+        raise ConfigError(str(err)) from None
     if not members:
         raise ConfigError(f"shard {shard} of {folder} has no sample {key!r}")
-    assert docs.manifest is not None
-    return _decoded(members, docs.manifest), docs.manifest
+    return _decoded(members, manifest), manifest
 
 
 def _sample_members(f: Any, key: str | None) -> tuple[str | None, dict[str, bytes]]:
