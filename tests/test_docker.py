@@ -38,42 +38,36 @@ _WORKER_GROUP = {
     },
     "additionalProperties": False,
 }
+
+
+def _kuberay(required: list[str], fields: dict[str, Any]) -> dict[str, Any]:
+    """A ray.io/v1 object whose spec has exactly `fields` (of which `required`)."""
+    spec = {"type": "object", "required": required, "properties": fields, "additionalProperties": False}
+    return {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {"apiVersion": {"const": "ray.io/v1"}, "spec": spec},
+    }
+
+
 KUBERAY = {
-    "RayCluster": {
-        "type": "object",
-        "required": ["apiVersion", "kind", "metadata", "spec"],
-        "properties": {
-            "apiVersion": {"const": "ray.io/v1"},
-            "spec": {
-                "type": "object",
-                "required": ["headGroupSpec"],
-                "properties": {
-                    "rayVersion": {"type": "string"},
-                    "headGroupSpec": _GROUP,
-                    "workerGroupSpecs": {"type": "array", "items": _WORKER_GROUP},
-                },
-                "additionalProperties": False,
-            },
+    "RayCluster": _kuberay(
+        ["headGroupSpec"],
+        {
+            "rayVersion": {"type": "string"},
+            "headGroupSpec": _GROUP,
+            "workerGroupSpecs": {"type": "array", "items": _WORKER_GROUP},
         },
-    },
-    "RayJob": {
-        "type": "object",
-        "required": ["apiVersion", "kind", "metadata", "spec"],
-        "properties": {
-            "apiVersion": {"const": "ray.io/v1"},
-            "spec": {
-                "type": "object",
-                "required": ["entrypoint"],
-                "properties": {
-                    "entrypoint": {"type": "string"},
-                    "clusterSelector": {"type": "object", "additionalProperties": {"type": "string"}},
-                    "runtimeEnvYAML": {"type": "string"},
-                    "shutdownAfterJobFinishes": {"type": "boolean"},
-                },
-                "additionalProperties": False,
-            },
+    ),
+    "RayJob": _kuberay(
+        ["entrypoint"],
+        {
+            "entrypoint": {"type": "string"},
+            "clusterSelector": {"type": "object", "additionalProperties": {"type": "string"}},
+            "runtimeEnvYAML": {"type": "string"},
+            "shutdownAfterJobFinishes": {"type": "boolean"},
         },
-    },
+    ),
 }
 
 
