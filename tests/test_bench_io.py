@@ -1,0 +1,43 @@
+"""The object-store and loader benchmarks run end to end at tiny sizes (so they cannot rot) and print their
+figures as JSON lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(module: str, *args: str, tmp_path: Path) -> list[dict]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "MMFORGE_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.slow
+def test_bench_store_compares_a_folder_with_s3(tmp_path: Path) -> None:
+    pytest.importorskip("moto.server")
+    rows = run(
+        "benchmarks.bench_store", "--images", "8", "--shard-size", "4", "--workdir", str(tmp_path), tmp_path=tmp_path
+    )
+    assert [(r["command"], r["where"]) for r in rows] == [
+        ("build", "local -> local"),
+        ("build", "s3 -> s3"),
+        ("verify", "local"),
+        ("verify", "s3"),
+    ]
+    assert all(r.get("images", r.get("samples")) == 8 for r in rows)
+
+
+def test_bench_loader_reports_floor_and_loader(tmp_path: Path) -> None:
+    (row,) = run("benchmarks.bench_loader", "--samples", "8", "--repeats", "1", tmp_path=tmp_path)
+    assert row["samples"] == 8 and row["floor_samples_per_s"] > 0 and row["loader_over_floor"] > 0
