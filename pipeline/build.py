@@ -218,6 +218,7 @@ def _build_in_store(cfg: BuildConfig) -> BuildResult:
     """Build into an object store through this machine's stage folder of OUT (one build per OUT and machine:
     the stage's lock; builds of one OUT from two machines at once are not detected)."""
     store = stores.open_store(str(cfg.out))
+    stores.check_writable(store)
     _check_weights(cfg)
     stage = stores.stage_dir(store.url, "datasets")
     stage.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ from typing import IO, Any
 
 from pipeline import fs
 from pipeline.locations import LocationError, local_location, protocol_problem, scheme_of
+from pipeline.schema import ConfigError
 
 # object stores whose single PUT (or completed multipart upload) makes an object appear whole or not at all
 OBJECT_STORES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
@@ -39,6 +40,8 @@ Location = Path | RemoteURL
 
 def location(value: str | Path) -> Location:
     """A command-line location: a local path, or a URL of an installed fsspec protocol (LocationError else)."""
+    if isinstance(value, RemoteURL):  # already checked
+        return value
     if not is_url(value):
         return local_location(value)
     open_store(str(value))  # the protocol must be installed and the URL well formed
@@ -135,6 +138,17 @@ def _stage_root() -> Path:
     return root
 
 
+def check_writable(store: Store) -> None:
+    """ConfigError unless the store's bucket (the first part of its path) exists and can be listed."""
+    bucket = store.root.split("/", 1)[0]
+    try:
+        found = store.fs.exists(bucket)
+    except OSError as err:
+        raise ConfigError(f"cannot reach {store.url}: {err}") from None
+    if not found:
+        raise ConfigError(f"{store.url}: the bucket {bucket!r} does not exist (or these credentials cannot see it)")
+
+
 def stage_dir(url: str, kind: str) -> Path:
     """The local folder that stages `url` for this machine (`$MMFORGE_CACHE/stage/{kind}/...`)."""
     digest = hashlib.sha256(url.encode()).hexdigest()[:16]
@@ -188,8 +202,11 @@ def fetched(where: Location) -> Iterator[Path]:
     name = store.root.rsplit("/", 1)[-1]
     with tempfile.TemporaryDirectory(prefix="mmforge-in-", dir=_stage_root()) as tmp:
         local = Path(tmp) / name
-        with fs.atomic_open(local) as f, store.fs.open(store.root, "rb") as src:
-            shutil.copyfileobj(src, f, 1 << 20)
+        try:
+            with fs.atomic_open(local) as f, store.fs.open(store.root, "rb") as src:
+                shutil.copyfileobj(src, f, 1 << 20)
+        except OSError as err:
+            raise ConfigError(f"cannot read {where}: {err.strerror or err}") from None
         yield local
 
 

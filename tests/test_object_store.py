@@ -299,3 +299,11 @@ def test_foreign_objects_are_refused_before_anything_is_downloaded(s3: S3, tmp_p
         os.environ["MMFORGE_CACHE"] = saved or ""
     assert code == 2 and "has no mmforge.json marker" in out, out
     assert not [p for p in cache.rglob("*") if p.is_file() and not p.name.startswith(".")]  # nothing copied here
+
+
+def test_a_missing_bucket_or_object_is_a_one_line_error(s3: S3) -> None:
+    code, out = cli("build-dataset", str(IMAGES), "s3://no-such-bucket/out", "--recipe", DEMO, "--executor", "local")
+    assert code == 2 and "the bucket 'no-such-bucket' does not exist" in out, out
+    for args in (["export", f"s3://{BUCKET}/none.pt", "s3://no-such-bucket/x"], ["verify", f"s3://{BUCKET}/none"]):
+        code, out = cli(*args)
+        assert code == 2 and "Traceback" not in out, out
