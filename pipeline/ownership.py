@@ -41,11 +41,6 @@ log = logging.getLogger(__name__)
 _MAX_LISTED = 5
 
 
-def named_files(paths: DatasetPaths) -> set[Path]:
-    """The files the dataset's documents name (ConfigError when the plan header cannot be read)."""
-    return _named(paths)
-
-
 def check_names(listing: Collection[str], paths: DatasetPaths, where: str) -> None:
     """An object-store OUT, from its listing alone (nothing downloaded yet): refuse objects that no dataset
     can hold, and a non-empty prefix without the marker."""
@@ -58,7 +53,7 @@ def check_listed(paths: DatasetPaths, listing: Collection[str], where: str) -> N
     """An object-store OUT: refuse (ConfigError) objects its documents do not name. `paths` is the stage
     that mirrors the store's documents; the listing holds every object, shards included. Without a plan
     header, plan entries are an unfinished plan's (the next plan replaces them)."""
-    named = {paths.rel(p) for p in _named(paths)}
+    named = {paths.rel(p) for p in named_files(paths)}
     header = paths.rel(paths.plan_header) in listing
     unfinished = {rel for rel in listing if not header and rel.startswith("plan/") and document_name(rel)}
     _refuse(sorted(rel for rel in listing if rel not in named | unfinished), listing, paths, where)
@@ -78,7 +73,7 @@ def _refuse(foreign: list[str], listing: Collection[str], paths: DatasetPaths, w
         )
 
 
-def _named(paths: DatasetPaths) -> set[Path]:
+def named_files(paths: DatasetPaths) -> set[Path]:
     """The files the dataset's documents name; an unreadable plan header leaves no way to tell."""
     if not paths.plan_header.exists():
         return paths.named_by(())
@@ -103,7 +98,7 @@ def _ours(path: Path, paths: DatasetPaths, named: set[Path]) -> bool:
 
 def foreign_files(paths: DatasetPaths) -> list[str]:
     """Entries of OUT (recursively) that are neither named by its documents nor our temp files."""
-    named, foreign = _named(paths), []
+    named, foreign = named_files(paths), []
     if paths.lock.is_symlink() or (paths.lock.exists() and not paths.lock.is_file()):
         foreign.append(paths.rel(paths.lock))  # never write through a link or into something else
         named.discard(paths.lock)
@@ -165,7 +160,7 @@ def create_folder(paths: DatasetPaths) -> None:
 def remove_dataset(paths: DatasetPaths) -> int:
     """`--overwrite`: remove the files the documents name and our temp files (the marker stays); returns
     how many were removed. Call after `check_ownership`, with the lock held."""
-    named, removed = _named(paths) - {paths.marker, paths.lock}, 0
+    named, removed = named_files(paths) - {paths.marker, paths.lock}, 0
     for folder in (paths.shards_dir, paths.plan_dir, paths.root):
         removed += fs.remove_temps(folder)
     for path in sorted(named, key=lambda p: (p.parent != paths.shards_dir, str(p))):  # shards first
