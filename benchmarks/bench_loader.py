@@ -22,7 +22,9 @@ import io
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,24 +33,29 @@ from PIL import Image
 from labelers.standards import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.codecs import decode_member
 from pipeline.wds import read_samples
+from trainer.batch_resize import to_device
 from trainer.config import DataConfig, ModelConfig
-from trainer.data import Cursor, EpochPlan, ShardStream
+from trainer.data import Cursor, EpochPlan, ShardStream, collate
 from trainer.dataset import load_dataset
 from trainer.synthetic import write_dataset
 
 MEMBERS = ("rgb.jpg", "depth.png", "semseg.png")
+BATCH = 32  # samples per packed batch of the device mode
+KEPT = 4  # packed batches kept for timing the device side
 MEAN, STD = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
 
-def rate(fn, samples: list[dict], repeats: int) -> float:
-    """Median samples/s of `repeats` passes of `fn` over `samples`."""
-    rates = []
+def rates(passes: dict[str, tuple[Callable[[Any], None], list]], repeats: int) -> dict[str, float]:
+    """Median samples/s of `repeats` passes of each fn over its items, the passes taken in turn (one of
+    each per round), so a machine that slows down mid-run slows every figure alike."""
+    seen: dict[str, list[float]] = {name: [] for name in passes}
     for _ in range(repeats):
-        started = time.perf_counter()
-        for s in samples:
-            fn(s)
-        rates.append(len(samples) / (time.perf_counter() - started))
-    return float(np.median(rates))
+        for name, (fn, items) in passes.items():
+            started = time.perf_counter()
+            for item in items:
+                fn(item)
+            seen[name].append(len(items) / (time.perf_counter() - started))
+    return {name: float(np.median(r)) for name, r in seen.items()}
 
 
 def v2_transform(cfg: DataConfig, size: int):
@@ -110,22 +117,44 @@ def main() -> None:
             rgb, depth, semseg = (Image.open(p) for p in paths)
             v2_sample(rgb, depth, semseg, transform)
 
-        webdataset_v2(raw[0]), loose_files(stems[0])
-        wds_rate, loose_rate = rate(webdataset_v2, raw, args.repeats), rate(loose_files, stems, args.repeats)
-    model = ModelConfig()
-    plan = EpochPlan(seed=0, epoch=0, rank=0, world=1, workers=1, micro_batches=1)
-    stream = ShardStream(info=info, data=DataConfig(workers=0), model=model, plan=plan, cursors=[Cursor()])
-    rng = np.random.default_rng(0)
+        model = ModelConfig()
+        plan = EpochPlan(seed=0, epoch=0, rank=0, world=1, workers=1, micro_batches=1)
+        streams = [
+            ShardStream(info=info, data=DataConfig(workers=0), model=model, plan=plan, cursors=[Cursor()], on_device=on)
+            for on in (False, True)
+        ]
+        rng = np.random.default_rng(0)
+        cut_items: list[dict] = []
+        packed: list[dict] = []
 
-    def floor(sample: dict) -> None:
-        for member in MEMBERS:
-            decode_member(member, sample[member])
+        def floor(sample: dict) -> None:
+            for member in MEMBERS:
+                decode_member(member, sample[member])
 
-    def loader(sample: dict) -> None:
-        stream.decode(sample, rng)
+        def loader(sample: dict) -> None:  # augment_on = "worker"
+            streams[0].decode(sample, rng)
 
-    floor(raw[0]), loader(raw[0])  # imports, first allocations
-    f, ours = rate(floor, raw, args.repeats), rate(loader, raw, args.repeats)
+        def device_mode_worker(sample: dict) -> None:  # augment_on = "device": decode, cut, pack per batch
+            cut_items.append(streams[1].decode(sample, rng))
+            if len(cut_items) == BATCH:
+                packed.append(collate(cut_items, 0, Cursor()))
+                del packed[:-KEPT]  # a worker hands its batches on; keep a few for the device-side figure
+                cut_items.clear()
+
+        passes = {
+            "floor": (floor, raw),
+            "loader": (loader, raw),
+            "device_mode_worker": (device_mode_worker, raw),
+            "webdataset_v2": (webdataset_v2, raw),
+            "loose_files": (loose_files, stems),
+        }
+        for fn, items in passes.values():  # imports, first allocations
+            fn(items[0])
+        got = rates(passes, args.repeats)
+    started = time.perf_counter()
+    finished = sum(len(to_device(b, torch.device("cpu"), model.image_size)["rgb"]) for b in packed)
+    device_part = finished / (time.perf_counter() - started)
+    f, ours, cut = got["floor"], got["loader"], got["device_mode_worker"]
     print(
         json.dumps(
             {
@@ -135,10 +164,15 @@ def main() -> None:
                 "floor_samples_per_s": round(f, 1),
                 "loader_samples_per_s": round(ours, 1),
                 "loader_over_floor": round(ours / f, 3),
-                "webdataset_v2_samples_per_s": round(wds_rate, 1),
-                "loose_files_samples_per_s": round(loose_rate, 1),
-                "loader_over_webdataset_v2": round(ours / wds_rate, 3),
-                "loader_over_loose_files": round(ours / loose_rate, 3),
+                "device_mode_worker_samples_per_s": round(cut, 1),
+                "device_mode_worker_over_floor": round(cut / f, 3),
+                "device_mode_resample_on_this_cpu_samples_per_s": round(device_part, 1),
+                "webdataset_v2_samples_per_s": round(got["webdataset_v2"], 1),
+                "loose_files_samples_per_s": round(got["loose_files"], 1),
+                "loader_over_webdataset_v2": round(ours / got["webdataset_v2"], 3),
+                "loader_over_loose_files": round(ours / got["loose_files"], 3),
+                "device_mode_worker_over_webdataset_v2": round(cut / got["webdataset_v2"], 3),
+                "device_mode_worker_over_loose_files": round(cut / got["loose_files"], 3),
             }
         )
     )

@@ -1,5 +1,9 @@
 """The shared augmentation: one random-resized crop and one horizontal flip applied to every modality.
 
+The crop is cut from the decoded arrays before `Modality.to_tensor` (a per-pixel conversion), so only the
+crop's pixels are converted. `trainer.batch_resize` does the same resampling for a whole batch of crops on the
+training device; this module is the per-sample path of CPU runs and the reference it is tested against.
+
 Each modality is resampled with its own interpolation (bilinear for images, depth and normals, nearest-exact
 for class maps), then brought to its stride's resolution (class maps: 224 -> 56, nearest-exact) and finished
 (normalised; normals back to unit length). A flip mirrors vector maps too: the x component of a normal
@@ -8,6 +12,7 @@ changes sign.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -80,12 +85,22 @@ def resample(x: Tensor, crop: Crop, size: int, mode: str, mirror: tuple[float, .
     return x.float() * torch.tensor(mirror, dtype=torch.float32).view(-1, 1, 1)  # signs need a signed type
 
 
+def cut(array: np.ndarray, crop: Crop) -> np.ndarray:
+    """The crop's window of an H x W (x C) array (a view)."""
+    return array[crop.top : crop.top + crop.height, crop.left : crop.left + crop.width]
+
+
+def cropped_tensors(arrays: Mapping[str, np.ndarray], crop: Crop) -> dict[str, Tensor]:
+    """Decoded arrays -> each modality's `to_tensor` of the crop's window, (C, height, width)."""
+    return {name: MODALITIES[name].to_tensor(cut(array, crop)) for name, array in arrays.items()}
+
+
 def augment(arrays: Mapping[str, np.ndarray], crop: Crop, image_size: int) -> dict[str, Tensor]:
     """Decoded arrays (all H x W, pixel-aligned) -> finished tensors at each modality's resolution."""
-    out = {}
-    for name, array in arrays.items():
+    out, window = {}, dataclasses.replace(crop, top=0, left=0)
+    for name, x in cropped_tensors(arrays, crop).items():
         spec = MODALITIES[name]
-        x = resample(spec.to_tensor(array), crop, image_size, spec.interpolation, spec.mirror)
+        x = resample(x, window, image_size, spec.interpolation, spec.mirror)
         if spec.stride > 1:
             x = F.interpolate(x.unsqueeze(0), size=(image_size // spec.stride,) * 2, mode=spec.interpolation)
             x = x.squeeze(0)

@@ -81,6 +81,10 @@ class DataConfig:
 
     Each worker reads `open_shards` shards at once, round-robin, into a buffer of `shuffle_buffer` encoded
     samples (about 0.3 MB each at ImageNet sizes: mind workers x buffer x ranks per node).
+
+    `augment_on`: where the crop is resampled and finished. "worker": in the loader workers, sample by sample
+    (`trainer.augment`); "device": the workers decode and cut the crop, the training device resizes, flips
+    and normalises the batch (`trainer.batch_resize`); "auto": "device" when training on a GPU, else "worker".
     """
 
     batch_size: int = setting(256, ge=1)
@@ -92,6 +96,7 @@ class DataConfig:
     hflip: float = setting(0.5, ge=0, le=1)
     max_corrupt: int = setting(1000, ge=0)
     verify_checksums: bool = False
+    augment_on: str = setting("auto", choices=("auto", "worker", "device"))
 
     def problems(self) -> list[str]:
         lo, hi = self.crop_scale

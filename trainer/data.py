@@ -26,7 +26,8 @@ from webdataset.tariterators import group_by_keys, tar_file_expander, tarfile_sa
 
 from pipeline import stores
 from pipeline.codecs import CODECS, decode_member
-from trainer.augment import augment, sample_crop
+from trainer import batch_resize
+from trainer.augment import augment, cropped_tensors, sample_crop
 from trainer.config import DataConfig, ModelConfig
 from trainer.dataset import DatasetInfo, Shard
 from trainer.errors import DataError
@@ -34,6 +35,7 @@ from trainer.modalities import MODALITIES, used_modalities
 
 log = logging.getLogger(__name__)
 Batch = dict[str, Any]
+CROP = "__crop__"  # on_device items: the sample's Crop
 
 
 @dataclass(kw_only=True)
@@ -77,7 +79,10 @@ def check_enough_shards(shards: int, world: int, workers: int) -> None:
 
 
 class ShardStream(IterableDataset):
-    """Yields this rank's micro-batches of one epoch; DataLoader worker p plays stream (p + rotation) % W."""
+    """Yields this rank's micro-batches of one epoch; DataLoader worker p plays stream (p + rotation) % W.
+
+    on_device: batches of cut crops for the training device to resample (`trainer.batch_resize`) instead of
+    finished tensors; the same crops and flips either way."""
 
     def __init__(
         self,
@@ -88,10 +93,11 @@ class ShardStream(IterableDataset):
         plan: EpochPlan,
         cursors: list[Cursor],
         rotation: int = 0,
+        on_device: bool = False,
     ) -> None:
         super().__init__()
         self.info, self.data, self.model, self.plan = info, data, model, plan
-        self.cursors, self.rotation = cursors, rotation
+        self.cursors, self.rotation, self.on_device = cursors, rotation, on_device
         self.modalities = used_modalities(model)
 
     def __iter__(self) -> Iterator[Batch]:
@@ -161,8 +167,9 @@ class ShardStream(IterableDataset):
         if cursor.corrupt > self.data.max_corrupt:
             raise DataError(f"more than {self.data.max_corrupt} corrupt samples in one loader worker; last: {reason}")
 
-    def decode(self, sample: dict[str, Any], rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        """Raw sample -> finished tensors of every used modality, with one shared crop and flip."""
+    def decode(self, sample: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        """Raw sample -> finished tensors of every used modality, with one shared crop and flip (on_device:
+        the crop's windows, `to_tensor`ed, and the crop under CROP)."""
         arrays = {}
         for name in self.modalities:
             suffix = CODECS[MODALITIES[name].codec].suffix
@@ -172,6 +179,8 @@ class ShardStream(IterableDataset):
         h, w = check_arrays(arrays, self.model)
         d = self.data
         crop = sample_crop(h, w, rng, d.crop_scale, d.crop_ratio, d.hflip)
+        if self.on_device:
+            return {**cropped_tensors(arrays, crop), CROP: crop}
         return augment(arrays, crop, self.model.image_size)
 
 
@@ -243,10 +252,19 @@ def shuffle(items: Iterator[Any], size: int, rng: np.random.Generator) -> Iterat
     yield from (buffer[i] for i in order)
 
 
-def collate(items: list[dict[str, torch.Tensor]], worker: int, cursor: Cursor) -> Batch:
-    batch: Batch = {name: torch.stack([it[name] for it in items]) for name in items[0]}
+def collate(items: list[dict[str, Any]], worker: int, cursor: Cursor) -> Batch:
+    if CROP in items[0]:
+        crops = [it.pop(CROP) for it in items]
+        batch: Batch = batch_resize.pack(items, crops)
+    else:
+        batch = {name: torch.stack([it[name] for it in items]) for name in items[0]}
     batch["__cursor__"] = {"worker": worker, **dataclasses.asdict(cursor)}
     return batch
+
+
+def augment_on_device(data: DataConfig, device: torch.device) -> bool:
+    """Where `data.augment_on` puts the resampling for a run on `device` (True: the device)."""
+    return data.augment_on == "device" or (data.augment_on == "auto" and device.type == "cuda")
 
 
 def make_loader(stream: ShardStream, workers: int, pin_memory: bool) -> DataLoader:

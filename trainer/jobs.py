@@ -10,7 +10,7 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from trainer.config import PretrainConfig
-from trainer.data import EpochPlan, ShardStream
+from trainer.data import EpochPlan, ShardStream, augment_on_device
 from trainer.dataset import DatasetInfo, check_manifest, manifest_classes
 from trainer.export import export_timm
 from trainer.loop import Trainer
@@ -54,7 +54,13 @@ class PretrainJob:
     def stream(self, t: Trainer, plan: EpochPlan, rotation: int) -> ShardStream:
         c = t.cfg
         return ShardStream(
-            info=t.info, data=c.data, model=c.model, plan=plan, cursors=t.state.cursors, rotation=rotation
+            info=t.info,
+            data=c.data,
+            model=c.model,
+            plan=plan,
+            cursors=t.state.cursors,
+            rotation=rotation,
+            on_device=augment_on_device(c.data, t.dist.device),
         )
 
     def describe(self, t: Trainer) -> str:

@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pipeline import fs, stores
+from trainer import batch_resize
 from trainer.checkpoint import LAST, load_checkpoint, save_checkpoint
 from trainer.config import config_to_dict
 from trainer.data import Cursor, EpochPlan, check_enough_shards, make_loader
@@ -234,7 +235,7 @@ class Trainer:
     def _micro_step(self, batch: dict[str, Any], skip_backward: bool) -> tuple[bool, torch.Tensor]:
         """One micro-batch: loss, agreed non-finite flag, backward unless any rank's loss is non-finite."""
         device, dtype = self.dist.device, precision(self.cfg, self.dist)
-        data = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        data = batch_resize.to_device(batch, device, self.cfg.model.image_size)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             loss, per_task = self.wrapped(data)  # the objective computes its loss in its forward
         corrupt = loss.new_tensor(float(sum(c.corrupt for c in self.state.cursors)))

@@ -42,7 +42,9 @@ class Modality:
     quarter (56 x 56 at 224 px); interpolation of the shared crop; to_tensor: decoded array -> (C, H, W)
     tensor, uint8 where the interpolation allows (cheaper to resample); finish: after crop, flip and resize
     -> the model's input and target; mirror: per-channel signs a horizontal flip applies (vector maps: the
-    x component of a normal changes sign when the picture is mirrored), None for none.
+    x component of a normal changes sign when the picture is mirrored), None for none; finish_batch: `finish`
+    of a (B, C, h, w) batch on any device (`trainer.batch_resize`), None: `finish` sample by sample.
+    `to_tensor` must be per pixel (the loader applies it to the crop's window only).
     """
 
     name: str
@@ -54,6 +56,7 @@ class Modality:
     finish: Callable[[Tensor], Tensor]
     build_input: Callable[[Modality, ModelConfig], nn.Module]
     mirror: tuple[float, ...] | None = None
+    finish_batch: Callable[[Tensor], Tensor] | None = None
 
     def __post_init__(self) -> None:
         if self.mirror is not None and len(self.mirror) != self.channels:
@@ -78,12 +81,15 @@ def _rgb_to_tensor(a: np.ndarray) -> Tensor:
 
 
 def _rgb_finish(x: Tensor) -> Tensor:
-    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    """uint8 (3, h, w) or (B, 3, h, w), any device -> ImageNet-normalised float."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(3, 1, 1)
     return (x.float() / 255.0 - mean) / std
 
 
 def _depth_to_tensor(a: np.ndarray) -> Tensor:
-    return torch.from_numpy(a.astype(np.float32)).unsqueeze(0) / DEPTH_SCALE  # (1, H, W) in [0, 1)
+    # (1, H, W) in [0, 1), one pass: 1 / 2**16 is a power of two, so the product is the exact quotient
+    return torch.from_numpy(np.multiply(a, 1.0 / DEPTH_SCALE, dtype=np.float32)).unsqueeze(0)
 
 
 def standardize_depth(x: Tensor) -> Tensor:
@@ -97,6 +103,15 @@ def standardize_depth(x: Tensor) -> Tensor:
     return (x - float(kept.mean())) / float(np.sqrt(kept.var(ddof=1) + 1e-6))
 
 
+def standardize_depth_batch(x: Tensor) -> Tensor:
+    """`standardize_depth` of every sample of a (B, 1, h, w) batch, on its device (a sort per sample)."""
+    values = x.flatten(1)
+    lo, hi = int(TRIM[0] * values.shape[1]), int(TRIM[1] * values.shape[1])
+    kept = values.sort(dim=1).values[:, lo:hi].double()
+    mean, var = kept.mean(dim=1), kept.var(dim=1, unbiased=True)
+    return ((x - mean.view(-1, 1, 1, 1)) / (var + 1e-6).sqrt().view(-1, 1, 1, 1)).float()
+
+
 def _normal_to_tensor(a: np.ndarray) -> Tensor:
     """uint8 H x W x 3 (Omnidata's 0..255 of [-1, 1]) -> float (3, H, W) vectors."""
     return torch.from_numpy(np.array(a, copy=True)).permute(2, 0, 1).float() * (2.0 / 255.0) - 1.0
@@ -107,12 +122,20 @@ def unit_length(x: Tensor) -> Tensor:
     return x / x.norm(dim=0, keepdim=True).clamp(min=1e-6)
 
 
+def _unit_length_batch(x: Tensor) -> Tensor:
+    return x / x.norm(dim=1, keepdim=True).clamp(min=1e-6)
+
+
 def _ids_to_tensor(a: np.ndarray) -> Tensor:
     return torch.from_numpy(np.array(a, dtype=np.uint8)).unsqueeze(0)  # (1, H, W) uint8 ids
 
 
 def _ids_finish(x: Tensor) -> Tensor:
     return x.squeeze(0).long()  # (h, w) class ids
+
+
+def _ids_finish_batch(x: Tensor) -> Tensor:
+    return x.squeeze(1).long()  # (B, h, w) class ids
 
 
 def patch_input(m: Modality, cfg: ModelConfig) -> nn.Module:
@@ -136,6 +159,7 @@ _MODALITIES = (
         interpolation="bilinear",
         to_tensor=_rgb_to_tensor,
         finish=_rgb_finish,
+        finish_batch=_rgb_finish,
         build_input=patch_input,
     ),
     Modality(
@@ -146,6 +170,7 @@ _MODALITIES = (
         interpolation="bilinear",
         to_tensor=_depth_to_tensor,
         finish=standardize_depth,
+        finish_batch=standardize_depth_batch,
         build_input=patch_input,
     ),
     Modality(
@@ -156,6 +181,7 @@ _MODALITIES = (
         interpolation="nearest-exact",  # centre-aligned: plain "nearest" shifts labels against rgb
         to_tensor=_ids_to_tensor,
         finish=_ids_finish,
+        finish_batch=_ids_finish_batch,
         build_input=_class_map_input,
     ),
     Modality(
@@ -166,6 +192,7 @@ _MODALITIES = (
         interpolation="bilinear",
         to_tensor=_normal_to_tensor,
         finish=unit_length,
+        finish_batch=_unit_length_batch,
         build_input=patch_input,
         mirror=(-1.0, 1.0, 1.0),
     ),

@@ -1,0 +1,132 @@
+"""The device-side batch resampling (`trainer.batch_resize`) gives the per-sample path's tensors
+(`trainer.augment.augment`): float maps within 1e-4, uint8 images within one level, class maps equal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from labelers.standards import IMAGENET_STD
+from pipeline.codecs import quantize_normal
+from trainer import batch_resize
+from trainer.augment import Crop, augment, cropped_tensors, sample_crop
+from trainer.config import DataConfig, ModelConfig
+from trainer.data import Cursor, EpochPlan, ShardStream, collate
+from trainer.dataset import load_dataset
+from trainer.synthetic import write_dataset
+
+RGB_LEVEL = 1.0 / 255.0 / min(IMAGENET_STD)  # one intensity level, in normalised units
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest-exact"])
+@pytest.mark.parametrize("size", [224, 56, 17, 300])
+def test_weights_are_interpolates_own(mode: str, size: int) -> None:
+    """Every input length 1..639 (down- and upsampling): the 1-D weights of F.interpolate, read off the
+    resize of the identity; zero beyond the length (the padding)."""
+    lengths = torch.arange(1, 640)
+    weights = batch_resize.resize_weights(lengths, 639, size, mode)
+    kwargs = {"align_corners": False, "antialias": True} if mode == "bilinear" else {}
+    for k, n in enumerate(lengths.tolist()):
+        eye = torch.eye(n).view(1, 1, n, n)
+        expected = F.interpolate(eye, size=(n, size), mode=mode, **kwargs)[0, 0].T
+        got = weights[k, :, :n]
+        if mode == "bilinear":
+            assert (got - expected).abs().max() <= 3e-7, n
+        else:
+            assert torch.equal(got, expected), n
+        assert not weights[k, :, n:].any()
+
+
+def _arrays(rng: np.random.Generator, h: int, w: int) -> dict[str, np.ndarray]:
+    """Hard cases for every built-in modality: noise rgb (every rounding matters), depth over the full
+    uint16 range, class ids in small blocks (a shifted pixel shows), random unit normals."""
+    ids = rng.integers(0, 133, (h // 3 + 1, w // 3 + 1)).astype(np.uint8).repeat(3, 0).repeat(3, 1)[:h, :w]
+    vectors = rng.normal(size=(h, w, 3))
+    return {
+        "rgb": rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+        "depth": rng.integers(0, 65536, (h, w), dtype=np.uint16),
+        "semseg": np.ascontiguousarray(ids),
+        "normal": quantize_normal(vectors)[0],
+    }
+
+
+def _compare(reference: dict[str, torch.Tensor], batched: dict[str, torch.Tensor], k: int) -> None:
+    assert set(batched) >= set(reference)
+    for name, want in reference.items():
+        got = batched[name][k]
+        assert got.shape == want.shape and got.dtype == want.dtype, name
+        if name == "semseg":
+            assert torch.equal(got, want), f"class map of sample {k} differs"
+        elif name == "rgb":
+            assert (got - want).abs().max() <= RGB_LEVEL + 1e-5, f"rgb of sample {k}"
+        else:
+            assert (got - want).abs().max() <= 1e-4, f"{name} of sample {k}: {(got - want).abs().max()}"
+
+
+@pytest.mark.parametrize("image_size", [64, 224])
+def test_batch_equals_the_per_sample_path_for_every_modality(image_size: int) -> None:
+    """Mixed sizes (portrait and landscape, crops smaller and larger than the output), flipped and not, in
+    chunks of the batch (more samples than one chunk)."""
+    rng = np.random.default_rng(image_size)
+    shapes = [(375, 500), (500, 375)] if image_size == 224 else [(96, 128), (128, 96), (40, 50), (150, 90)]
+    arrays, crops = [], []
+    for k in range(batch_resize.CHUNK + 6 if image_size == 64 else 6):
+        h, w = shapes[k % len(shapes)]
+        arrays.append(_arrays(rng, h, w))
+        crops.append(sample_crop(h, w, rng, (0.05, 1.0), (0.75, 4 / 3), 0.5))
+    assert {c.flip for c in crops} == {True, False}
+    batch = batch_resize.pack([cropped_tensors(a, c) for a, c in zip(arrays, crops, strict=True)], crops)
+    batched = batch_resize.to_device(batch, CPU, image_size)
+    for k, (a, c) in enumerate(zip(arrays, crops, strict=True)):
+        _compare(augment(a, c, image_size), batched, k)
+
+
+def test_a_crop_of_one_pixel_and_the_whole_image() -> None:
+    rng = np.random.default_rng(1)
+    arrays = [_arrays(rng, 30, 20), _arrays(rng, 30, 20)]
+    crops = [Crop(top=7, left=3, height=1, width=1, flip=True), Crop(top=0, left=0, height=30, width=20, flip=False)]
+    batched = batch_resize.to_device(
+        batch_resize.pack([cropped_tensors(a, c) for a, c in zip(arrays, crops, strict=True)], crops), CPU, 32
+    )
+    for k in range(2):
+        _compare(augment(arrays[k], crops[k], 32), batched, k)
+
+
+def test_a_packed_batch_that_does_not_match_its_crop_table_is_refused() -> None:
+    rng = np.random.default_rng(2)
+    crop = Crop(top=0, left=0, height=10, width=10, flip=False)
+    batch = batch_resize.pack([cropped_tensors({"rgb": _arrays(rng, 10, 10)["rgb"]}, crop)], [crop])
+    batch["rgb"] = batch["rgb"][:-1]
+    with pytest.raises(ValueError, match="crop table"):
+        batch_resize.to_device(batch, CPU, 16)
+
+
+def test_the_loaders_two_modes_give_the_same_batches(tmp_path: Path) -> None:
+    """Real shards through ShardStream: worker batches vs device batches of the same stream position."""
+    info = load_dataset(write_dataset(tmp_path / "data", [10, 10], sizes=((96, 128), (128, 96))))
+    model = ModelConfig(image_size=64, patch_size=16)
+    data = DataConfig(batch_size=5, workers=0, shuffle_buffer=8)
+    plan = EpochPlan(seed=3, epoch=0, rank=0, world=1, workers=1, micro_batches=4)
+    streams = [
+        ShardStream(info=info, data=data, model=model, plan=plan, cursors=[Cursor()], on_device=on)
+        for on in (False, True)
+    ]
+    pairs = list(zip(*(s.batches(0) for s in streams), strict=True))
+    assert len(pairs) == 4
+    for per_sample, packed in pairs:
+        assert packed["__cursor__"] == per_sample["__cursor__"]
+        finished = batch_resize.to_device(packed, CPU, 64)
+        for k in range(5):
+            _compare({n: per_sample[n][k] for n in ("rgb", "depth", "semseg")}, finished, k)
+
+
+def test_per_sample_batches_pass_through_unchanged() -> None:
+    items = [{"rgb": torch.rand(3, 4, 4)} for _ in range(2)]
+    batch = collate(items, 0, Cursor())
+    moved = batch_resize.to_device(batch, CPU, 4)
+    assert torch.equal(moved["rgb"], batch["rgb"]) and "__cursor__" not in moved
