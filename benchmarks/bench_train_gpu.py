@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
+from trainer.batch_resize import to_device
 from trainer.config import DataConfig, ModelConfig, OptimConfig
-from trainer.data import Cursor, EpochPlan, ShardStream, make_loader
+from trainer.data import Cursor, EpochPlan, ShardStream, augment_on_device, make_loader
 from trainer.dataset import load_dataset
 from trainer.modalities import MODALITIES, used_modalities
 from trainer.model import MultiMAE
@@ -80,21 +81,41 @@ def train_samples_per_s(
     }
 
 
+MODES = ("worker", "device")  # data.augment_on
+
+
 def loader_samples_per_s(
-    root: Path, workers: int, batches: int, model: ModelConfig | None = None, batch_size: int = 32
+    root: Path,
+    workers: int,
+    batches: int,
+    model: ModelConfig | None = None,
+    batch_size: int = 32,
+    augment_on: str = "worker",
+    device: torch.device | None = None,
 ) -> float:
+    """Finished batches per second out of `make_loader` with `workers` workers, moved to `device` (default:
+    the GPU if there is one); augment_on="device" includes the resampling there (`trainer.batch_resize`)."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = model or ModelConfig()
     info = load_dataset(root)
-    data = DataConfig(batch_size=batch_size, workers=workers, shuffle_buffer=256)
+    data = DataConfig(batch_size=batch_size, workers=workers, shuffle_buffer=256, augment_on=augment_on)
     plan = EpochPlan(seed=0, epoch=0, rank=0, world=1, workers=workers, micro_batches=batches)
     stream = ShardStream(
-        info=info, data=data, model=model or ModelConfig(), plan=plan, cursors=[Cursor() for _ in range(workers)]
+        info=info,
+        data=data,
+        model=model,
+        plan=plan,
+        cursors=[Cursor() for _ in range(workers)],
+        on_device=augment_on_device(data, device),
     )
-    it = iter(make_loader(stream, workers, pin_memory=torch.cuda.is_available()))
+    it = iter(make_loader(stream, workers, pin_memory=device.type == "cuda"))
     for _ in range(workers):  # every worker has opened its shards and filled its buffer
-        next(it)
+        to_device(next(it), device, model.image_size)
+    _sync(device)
     started, count = time.perf_counter(), 0
     for batch in it:
-        count += batch["rgb"].shape[0]
+        count += to_device(batch, device, model.image_size)["rgb"].shape[0]
+    _sync(device)
     return count / (time.perf_counter() - started)
 
 
@@ -121,12 +142,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         shards = [64] * max(args.workers, 2)
         root = args.data or write_dataset(Path(tmp) / "data", shards, sizes=((384, 512), (512, 384)))
-        loader = loader_samples_per_s(root, args.workers, args.loader_batches)
+        loader = {on: loader_samples_per_s(root, args.workers, args.loader_batches, augment_on=on) for on in MODES}
+    train = float(result["train_samples_per_s"])
     result.update(
         {
             "loader_workers": args.workers,
-            "loader_samples_per_s": loader,
-            "loader_headroom": loader / float(result["train_samples_per_s"]),
+            **{f"loader_{on}_samples_per_s": rate for on, rate in loader.items()},
+            **{f"loader_{on}_headroom": rate / train for on, rate in loader.items()},
         }
     )
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}, indent=1))

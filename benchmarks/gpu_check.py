@@ -12,8 +12,10 @@ Lines, in order (`"check"` names each; `"seconds"` is the stage's wall time):
   the same images and batch size; `efficiency` = end-to-end img/s / labelers-alone img/s (target >= 0.9).
 - `trainer`: ViT-B MultiMAE (rgb + depth + semseg, 98 visible tokens) training samples/s at batch 256, bf16
   autocast, fused AdamW, eager and with torch.compile.
-- `loader`: the project's loader with N DataLoader workers over ImageNet-sized synthetic shards;
-  `headroom` = loader samples/s / trainer samples/s (above 1 the GPU is never waiting for data).
+- `loader`: the project's loader with N DataLoader workers over ImageNet-sized synthetic shards, finished
+  batches on the device, once per `data.augment_on` ("worker": resampled in the workers; "device": the
+  workers cut crops, the GPU resamples them, included in the figure); `headroom` = loader samples/s /
+  trainer samples/s (above 1 the GPU is never waiting for data).
 A stage that fails prints {"check", "error"} and the others still run; the exit status is then 1.
 `--dry-run` runs the same code on the CPU with the smoke labelers and tiny sizes; its numbers mean nothing.
 """
@@ -204,19 +206,21 @@ def check_loader(report: Report, workdir: Path, train_samples_per_s: float) -> N
         h, w = s.loader_image
         root = write_dataset(workdir / "loader-data", shards, sizes=((h, w), (w, h)))
         model = dataclasses.replace(ModelConfig(), num_classes=s.model.num_classes)
-        rate = bench_train_gpu.loader_samples_per_s(
-            root, s.loader_workers, s.loader_batches, model=model, batch_size=s.loader_batch
-        )
-        report.line(
-            "loader",
-            workers=s.loader_workers,
-            image_sizes=[f"{w}x{h}", f"{h}x{w}"],
-            crop=model.image_size,
-            samples_per_s=rate,
-            per_worker=rate / s.loader_workers,
-            headroom=rate / train_samples_per_s if train_samples_per_s else None,
-            seconds=elapsed(),
-        )
+        for on in bench_train_gpu.MODES:
+            rate = bench_train_gpu.loader_samples_per_s(
+                root, s.loader_workers, s.loader_batches, model=model, batch_size=s.loader_batch, augment_on=on
+            )
+            report.line(
+                "loader",
+                augment_on=on,
+                workers=s.loader_workers,
+                image_sizes=[f"{w}x{h}", f"{h}x{w}"],
+                crop=model.image_size,
+                samples_per_s=rate,
+                per_worker=rate / s.loader_workers,
+                headroom=rate / train_samples_per_s if train_samples_per_s else None,
+                seconds=elapsed(),
+            )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,12 +22,14 @@ def test_gpu_check_dry_run_prints_every_figure(tmp_path: Path) -> None:
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert not [line for line in lines if "error" in line], lines
     checks = [line["check"] for line in lines]
-    assert checks == ["labeler"] * 3 + ["imagenet_estimate", "builder", "trainer", "loader", "total"]
+    assert checks == ["labeler"] * 3 + ["imagenet_estimate", "builder", "trainer", "loader", "loader", "total"]
     labelers = {line["modality"]: line for line in lines if line["check"] == "labeler"}
     assert set(labelers) == {"depth", "normal", "semseg"} and all(v["img_s"] > 0 for v in labelers.values())
-    estimate, builder, trainer, loader = lines[3:7]
+    estimate, builder, trainer, *loaders = lines[3:8]
     assert estimate["devices"] == 8 and estimate["hours"] > 0
     assert builder["images"] == 8 and builder["efficiency"] > 0 and builder["labelers_alone_img_s"] > 0
     assert trainer["train_samples_per_s"] > 0 and trainer["compile"] is False
-    assert loader["workers"] == 2 and loader["samples_per_s"] > 0 and loader["headroom"] > 0
+    assert [loader["augment_on"] for loader in loaders] == ["worker", "device"]
+    for loader in loaders:
+        assert loader["workers"] == 2 and loader["samples_per_s"] > 0 and loader["headroom"] > 0
     assert lines[-1]["dry_run"] is True and lines[-1]["failed"] is False
