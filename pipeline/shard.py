@@ -11,9 +11,9 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,14 +57,29 @@ class ShardContext:
         return tuple(s for s in self.labelers if not is_files(s))
 
 
+STAGES = ("read", "submit", "label", "encode", "write")  # submit: handing a batch to the labelers
+CPU_STAGES = tuple(f"{stage}_cpu" for stage in STAGES)
+
+
 @dataclass
 class _Tally:
     failures: list[Failure] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("read", "label", "encode", "write"), 0.0))
+    # per stage: wall seconds, and "<stage>_cpu": CPU seconds of the shard task's own thread in that stage
+    timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys((*STAGES, *CPU_STAGES), 0.0))
     isolate: bool = False  # last attempt: record images that fail labelling instead of failing the shard
     written: int = 0
     source_kinds: Counter[str] = field(default_factory=Counter)  # "FORMAT/MODE" of written images
     reencoded: int = 0
+
+
+@contextmanager
+def _timed(tally: _Tally, stage: str) -> Iterator[None]:
+    wall, cpu = time.perf_counter(), time.thread_time()
+    try:
+        yield
+    finally:
+        tally.timings[stage] += time.perf_counter() - wall
+        tally.timings[f"{stage}_cpu"] += time.thread_time() - cpu
 
 
 def _failure(entry: Entry, err: BaseException, stage: str) -> Failure:
@@ -94,7 +109,14 @@ def _read(
 ) -> list[tuple[int, Entry, DecodedImage, dict[str, np.ndarray]]]:
     """Decode each source image and read its label files (the `files` labelers); a failure of either is the
     image's recorded failure (stage `read` or `label`)."""
-    t0, ok = time.perf_counter(), []
+    with _timed(tally, "read"):
+        return _read_all(entries, ctx, tally)
+
+
+def _read_all(
+    entries: Sequence[tuple[int, Entry]], ctx: ShardContext, tally: _Tally
+) -> list[tuple[int, Entry, DecodedImage, dict[str, np.ndarray]]]:
+    ok = []
     limits = dict(max_bytes=ctx.image.max_file_bytes, max_pixels=ctx.image.max_pixels)
     fetched = _fetch([e for _, e in entries], ctx, limits)
     for (pos, entry), data in zip(entries, fetched, strict=True):
@@ -113,7 +135,6 @@ def _read(
             tally.failures.append(_failure(entry, err, "label"))
             continue
         ok.append((pos, entry, img, given))
-    tally.timings["read"] += time.perf_counter() - t0
     return ok
 
 
@@ -170,7 +191,16 @@ def _wait_labels(
     """Labels for a batch (the models' beside those read from files). A labelling error fails the shard (it
     is retried whole), except on the last attempt (`isolate`): then each image is labelled alone and only the
     ones that still fail are recorded."""
-    t0 = time.perf_counter()
+    with _timed(tally, "label"):
+        return _labelled(batch, pending, submit, tally)
+
+
+def _labelled(
+    batch: list[tuple[int, Entry, DecodedImage, dict[str, np.ndarray]]],
+    pending: Callable[[], Labels],
+    submit: Submit,
+    tally: _Tally,
+) -> list[tuple[int, Entry, DecodedImage, dict[str, np.ndarray]]]:
     try:
         labels = pending()
         results = [
@@ -187,25 +217,22 @@ def _wait_labels(
                 results.append((p, e, im, {**given, **{m: maps[0] for m, maps in one.items()}}))
             except Exception as err:
                 tally.failures.append(_failure(e, err, "label"))
-    tally.timings["label"] += time.perf_counter() - t0
     return results
 
 
 def _write_batch(writer: ShardSink, shard: ShardSpec, labelled: list[Any], ctx: ShardContext, tally: _Tally) -> None:
     for pos, entry, img, maps in labelled:
-        t0 = time.perf_counter()
         try:
-            members = _members(shard, pos, entry, img, maps, ctx)
+            with _timed(tally, "encode"):
+                members = _members(shard, pos, entry, img, maps, ctx)
         except Exception as err:
             tally.failures.append(_failure(entry, err, "encode"))
             continue
-        t1 = time.perf_counter()
-        writer.add(sample_key(shard.index, pos), members)
+        with _timed(tally, "write"):
+            writer.add(sample_key(shard.index, pos), members)
         tally.written += 1
         tally.source_kinds[f"{img.source_format}/{img.source_mode}"] += 1
         tally.reencoded += not img.stored_original
-        tally.timings["encode"] += t1 - t0
-        tally.timings["write"] += time.perf_counter() - t1
 
 
 def _flush(
@@ -265,7 +292,8 @@ def _process(
         for start in range(0, len(indexed), ctx.batch_size):
             chunk = indexed[start : start + ctx.batch_size]
             batch = _read(chunk, ctx, tally)
-            pending = submit([item[2].rgb for item in batch]) if batch else None
+            with _timed(tally, "submit"):
+                pending = submit([item[2].rgb for item in batch]) if batch else None
             if previous is not None:
                 _flush(sink, shard, previous, ctx, submit, tally, progress)
             previous = (batch, pending, len(chunk))

@@ -11,6 +11,7 @@ import pytest
 from pipeline.build import build_dataset
 from pipeline.codecs import decode_member, dequantize_depth, split_member
 from pipeline.config import BuildConfig, ConfigError, load_recipe, with_overrides
+from pipeline.shard import CPU_STAGES, STAGES
 from tests.conftest import DEMO_RECIPE, EXAMPLES, bad_image_bytes, odd_image_bytes
 
 pytestmark = pytest.mark.slow
@@ -64,6 +65,11 @@ def test_end_to_end_counts_geometry_ids_and_determinism(source_with_bad_files, t
 
     index = json.loads((out / "index.json").read_text())
     assert sum(sh["samples"] for sh in index["shards"]) == totals.written
+    for stats in (json.loads(p.read_text()) for p in (out / "shards").glob("*.stats.json")):
+        timings = stats["timings"]  # wall and CPU seconds per stage; one thread's CPU time cannot exceed wall
+        assert set(timings) == set(STAGES) | set(CPU_STAGES)
+        assert all(0 <= timings[f"{s}_cpu"] <= timings[s] + 0.01 for s in STAGES), timings
+        assert timings["read_cpu"] > 0 and timings["encode_cpu"] > 0
 
     again = tmp_path / "again"
     build(source_with_bad_files, again)

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from tests.conftest import DEMO_RECIPE
-from trainer.config import ModelConfig, smoke_config
+from trainer.config import ConfigError, ModelConfig, smoke_config
 from trainer.finetune_config import FinetuneConfig, TaskConfig, load_finetune_config
 from trainer.finetune_model import MultiViT
 from trainer.metrics import ClassificationMetrics, DepthMetrics, SegmentationMetrics
@@ -159,3 +159,12 @@ def test_every_fine_tuning_recipe_loads_and_builds_its_model_shape(path: Path) -
         text = path.read_text()
         assert "NOT YET REPRODUCED HERE" in text and "Paper:" in text
         assert (cfg.model.dim, cfg.model.depth, cfg.model.heads) == (768, 12, 12)
+
+
+def test_device_augmentation_is_refused_for_fine_tuning(tmp_path: Path) -> None:
+    """Fine-tuning resamples in the workers; asking for the device path is an error, not silently ignored."""
+    path = tmp_path / "ft.toml"
+    path.write_text('[data]\naugment_on = "device"\n')
+    with pytest.raises(ConfigError, match="augment_on"):
+        load_finetune_config(path)
+    assert load_finetune_config(None).data.augment_on == "auto"

@@ -68,6 +68,8 @@ class FinetuneConfig:
         bad = [h for h in self.task.hooks if not 0 <= h < self.model.depth]
         if self.task.name == "depth" and bad:
             found.append(f"task.hooks {bad} are not blocks of a {self.model.depth}-block encoder")
+        if self.data.augment_on == "device":
+            found.append('data.augment_on = "device" is pretraining\'s; fine-tuning resamples in the workers ("auto")')
         return found
 
 
