@@ -109,13 +109,6 @@ def _read(
 ) -> list[tuple[int, Entry, DecodedImage, dict[str, np.ndarray]]]:
     """Decode each source image and read its label files (the `files` labelers); a failure of either is the
     image's recorded failure (stage `read` or `label`)."""
-    with _timed(tally, "read"):
-        return _read_all(entries, ctx, tally)
-
-
-def _read_all(
-    entries: Sequence[tuple[int, Entry]], ctx: ShardContext, tally: _Tally
-) -> list[tuple[int, Entry, DecodedImage, dict[str, np.ndarray]]]:
     ok = []
     limits = dict(max_bytes=ctx.image.max_file_bytes, max_pixels=ctx.image.max_pixels)
     fetched = _fetch([e for _, e in entries], ctx, limits)
@@ -191,16 +184,6 @@ def _wait_labels(
     """Labels for a batch (the models' beside those read from files). A labelling error fails the shard (it
     is retried whole), except on the last attempt (`isolate`): then each image is labelled alone and only the
     ones that still fail are recorded."""
-    with _timed(tally, "label"):
-        return _labelled(batch, pending, submit, tally)
-
-
-def _labelled(
-    batch: list[tuple[int, Entry, DecodedImage, dict[str, np.ndarray]]],
-    pending: Callable[[], Labels],
-    submit: Submit,
-    tally: _Tally,
-) -> list[tuple[int, Entry, DecodedImage, dict[str, np.ndarray]]]:
     try:
         labels = pending()
         results = [
@@ -246,7 +229,9 @@ def _flush(
 ) -> None:
     batch, pending, planned = previous
     if pending is not None:
-        _write_batch(writer, shard, _wait_labels(batch, pending, submit, tally), ctx, tally)
+        with _timed(tally, "label"):
+            labelled = _wait_labels(batch, pending, submit, tally)
+        _write_batch(writer, shard, labelled, ctx, tally)
     if progress is not None:
         progress(planned)
 
@@ -291,7 +276,8 @@ def _process(
         previous: tuple[list[Any], Callable[[], Labels] | None, int] | None = None
         for start in range(0, len(indexed), ctx.batch_size):
             chunk = indexed[start : start + ctx.batch_size]
-            batch = _read(chunk, ctx, tally)
+            with _timed(tally, "read"):
+                batch = _read(chunk, ctx, tally)
             with _timed(tally, "submit"):
                 pending = submit([item[2].rgb for item in batch]) if batch else None
             if previous is not None:

@@ -18,7 +18,8 @@ within 1e-4, uint8 images within one intensity level, class maps equal.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -82,14 +83,16 @@ def _resample(crops: list[Tensor], sizes: list[tuple[int, int]], flips: list[boo
     spec, device, dtype = MODALITIES[name], crops[0].device, crops[0].dtype
     heights = torch.tensor([h for h, _ in sizes], device=device)
     widths = torch.tensor([w for _, w in sizes], device=device)
-    x = torch.zeros(len(crops), crops[0].shape[0], int(heights.max()), int(widths.max()), device=device)
+    top_h, top_w = max(h for h, _ in sizes), max(w for _, w in sizes)  # from the host's table: no device sync
+    x = torch.zeros(len(crops), crops[0].shape[0], top_h, top_w, device=device)
     for i, crop in enumerate(crops):
         x[i, :, : crop.shape[1], : crop.shape[2]] = crop
     rows = resize_weights(heights, x.shape[2], size, spec.interpolation)
     cols = resize_weights(widths, x.shape[3], size, spec.interpolation).transpose(1, 2)
     flip = torch.tensor(flips, device=device).view(-1, 1, 1)
     cols = torch.where(flip, cols.flip(-1), cols)
-    y = torch.matmul(torch.matmul(rows.unsqueeze(1), x), cols.unsqueeze(1))
+    with full_fp32_matmul():
+        y = torch.matmul(torch.matmul(rows.unsqueeze(1), x), cols.unsqueeze(1))
     if dtype == torch.uint8:
         y = y.round_().clamp_(0, 255).to(torch.uint8)  # the per-sample path resamples uint8 as bytes
     if spec.mirror is not None:
@@ -98,6 +101,18 @@ def _resample(crops: list[Tensor], sizes: list[tuple[int, int]], flips: list[boo
     if spec.stride > 1:  # the same call as per sample, on the batch
         y = F.interpolate(y, size=(size // spec.stride,) * 2, mode=spec.interpolation)
     return y
+
+
+@contextlib.contextmanager
+def full_fp32_matmul() -> Iterator[None]:
+    """float32 matrix products at full precision here, even where the run allows TF32 (its 10-bit mantissa
+    would move rgb by more than a level and depth by ~1e-3)."""
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def resize_weights(lengths: Tensor, width: int, size: int, mode: str) -> Tensor:
