@@ -1,18 +1,22 @@
-"""Loader benchmark, one thread: the decode floor against the project's per-sample path, on the same samples.
+"""Loader benchmark, one thread: the decode floor against the project's loader, on the same samples.
 
     python -m benchmarks.bench_loader --samples 256
 
 ImageNet-like shards (375 x 500 and 500 x 375: JPEG rgb, 16-bit depth PNG, 8-bit semseg PNG, written by
-`trainer.synthetic`). The raw samples are read from the tars into memory first, so both figures exclude tar
-I/O: `floor` decodes the three members with the codecs the loader uses and nothing else; `loader` is
-`ShardStream.decode` (decode, the shared random crop and flip, resampling to 224 px, normalisation) on the same
-samples, ViT-B's input size. Two alternatives a user might pick, with the same augmentation (random resized
-crop, scale 0.2-1, ratio 3/4-4/3, one crop and flip for all three maps, bilinear for rgb and depth, nearest for
-semseg, ImageNet normalisation): `webdataset_v2`, the members decoded with PIL as WebDataset's `.map` stage
-would and augmented jointly with torchvision.transforms.v2 (tv_tensors Image, Image and Mask); `loose_files`,
-the official MultiMAE layout (one file per modality: rgb/x.jpg, depth/x.png, semseg/x.png) read with PIL from
-disk (page cache) and the same transforms. Ours does more per sample than both: the depth standardisation and
-the 1/4-resolution semseg target of the model. Prints one JSON line: samples/s of each and the ratios.
+`trainer.synthetic`). The raw samples are read from the tars into memory first, so no figure includes tar
+I/O. `floor` decodes the three members with the codecs the loader uses and nothing else; `loader` is
+`ShardStream.decode` with augment_on = "worker" (decode, the shared random crop and flip, resampling to 224
+px, normalisation) and the stacking of each batch of 32; `device_mode_worker` is what a worker does with
+augment_on = "device" (decode, cut the crop, pack each batch of 32), the resampling being the training
+device's (`device_mode_resample_on_this_cpu`: that part timed on this CPU, for reference). Two alternatives a
+user might pick, with the same augmentation (random resized crop, scale 0.2-1, ratio 3/4-4/3, one crop and
+flip for all three maps, bilinear for rgb and depth, nearest for semseg, ImageNet normalisation):
+`webdataset_v2`, the members decoded with PIL as WebDataset's `.map` stage would and augmented jointly with
+torchvision.transforms.v2 (tv_tensors Image, Image and Mask); `loose_files`, the official MultiMAE layout (one
+file per modality: rgb/x.jpg, depth/x.png, semseg/x.png) read with PIL from disk (page cache) and the same
+transforms. The loader does more per sample than both: the depth standardisation and the 1/4-resolution
+semseg target of the model. The passes run in turn, `--repeats` rounds; prints one JSON line: the median
+samples/s of each and the ratios.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from trainer.dataset import load_dataset
 from trainer.synthetic import write_dataset
 
 MEMBERS = ("rgb.jpg", "depth.png", "semseg.png")
-BATCH = 32  # samples per packed batch of the device mode
+BATCH = 32  # samples per batch (stacked or packed), fewer when there are fewer samples
 KEPT = 4  # packed batches kept for timing the device side
 MEAN, STD = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
@@ -131,12 +135,18 @@ def main() -> None:
             for member in MEMBERS:
                 decode_member(member, sample[member])
 
-        def loader(sample: dict) -> None:  # augment_on = "worker"
-            streams[0].decode(sample, rng)
+        finished_items: list[dict] = []
+        batch = min(BATCH, len(raw))
+
+        def loader(sample: dict) -> None:  # augment_on = "worker": decode, augment, stack per batch
+            finished_items.append(streams[0].decode(sample, rng))
+            if len(finished_items) == batch:
+                collate(finished_items, 0, Cursor())
+                finished_items.clear()
 
         def device_mode_worker(sample: dict) -> None:  # augment_on = "device": decode, cut, pack per batch
             cut_items.append(streams[1].decode(sample, rng))
-            if len(cut_items) == BATCH:
+            if len(cut_items) == batch:
                 packed.append(collate(cut_items, 0, Cursor()))
                 del packed[:-KEPT]  # a worker hands its batches on; keep a few for the device-side figure
                 cut_items.clear()
@@ -151,6 +161,7 @@ def main() -> None:
         for fn, items in passes.values():  # imports, first allocations
             fn(items[0])
         got = rates(passes, args.repeats)
+    to_device(packed[0], torch.device("cpu"), model.image_size)  # warm-up
     started = time.perf_counter()
     finished = sum(len(to_device(b, torch.device("cpu"), model.image_size)["rgb"]) for b in packed)
     device_part = finished / (time.perf_counter() - started)

@@ -106,7 +106,7 @@ def loader_samples_per_s(
         model=model,
         plan=plan,
         cursors=[Cursor() for _ in range(workers)],
-        on_device=augment_on_device(data, device),
+        on_device=augment_on_device(data, device, used_modalities(model)),
     )
     it = iter(make_loader(stream, workers, pin_memory=device.type == "cuda"))
     for _ in range(workers):  # every worker has opened its shards and filled its buffer
@@ -115,6 +115,27 @@ def loader_samples_per_s(
     started, count = time.perf_counter(), 0
     for batch in it:
         count += to_device(batch, device, model.image_size)["rgb"].shape[0]
+    _sync(device)
+    return count / (time.perf_counter() - started)
+
+
+def resample_samples_per_s(
+    root: Path, batches: int, batch_size: int, model: ModelConfig, device: torch.device
+) -> float:
+    """The device's share of augment_on = "device" alone: packed batches (cut in this process first) resampled
+    and finished on `device`, samples/s. In training this time is spent on the training device, between steps."""
+    info = load_dataset(root)
+    data = DataConfig(batch_size=batch_size, workers=0, shuffle_buffer=256)
+    plan = EpochPlan(seed=0, epoch=0, rank=0, world=1, workers=1, micro_batches=batches + 1)
+    stream = ShardStream(info=info, data=data, model=model, plan=plan, cursors=[Cursor()], on_device=True)
+    packed = [
+        {k: v.pin_memory() if device.type == "cuda" and isinstance(v, torch.Tensor) else v for k, v in b.items()}
+        for b in stream.batches(0)
+    ]
+    to_device(packed[0], device, model.image_size)  # warm-up: kernels, caches
+    _sync(device)
+    started = time.perf_counter()
+    count = sum(to_device(b, device, model.image_size)["rgb"].shape[0] for b in packed[1:])
     _sync(device)
     return count / (time.perf_counter() - started)
 

@@ -15,7 +15,8 @@ Lines, in order (`"check"` names each; `"seconds"` is the stage's wall time):
 - `loader`: the project's loader with N DataLoader workers over ImageNet-sized synthetic shards, finished
   batches on the device, once per `data.augment_on` ("worker": resampled in the workers; "device": the
   workers cut crops, the GPU resamples them, included in the figure); `headroom` = loader samples/s /
-  trainer samples/s (above 1 the GPU is never waiting for data).
+  trainer samples/s (above 1 the GPU is never waiting for data); in the device mode the trainer rate is
+  charged with the GPU's resampling time (`resample_samples_per_s`, measured alone).
 A stage that fails prints {"check", "error"} and the others still run; the exit status is then 1.
 `--dry-run` runs the same code on the CPU with the smoke labelers and tiny sizes; its numbers mean nothing.
 """
@@ -200,16 +201,32 @@ def check_trainer(report: Report) -> float:
 
 
 def check_loader(report: Report, workdir: Path, train_samples_per_s: float) -> None:
+    """One line per augment_on mode. The device mode's resampling runs on the training GPU, so its headroom is
+    against the training rate with that time added: 1 / (1 / train + 1 / resample)."""
     s = report.sizes
-    with report.stage("loader") as elapsed:
+    with report.stage("loader"):
         shards = [64 if s.device == "cuda" else 8] * max(2, s.loader_workers)
         h, w = s.loader_image
         root = write_dataset(workdir / "loader-data", shards, sizes=((h, w), (w, h)))
         model = dataclasses.replace(ModelConfig(), num_classes=s.model.num_classes)
+        device = torch.device(s.device)
         for on in bench_train_gpu.MODES:
+            started = time.perf_counter()
             rate = bench_train_gpu.loader_samples_per_s(
-                root, s.loader_workers, s.loader_batches, model=model, batch_size=s.loader_batch, augment_on=on
+                root,
+                s.loader_workers,
+                s.loader_batches,
+                model=model,
+                batch_size=s.loader_batch,
+                augment_on=on,
+                device=device,
             )
+            fields: dict[str, Any] = {}
+            train = train_samples_per_s
+            if on == "device":
+                resample = bench_train_gpu.resample_samples_per_s(root, 8, s.loader_batch, model, device)
+                train = 1 / (1 / train + 1 / resample) if train else 0.0
+                fields = {"resample_samples_per_s": resample, "train_samples_per_s_with_resample": train}
             report.line(
                 "loader",
                 augment_on=on,
@@ -218,8 +235,9 @@ def check_loader(report: Report, workdir: Path, train_samples_per_s: float) -> N
                 crop=model.image_size,
                 samples_per_s=rate,
                 per_worker=rate / s.loader_workers,
-                headroom=rate / train_samples_per_s if train_samples_per_s else None,
-                seconds=elapsed(),
+                headroom=rate / train if train else None,
+                **fields,
+                seconds=time.perf_counter() - started,
             )
 
 

@@ -130,3 +130,49 @@ def test_per_sample_batches_pass_through_unchanged() -> None:
     batch = collate(items, 0, Cursor())
     moved = batch_resize.to_device(batch, CPU, 4)
     assert torch.equal(moved["rgb"], batch["rgb"]) and "__cursor__" not in moved
+
+
+@pytest.mark.parametrize(
+    ("setting", "read_back"),
+    [
+        ("pass", "torch.get_float32_matmul_precision()"),
+        ("torch.backends.cuda.matmul.allow_tf32 = True", "torch.backends.cuda.matmul.allow_tf32"),
+        ("torch.set_float32_matmul_precision('high')", "torch.get_float32_matmul_precision()"),
+        ("torch.backends.cuda.matmul.fp32_precision = 'tf32'", "torch.backends.cuda.matmul.fp32_precision"),
+    ],
+)
+def test_resampling_turns_tf32_off_and_restores_the_runs_setting(setting: str, read_back: str) -> None:
+    """Whichever of torch's precision APIs the run used (a fresh process each: mixing them is an error)."""
+    import subprocess
+    import sys
+
+    code = f"""
+import torch
+from trainer.batch_resize import full_fp32_matmul
+{setting}
+before = {read_back}
+with full_fp32_matmul():
+    try:
+        inside = torch.get_float32_matmul_precision()
+    except RuntimeError:
+        inside = torch.backends.cuda.matmul.fp32_precision
+print(repr(before), repr(inside), repr({read_back}))
+"""
+    done = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    before, inside, after = done.stdout.split()
+    assert inside in ("'highest'", "'ieee'") and after == before
+
+
+def test_auto_keeps_unsupported_interpolations_in_the_workers_and_device_refuses(monkeypatch) -> None:
+    from trainer.config import ConfigError
+    from trainer.data import augment_on_device
+
+    cuda, used = torch.device("cuda"), ("rgb", "depth", "semseg")
+    assert augment_on_device(DataConfig(), cuda, used) and not augment_on_device(DataConfig(), CPU, used)
+    assert augment_on_device(DataConfig(augment_on="device"), CPU, used)
+    assert not augment_on_device(DataConfig(augment_on="worker"), cuda, used)
+    monkeypatch.setattr(batch_resize, "INTERPOLATIONS", ("bilinear",))  # as for a plugin's own interpolation
+    assert not augment_on_device(DataConfig(), cuda, used)
+    with pytest.raises(ConfigError, match="semseg"):
+        augment_on_device(DataConfig(augment_on="device"), cuda, used)

@@ -19,6 +19,7 @@ within 1e-4, uint8 images within one intensity level, class maps equal.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -30,6 +31,7 @@ from trainer.augment import Crop
 from trainer.modalities import MODALITIES
 
 CROPS = "__crops__"  # (B, 3) int64: crop height, width and flip of every sample
+INTERPOLATIONS = ("bilinear", "nearest-exact")
 CHUNK = 32  # samples resampled together (bounds the padded copy: 32 x 3 x 500 x 500 floats = 96 MB)
 
 
@@ -56,14 +58,14 @@ def to_device(batch: Mapping[str, Any], device: torch.device, image_size: int) -
     tensors = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, Tensor) and k != CROPS}
     if CROPS not in batch:
         return tensors
-    table = batch[CROPS].tolist()
-    sizes, flips = [(h, w) for h, w, _ in table], [bool(f) for _, _, f in table]
+    sizes = [(h, w) for h, w, _ in batch[CROPS].tolist()]  # the host's copy: shapes without a device sync
+    table = batch[CROPS].to(device, non_blocking=True)  # the device's: heights, widths and flips as tensors
     out = {k: v for k, v in tensors.items() if k not in MODALITIES}
     for name in (k for k in tensors if k in MODALITIES):
         spec = MODALITIES[name]
         crops = _unpack(tensors[name], spec.channels or 1, sizes)
         parts = [
-            _resample(crops[i : i + CHUNK], sizes[i : i + CHUNK], flips[i : i + CHUNK], image_size, name)
+            _resample(crops[i : i + CHUNK], sizes[i : i + CHUNK], table[i : i + CHUNK], image_size, name)
             for i in range(0, len(crops), CHUNK)
         ]
         x = torch.cat(parts)
@@ -78,41 +80,66 @@ def _unpack(flat: Tensor, channels: int, sizes: list[tuple[int, int]]) -> list[T
     return [part.view(h, w, channels).permute(2, 0, 1) for part, (h, w) in zip(flat.split(counts), sizes, strict=True)]
 
 
-def _resample(crops: list[Tensor], sizes: list[tuple[int, int]], flips: list[bool], size: int, name: str) -> Tensor:
-    """(C, h_i, w_i) crops -> (b, C, size, size) at the modality's stride, as `augment.resample` per sample."""
+def _resample(crops: list[Tensor], sizes: list[tuple[int, int]], table: Tensor, size: int, name: str) -> Tensor:
+    """(C, h_i, w_i) crops -> (b, C, size, size) at the modality's stride, as `augment.resample` per sample;
+    `table`: the chunk's rows of the crop table, on the device."""
     spec, device, dtype = MODALITIES[name], crops[0].device, crops[0].dtype
-    heights = torch.tensor([h for h, _ in sizes], device=device)
-    widths = torch.tensor([w for _, w in sizes], device=device)
-    top_h, top_w = max(h for h, _ in sizes), max(w for _, w in sizes)  # from the host's table: no device sync
+    heights, widths = table[:, 0], table[:, 1]
+    top_h, top_w = max(h for h, _ in sizes), max(w for _, w in sizes)
     x = torch.zeros(len(crops), crops[0].shape[0], top_h, top_w, device=device)
     for i, crop in enumerate(crops):
         x[i, :, : crop.shape[1], : crop.shape[2]] = crop
     rows = resize_weights(heights, x.shape[2], size, spec.interpolation)
     cols = resize_weights(widths, x.shape[3], size, spec.interpolation).transpose(1, 2)
-    flip = torch.tensor(flips, device=device).view(-1, 1, 1)
+    flip = table[:, 2].bool().view(-1, 1, 1)
     cols = torch.where(flip, cols.flip(-1), cols)
     with full_fp32_matmul():
         y = torch.matmul(torch.matmul(rows.unsqueeze(1), x), cols.unsqueeze(1))
     if dtype == torch.uint8:
         y = y.round_().clamp_(0, 255).to(torch.uint8)  # the per-sample path resamples uint8 as bytes
     if spec.mirror is not None:
-        mirror = torch.tensor(spec.mirror, device=device).view(1, -1, 1, 1)
+        mirror = constant(spec.mirror, device).view(1, -1, 1, 1)
         y = torch.where(flip.view(-1, 1, 1, 1), y.float() * mirror, y.float())
     if spec.stride > 1:  # the same call as per sample, on the batch
         y = F.interpolate(y, size=(size // spec.stride,) * 2, mode=spec.interpolation)
     return y
 
 
+def supported(name: str) -> bool:
+    """Whether modality `name` can be resampled here (its interpolation has batched weights)."""
+    return MODALITIES[name].interpolation in INTERPOLATIONS
+
+
+@functools.lru_cache(maxsize=64)
+def constant(values: tuple[float, ...], device: torch.device) -> Tensor:
+    """A small float32 constant, copied to `device` once (a copy per step would wait for the device)."""
+    return torch.tensor(values, dtype=torch.float32, device=device)
+
+
 @contextlib.contextmanager
 def full_fp32_matmul() -> Iterator[None]:
     """float32 matrix products at full precision here, even where the run allows TF32 (its 10-bit mantissa
-    would move rgb by more than a level and depth by ~1e-3)."""
-    saved = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
+    would move rgb by more than a level and depth by ~1e-3); the run's setting is restored after. Works with
+    either of torch's two precision APIs (mixing them is an error in torch, so the one in use is kept)."""
+    matmul = torch.backends.cuda.matmul
+    try:
+        saved = torch.get_float32_matmul_precision()
+    except RuntimeError:  # the run set the per-backend API (fp32_precision): use that one
+        backend = matmul.fp32_precision
+        matmul.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            matmul.fp32_precision = backend
+        return
+    if saved == "highest":
+        yield
+        return
+    torch.set_float32_matmul_precision("highest")
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = saved
+        torch.set_float32_matmul_precision(saved)
 
 
 def resize_weights(lengths: Tensor, width: int, size: int, mode: str) -> Tensor:

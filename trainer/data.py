@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,7 @@ from pipeline import stores
 from pipeline.codecs import CODECS, decode_member
 from trainer import batch_resize
 from trainer.augment import augment, cropped_tensors, sample_crop
-from trainer.config import DataConfig, ModelConfig
+from trainer.config import ConfigError, DataConfig, ModelConfig
 from trainer.dataset import DatasetInfo, Shard
 from trainer.errors import DataError
 from trainer.modalities import MODALITIES, used_modalities
@@ -262,9 +262,16 @@ def collate(items: list[dict[str, Any]], worker: int, cursor: Cursor) -> Batch:
     return batch
 
 
-def augment_on_device(data: DataConfig, device: torch.device) -> bool:
-    """Where `data.augment_on` puts the resampling for a run on `device` (True: the device)."""
-    return data.augment_on == "device" or (data.augment_on == "auto" and device.type == "cuda")
+def augment_on_device(data: DataConfig, device: torch.device, modalities: Iterable[str]) -> bool:
+    """Where `data.augment_on` puts the resampling for a run on `device` (True: the device). "auto" keeps it
+    in the workers where a used modality's interpolation has no batched form; "device" then refuses."""
+    unsupported = [name for name in modalities if not batch_resize.supported(name)]
+    if data.augment_on == "device" and unsupported:
+        raise ConfigError(
+            f'data.augment_on = "device": modalities {unsupported} use an interpolation the device path lacks'
+            f' (it has {list(batch_resize.INTERPOLATIONS)}); use "worker" or "auto"'
+        )
+    return data.augment_on == "device" or (data.augment_on == "auto" and device.type == "cuda" and not unsupported)
 
 
 def make_loader(stream: ShardStream, workers: int, pin_memory: bool) -> DataLoader:

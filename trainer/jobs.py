@@ -14,6 +14,7 @@ from trainer.data import EpochPlan, ShardStream, augment_on_device
 from trainer.dataset import DatasetInfo, check_manifest, manifest_classes
 from trainer.export import export_timm
 from trainer.loop import Trainer
+from trainer.modalities import used_modalities
 from trainer.model import MultiMAE
 
 
@@ -60,7 +61,7 @@ class PretrainJob:
             plan=plan,
             cursors=t.state.cursors,
             rotation=rotation,
-            on_device=augment_on_device(c.data, t.dist.device),
+            on_device=augment_on_device(c.data, t.dist.device, used_modalities(c.model)),
         )
 
     def describe(self, t: Trainer) -> str:

@@ -10,6 +10,7 @@ member type comes from a `multimae_forge.codecs` entry point, see `pipeline.code
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -82,9 +83,17 @@ def _rgb_to_tensor(a: np.ndarray) -> Tensor:
 
 def _rgb_finish(x: Tensor) -> Tensor:
     """uint8 (3, h, w) or (B, 3, h, w), any device -> ImageNet-normalised float."""
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(3, 1, 1)
+    mean, std = _imagenet(x.device)
     return (x.float() / 255.0 - mean) / std
+
+
+@functools.lru_cache(maxsize=16)
+def _imagenet(device: torch.device) -> tuple[Tensor, Tensor]:
+    """ImageNet mean and std as (3, 1, 1) tensors on `device`, copied there once."""
+    return (
+        torch.tensor(IMAGENET_MEAN, device=device).view(3, 1, 1),
+        torch.tensor(IMAGENET_STD, device=device).view(3, 1, 1),
+    )
 
 
 def _depth_to_tensor(a: np.ndarray) -> Tensor:
