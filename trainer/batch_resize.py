@@ -19,7 +19,6 @@ within 1e-4, uint8 images within one intensity level, class maps equal.
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from trainer.augment import Crop
-from trainer.modalities import MODALITIES
+from trainer.modalities import MODALITIES, device_constant
 
 CROPS = "__crops__"  # (B, 3) int64: crop height, width and flip of every sample
 INTERPOLATIONS = ("bilinear", "nearest-exact")
@@ -98,7 +97,7 @@ def _resample(crops: list[Tensor], sizes: list[tuple[int, int]], table: Tensor, 
     if dtype == torch.uint8:
         y = y.round_().clamp_(0, 255).to(torch.uint8)  # the per-sample path resamples uint8 as bytes
     if spec.mirror is not None:
-        mirror = constant(spec.mirror, device).view(1, -1, 1, 1)
+        mirror = device_constant(spec.mirror, device).view(1, -1, 1, 1)
         y = torch.where(flip.view(-1, 1, 1, 1), y.float() * mirror, y.float())
     if spec.stride > 1:  # the same call as per sample, on the batch
         y = F.interpolate(y, size=(size // spec.stride,) * 2, mode=spec.interpolation)
@@ -108,12 +107,6 @@ def _resample(crops: list[Tensor], sizes: list[tuple[int, int]], table: Tensor, 
 def supported(name: str) -> bool:
     """Whether modality `name` can be resampled here (its interpolation has batched weights)."""
     return MODALITIES[name].interpolation in INTERPOLATIONS
-
-
-@functools.lru_cache(maxsize=64)
-def constant(values: tuple[float, ...], device: torch.device) -> Tensor:
-    """A small float32 constant, copied to `device` once (a copy per step would wait for the device)."""
-    return torch.tensor(values, dtype=torch.float32, device=device)
 
 
 @contextlib.contextmanager

@@ -83,17 +83,15 @@ def _rgb_to_tensor(a: np.ndarray) -> Tensor:
 
 def _rgb_finish(x: Tensor) -> Tensor:
     """uint8 (3, h, w) or (B, 3, h, w), any device -> ImageNet-normalised float."""
-    mean, std = _imagenet(x.device)
+    mean = device_constant(IMAGENET_MEAN, x.device).view(3, 1, 1)
+    std = device_constant(IMAGENET_STD, x.device).view(3, 1, 1)
     return (x.float() / 255.0 - mean) / std
 
 
-@functools.lru_cache(maxsize=16)
-def _imagenet(device: torch.device) -> tuple[Tensor, Tensor]:
-    """ImageNet mean and std as (3, 1, 1) tensors on `device`, copied there once."""
-    return (
-        torch.tensor(IMAGENET_MEAN, device=device).view(3, 1, 1),
-        torch.tensor(IMAGENET_STD, device=device).view(3, 1, 1),
-    )
+@functools.lru_cache(maxsize=64)
+def device_constant(values: tuple[float, ...], device: torch.device) -> Tensor:
+    """A small float32 constant, copied to `device` once (a copy per step would wait for the device)."""
+    return torch.tensor(values, dtype=torch.float32, device=device)
 
 
 def _depth_to_tensor(a: np.ndarray) -> Tensor:
