@@ -30,6 +30,7 @@ from PIL import Image
 from labelers.plugins import load_entry_points
 from labelers.standards import FACING
 from labelers.standards import IGNORE_ID as IGNORE_ID  # re-exported: the ignore id of class maps
+from pipeline.png import encode_png
 
 DEPTH_LEVELS = 65535
 NORMAL_LEVELS = 255
@@ -115,12 +116,6 @@ class Codec:
         return f"must decode to {self.dtype} {'x'.join(map(str, shape))}, got {got}"
 
 
-def _png_bytes(image: Image.Image, level: int) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=level)
-    return buf.getvalue()
-
-
 def encode_rgb(rgb: np.ndarray, quality: int = 95) -> bytes:
     """uint8 H x W x 3 -> baseline JPEG (4:4:4 chroma so labels and pixels stay aligned in colour too)."""
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
@@ -139,7 +134,7 @@ def encode_depth(depth: np.ndarray, level: int = 1) -> bytes:
     """uint16 H x W -> 16-bit greyscale PNG. Use `quantize_depth` to get the uint16 map from floats."""
     if depth.dtype != np.uint16 or depth.ndim != 2:
         raise ValueError(f"depth must be uint16 HxW, got {depth.dtype} {depth.shape}")
-    return _png_bytes(Image.fromarray(depth), level)
+    return encode_png(depth, level)
 
 
 def decode_depth(data: bytes) -> np.ndarray:
@@ -160,10 +155,12 @@ def quantize_depth(depth: np.ndarray, kind: str) -> tuple[np.ndarray, dict[str, 
 
     The encoding is recorded in the sample's json so the map is invertible within one uint16 step.
     """
-    d = np.nan_to_num(depth.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    d = np.nan_to_num(depth.astype(np.float64), copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     lo, hi = float(d.min()), float(d.max())
     scale = (hi - lo) / DEPTH_LEVELS if hi > lo else 1.0
-    q = np.clip(np.rint((d - lo) / scale), 0, DEPTH_LEVELS).astype(np.uint16)
+    d -= lo  # in place on the one float64 copy: each full-size temporary costs as much as the arithmetic
+    d /= scale
+    q = np.clip(np.rint(d, out=d), 0, DEPTH_LEVELS, out=d).astype(np.uint16)
     return q, {"kind": kind, "scale": scale, "offset": lo, "levels": DEPTH_LEVELS}
 
 
@@ -176,11 +173,7 @@ def encode_semseg(ids: np.ndarray, palette: list[int] | None = None, level: int 
     """uint8 H x W class ids -> 8-bit PNG; with a palette it is stored in palette mode (ids unchanged)."""
     if ids.dtype != np.uint8 or ids.ndim != 2:
         raise ValueError(f"semseg must be uint8 HxW, got {ids.dtype} {ids.shape}")
-    image = Image.fromarray(ids, "L")
-    if palette is not None:
-        image = Image.fromarray(ids, "P")
-        image.putpalette(palette)
-    return _png_bytes(image, level)
+    return encode_png(ids, level, palette)
 
 
 def decode_semseg(data: bytes) -> np.ndarray:
@@ -195,7 +188,7 @@ def encode_normal(normals: np.ndarray, level: int = 1) -> bytes:
     """uint8 H x W x 3 (Omnidata's 0..255 of [-1, 1]) -> 8-bit RGB PNG. `quantize_normal` makes it."""
     if normals.dtype != np.uint8 or normals.ndim != 3 or normals.shape[2] != 3:
         raise ValueError(f"normal must be uint8 HxWx3, got {normals.dtype} {normals.shape}")
-    return _png_bytes(Image.fromarray(normals, "RGB"), level)
+    return encode_png(normals, level)
 
 
 def decode_normal(data: bytes) -> np.ndarray:
