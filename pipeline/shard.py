@@ -134,10 +134,12 @@ def _read(
 def _label_map(spec: LabelerSpec, label: np.ndarray, ctx: ShardContext) -> tuple[bytes, dict[str, Any] | None]:
     codec, options = CODECS[spec.modality], EncodeOptions(png_level=ctx.encoding.png_level)
     if codec.kind == "class_map":
-        n = spec.num_classes or 0
-        ids = label[label != IGNORE_ID]
-        if ids.size and int(ids.max()) >= n:
-            raise ValueError(f"{spec.name} produced class id {int(ids.max())} >= {n} (and not the ignore id)")
+        n, top = spec.num_classes or 0, int(label.max()) if label.size else -1
+        if top >= n and top == IGNORE_ID:  # the ignore id is allowed: look at the other ids
+            ids = label[label != IGNORE_ID]
+            top = int(ids.max()) if ids.size else -1
+        if top >= n:
+            raise ValueError(f"{spec.name} produced class id {top} >= {n} (and not the ignore id)")
         options = EncodeOptions(png_level=ctx.encoding.png_level, palette=palette_for(spec.classes, n))
     stored, encoding = codec.store(label, spec.output)
     return codec.encode(stored, options), encoding

@@ -11,7 +11,8 @@ import pytest
 from pipeline.build import build_dataset
 from pipeline.codecs import decode_member, dequantize_depth, split_member
 from pipeline.config import BuildConfig, ConfigError, load_recipe, with_overrides
-from pipeline.shard import CPU_STAGES, STAGES
+from pipeline.executors import PackedImages
+from pipeline.shard import CPU_STAGES, STAGES, ShardContext, _label_map
 from tests.conftest import DEMO_RECIPE, EXAMPLES, bad_image_bytes, odd_image_bytes
 
 pytestmark = pytest.mark.slow
@@ -172,3 +173,32 @@ def test_odd_file_names_and_leftover_temp_files(tmp_path):
     result = build(src, out, overwrite=True)
     assert result.ok and result.manifest.totals.written == 2
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_packed_batches_unpack_to_the_same_images():
+    """What the Ray executor hands its actors: one buffer for a batch of images of different sizes."""
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((5, 7), (1, 1), (12, 3))]
+    images.append(images[0][:, ::2])  # a view that is not contiguous
+    unpacked = PackedImages.pack(images).unpack()
+    assert [u.shape for u in unpacked] == [im.shape for im in images]
+    assert all(np.array_equal(u, im) for u, im in zip(unpacked, images, strict=True))
+    assert PackedImages.pack([]).unpack() == []
+    with pytest.raises(ValueError, match="one dtype"):
+        PackedImages.pack([images[0], images[0].astype(np.float32)])
+
+
+def test_class_maps_allow_the_ignore_id_and_refuse_ids_past_the_classes():
+    recipe = load_recipe(DEMO_RECIPE)
+    spec = next(s for s in recipe.labelers if s.modality == "semseg")
+    ctx = ShardContext(
+        src="", out="", classes=None, image=recipe.image, encoding=recipe.encoding,
+        labelers=recipe.labelers, batch_size=1, plan_id="",
+    )  # fmt: skip
+    n = spec.num_classes
+    for ok in ([[0, n - 1]], [[255, 255]], [[255, n - 1]]):
+        data, _ = _label_map(spec, np.array(ok, np.uint8), ctx)
+        assert np.array_equal(decode_member("semseg.png", data), ok)
+    for bad in ([[0, n]], [[255, n]]):
+        with pytest.raises(ValueError, match=f"class id {n} >= {n}"):
+            _label_map(spec, np.array(bad, np.uint8), ctx)
