@@ -113,29 +113,6 @@ def _cuda() -> bool:
 # ---------------------------------------------------------------------------------------------- Ray
 
 
-@dataclass(frozen=True)
-class PackedImages:
-    """A batch of images as one flat buffer and their shapes: one object-store write per batch. `ray.put` of
-    the list wrote each image's buffer apart, about 7x the CPU time of one write of all of them
-    (`benchmarks/RESULTS.md`, Builder); the actors read views of the one buffer, without copying."""
-
-    flat: np.ndarray
-    shapes: tuple[tuple[int, ...], ...]
-
-    @classmethod
-    def pack(cls, images: Sequence[np.ndarray]) -> PackedImages:
-        dtypes = {im.dtype for im in images}
-        if len(dtypes) > 1:
-            raise ValueError(f"a batch of images of one dtype, got {sorted(map(str, dtypes))}")
-        flat = np.concatenate([im.reshape(-1) for im in images]) if images else np.empty(0, np.uint8)
-        return cls(flat, tuple(im.shape for im in images))
-
-    def unpack(self) -> list[np.ndarray]:
-        sizes = [int(np.prod(shape)) for shape in self.shapes]
-        ends = np.cumsum(sizes).tolist()
-        return [self.flat[end - n : end].reshape(shape) for n, end, shape in zip(sizes, ends, self.shapes, strict=True)]
-
-
 class LabelerActor:
     """Holds one labeler's weights, loaded once inside the actor."""
 
@@ -146,8 +123,8 @@ class LabelerActor:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.labeler = build_labeler(spec, device=device, precision=precision)
 
-    def label(self, batch: PackedImages) -> list[np.ndarray]:
-        return self.labeler(batch.unpack())
+    def label(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        return self.labeler(images)
 
 
 class ProgressActor:
@@ -170,7 +147,7 @@ def _ray_submit(actors: dict[str, list[Any]], shard_index: int) -> Submit:
     chosen = {m: pool[shard_index % len(pool)] for m, pool in actors.items()}
 
     def submit(images: list[np.ndarray]) -> Callable[[], Labels]:
-        ref = ray.put(PackedImages.pack(images))
+        ref = ray.put(images)
         refs = {m: actor.label.remote(ref) for m, actor in chosen.items()}
 
         return lambda: {m: ray.get(r) for m, r in refs.items()}

@@ -11,7 +11,6 @@ import pytest
 from pipeline.build import build_dataset
 from pipeline.codecs import decode_member, dequantize_depth, split_member
 from pipeline.config import BuildConfig, ConfigError, load_recipe, with_overrides
-from pipeline.executors import PackedImages
 from pipeline.shard import CPU_STAGES, STAGES, ShardContext, _label_map
 from tests.conftest import DEMO_RECIPE, EXAMPLES, bad_image_bytes, odd_image_bytes
 
@@ -173,19 +172,6 @@ def test_odd_file_names_and_leftover_temp_files(tmp_path):
     result = build(src, out, overwrite=True)
     assert result.ok and result.manifest.totals.written == 2
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
-
-
-def test_packed_batches_unpack_to_the_same_images():
-    """What the Ray executor hands its actors: one buffer for a batch of images of different sizes."""
-    rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((5, 7), (1, 1), (12, 3))]
-    images.append(images[0][:, ::2])  # a view that is not contiguous
-    unpacked = PackedImages.pack(images).unpack()
-    assert [u.shape for u in unpacked] == [im.shape for im in images]
-    assert all(np.array_equal(u, im) for u, im in zip(unpacked, images, strict=True))
-    assert PackedImages.pack([]).unpack() == []
-    with pytest.raises(ValueError, match="one dtype"):
-        PackedImages.pack([images[0], images[0].astype(np.float32)])
 
 
 def test_class_maps_allow_the_ignore_id_and_refuse_ids_past_the_classes():
