@@ -1,6 +1,7 @@
 """Builder benchmark: end-to-end images/s vs the labelers alone on the same images, and ms per image spent
 outside the models (read+decode, encode, write): wall time, and the CPU time of the shard task's thread
-(`time.thread_time`, so a stage that waits for a core it shares with the labelers is not counted as work).
+(`time.thread_time`, so a stage that waits for a core it shares with the labelers is not counted as work);
+on Ray also the CPU time of every thread of the shard tasks' processes (Ray's object copies and RPCs too).
 
     python -m benchmarks.bench_build                        # CPU, smoke labelers (tiny models), 240 images
     python -m benchmarks.bench_build --preset real --device cuda --images 2000 --batch-size 32   # GPU
@@ -28,7 +29,7 @@ from labelers import build_labeler, resolve_spec
 from pipeline.build import build_dataset
 from pipeline.config import BuildConfig, load_recipe, with_overrides
 from pipeline.images import decode_image
-from pipeline.shard import CPU_STAGES, STAGES
+from pipeline.shard import CPU_STAGES, PROCESS_CPU, STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTSIDE = ("read", "submit", "encode", "write")  # the shard task's work outside the models
@@ -79,7 +80,7 @@ def end_to_end(recipe, src: Path, out: Path, executor: str) -> dict:
     Ray itself: `warm_up` started the session before."""
     result = build_dataset(BuildConfig(src=src, out=out, recipe=recipe, executor=executor, quiet=True, overwrite=True))
     stats = [json.loads(p.read_text()) for p in sorted((out / "shards").glob("*.stats.json"))]
-    timings = {k: sum(s["timings"].get(k, 0.0) for s in stats) for k in (*STAGES, *CPU_STAGES)}
+    timings = {k: sum(s["timings"].get(k, 0.0) for s in stats) for k in (*STAGES, *CPU_STAGES, PROCESS_CPU)}
     n = result.manifest.totals.written
     shard_seconds = sum(s["seconds"] for s in stats)
     return {
@@ -89,6 +90,8 @@ def end_to_end(recipe, src: Path, out: Path, executor: str) -> dict:
         "shard_task_seconds": round(shard_seconds, 2),
         "wall_ms_per_image_outside_models": round(1000 * sum(timings[k] for k in OUTSIDE) / n, 2),
         "cpu_ms_per_image_outside_models": round(1000 * sum(timings[f"{k}_cpu"] for k in OUTSIDE) / n, 2),
+        # Ray only (in-process the models run in the same process): every thread of the shard tasks
+        "process_cpu_ms_per_image": round(1000 * timings[PROCESS_CPU] / n, 2) if executor == "ray" else None,
         "ms_per_image": {k: round(1000 * v / n, 2) for k, v in timings.items()},
     }
 

@@ -50,16 +50,16 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
         rgba = im.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         im = Image.alpha_composite(white, rgba)
-    return np.asarray(im.convert("RGB"))
+    return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
 
 
-def _is_safe_jpeg(im: Image.Image) -> bool:
+def _is_safe_jpeg(im: Image.Image, orientation: object) -> bool:
     """Stored bytes may be kept only for a baseline RGB JPEG that needs no rotation."""
     if im.format != "JPEG" or im.mode != "RGB":
         return False
     if im.info.get("progressive") or im.info.get("progression"):
         return False
-    return im.getexif().get(_ORIENTATION, 1) == 1
+    return orientation == 1
 
 
 def _resize(im: Image.Image, max_side: int) -> Image.Image:
@@ -120,12 +120,14 @@ def _check_header(f: object, max_pixels: int) -> None:
 def decode_image(data: bytes, *, max_pixels: int, max_side: int = 0, jpeg_quality: int = 95) -> DecodedImage:
     im = _open_checked(data, max_pixels)
     fmt, mode, size = im.format or "?", im.mode, im.size
-    safe = _is_safe_jpeg(im) and _resize(im, max_side) is im
-    upright = _resize(ImageOps.exif_transpose(im) or im, max_side)
+    tag = im.getexif().get(_ORIENTATION, 1)
+    safe = _is_safe_jpeg(im, tag) and _resize(im, max_side) is im
+    # exif_transpose returns a copy even when there is nothing to turn: called only when there may be
+    upright = _resize((ImageOps.exif_transpose(im) or im) if tag != 1 else im, max_side)
     rgb = _to_rgb(upright)
     jpeg = data
     if not safe:  # the labelers must see exactly the pixels the stored JPEG decodes to
         jpeg = encode_rgb(rgb, quality=jpeg_quality)
         rgb = decode_rgb(jpeg)
-    orientation = int(im.getexif().get(_ORIENTATION, 1) or 1)
+    orientation = int(tag or 1)
     return DecodedImage(rgb, jpeg, safe, hashlib.sha256(data).hexdigest(), mode, fmt, size, orientation)

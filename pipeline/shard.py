@@ -59,6 +59,9 @@ class ShardContext:
 
 STAGES = ("read", "submit", "label", "encode", "write")  # submit: handing a batch to the labelers
 CPU_STAGES = tuple(f"{stage}_cpu" for stage in STAGES)
+# CPU seconds of every thread of the process while the shard ran: in-process that includes the models; in a
+# Ray shard task it is all the task's work, Ray's own threads (object copies, RPCs) included
+PROCESS_CPU = "process_cpu"
 
 
 @dataclass
@@ -272,7 +275,7 @@ def _process(
     isolate: bool,
     sink: ShardSink,
 ) -> ShardStats:
-    tally, started = _Tally(isolate=isolate), time.perf_counter()
+    tally, started, cpu_started = _Tally(isolate=isolate), time.perf_counter(), time.process_time()
     indexed = list(enumerate(shard.entries))
     with sink:
         previous: tuple[list[Any], Callable[[], Labels] | None, int] | None = None
@@ -298,7 +301,7 @@ def _process(
         failures=tuple(tally.failures),
         bytes=sink.bytes,
         sha256=sink.sha256,
-        timings={k: round(v, 4) for k, v in tally.timings.items()},
+        timings={k: round(v, 4) for k, v in {**tally.timings, PROCESS_CPU: time.process_time() - cpu_started}.items()},
         seconds=round(time.perf_counter() - started, 4),
         labelers={s.modality: s.labeler_id for s in ctx.labelers},
         source_kinds=dict(sorted(tally.source_kinds.items())),

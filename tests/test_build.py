@@ -11,7 +11,7 @@ import pytest
 from pipeline.build import build_dataset
 from pipeline.codecs import decode_member, dequantize_depth, split_member
 from pipeline.config import BuildConfig, ConfigError, load_recipe, with_overrides
-from pipeline.shard import CPU_STAGES, STAGES, ShardContext, _label_map
+from pipeline.shard import CPU_STAGES, PROCESS_CPU, STAGES, ShardContext, _label_map
 from tests.conftest import DEMO_RECIPE, EXAMPLES, bad_image_bytes, odd_image_bytes
 
 pytestmark = pytest.mark.slow
@@ -67,7 +67,8 @@ def test_end_to_end_counts_geometry_ids_and_determinism(source_with_bad_files, t
     assert sum(sh["samples"] for sh in index["shards"]) == totals.written
     for stats in (json.loads(p.read_text()) for p in (out / "shards").glob("*.stats.json")):
         timings = stats["timings"]  # wall and CPU seconds per stage; one thread's CPU time cannot exceed wall
-        assert set(timings) == set(STAGES) | set(CPU_STAGES)
+        assert set(timings) == set(STAGES) | set(CPU_STAGES) | {PROCESS_CPU}
+        assert timings[PROCESS_CPU] >= sum(timings[c] for c in CPU_STAGES) - 0.01  # every thread >= one
         assert all(0 <= timings[f"{s}_cpu"] <= timings[s] + 0.01 for s in STAGES), timings
         assert timings["read_cpu"] > 0 and timings["encode_cpu"] > 0
 
