@@ -41,3 +41,12 @@ def test_bench_store_compares_a_folder_with_s3(tmp_path: Path) -> None:
 def test_bench_loader_reports_floor_and_loader(tmp_path: Path) -> None:
     (row,) = run("benchmarks.bench_loader", "--samples", "8", "--repeats", "1", tmp_path=tmp_path)
     assert row["samples"] == 8 and row["floor_samples_per_s"] > 0 and row["loader_over_floor"] > 0
+
+
+def test_bench_png_compares_both_writers_on_the_same_maps(tmp_path: Path) -> None:
+    args = ("--images", "2", "--repeats", "1", "--workdir", str(tmp_path))
+    (row,) = run("benchmarks.bench_png", *args, tmp_path=tmp_path)
+    for maps in ("smoke_labelers", "smooth_375x500"):
+        for modality in ("depth", "semseg"):
+            figures = row[maps][modality]
+            assert all(figures[k] > 0 for k in ("encode_ms_pillow", "encode_ms_ours", "kb_pillow", "kb_ours")), figures
