@@ -45,13 +45,22 @@ def recipe_for(preset: str, batch_size: int, shard_size: int, cache: Path, preci
     return with_overrides(recipe, shard_size=shard_size, batch_size=batch_size)
 
 
-def labelers_alone(recipe, src: Path, device: str) -> float:
-    """images/s of the labelers on the decoded images, batched as the builder batches them."""
-    images = [decode_image(p.read_bytes(), max_pixels=recipe.image.max_pixels).rgb for p in sorted(src.iterdir())]
-    labelers = [
+def decoded_images(recipe, src: Path) -> list[np.ndarray]:
+    """The rgb arrays the labelers see for every image of `src`, decoded as the builder decodes them."""
+    return [decode_image(p.read_bytes(), max_pixels=recipe.image.max_pixels).rgb for p in sorted(src.iterdir())]
+
+
+def recipe_labelers(recipe, device: str) -> list:
+    """The recipe's labelers, built as the builder builds them (local weights where the recipe names them)."""
+    return [
         build_labeler(resolve_spec(s.name, _overrides(s)), device=device, precision=recipe.runtime.precision)
         for s in recipe.labelers
     ]
+
+
+def labelers_alone(recipe, src: Path, device: str) -> float:
+    """images/s of the labelers on the decoded images, batched as the builder batches them."""
+    images, labelers = decoded_images(recipe, src), recipe_labelers(recipe, device)
     bs = recipe.runtime.batch_size
     for lab in labelers:  # warm-up
         lab(images[:bs])

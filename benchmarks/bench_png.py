@@ -22,12 +22,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmarks.bench_build import recipe_for
+from benchmarks.bench_build import decoded_images, recipe_for, recipe_labelers
 from benchmarks.common import make_source
-from labelers import build_labeler, resolve_spec
 from labelers.classes import palette_for
 from pipeline.codecs import CODECS
-from pipeline.images import decode_image
 from pipeline.png import encode_png
 
 
@@ -53,14 +51,11 @@ def cpu_ms(fn: Callable[[np.ndarray], object], items: list, repeats: int) -> flo
 
 def smoke_maps(images: int, workdir: Path) -> dict[str, list[np.ndarray]]:
     recipe = recipe_for("smoke", 16, 60, workdir / "models", "fp32")
-    src = make_source(workdir / "src", images)
-    rgbs = [decode_image(p.read_bytes(), max_pixels=recipe.image.max_pixels).rgb for p in sorted(src.iterdir())]
-    maps = {}
-    for spec in recipe.labelers:
-        resolved = resolve_spec(spec.name, {"weights": spec.weights, "revision": spec.revision} if spec.weights else {})
-        labeler = build_labeler(resolved, device="cpu", precision="fp32")
-        maps[spec.modality] = [CODECS[spec.modality].store(m, spec.output)[0] for m in labeler(rgbs)]
-    return maps
+    rgbs = decoded_images(recipe, make_source(workdir / "src", images))
+    return {
+        lab.spec.modality: [CODECS[lab.spec.modality].store(m, lab.spec.output)[0] for m in lab(rgbs)]
+        for lab in recipe_labelers(recipe, "cpu")
+    }
 
 
 def smooth_maps(count: int) -> dict[str, list[np.ndarray]]:
@@ -91,14 +86,26 @@ def compare(maps: list[np.ndarray], modality: str, level: int, repeats: int) -> 
     }
 
 
+def count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=32)
-    ap.add_argument("--level", type=int, default=1, help="zlib level for both writers (the recipes' png_level)")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "mmforge-bench-png")
+    ap.add_argument("--images", type=count, default=32)
+    ap.add_argument("--level", type=int, choices=range(10), default=1, help="zlib level of both writers, 0..9")
+    ap.add_argument("--repeats", type=count, default=5)
+    ap.add_argument("--workdir", type=Path, default=None, help="where the photos are cut (default: a new temp dir)")
     args = ap.parse_args()
-    sets = {"smoke_labelers": smoke_maps(args.images, args.workdir), "smooth_375x500": smooth_maps(16)}
+    with tempfile.TemporaryDirectory(prefix="mmforge-bench-png-") as scratch:
+        try:
+            smoke = smoke_maps(args.images, args.workdir or Path(scratch))
+        except OSError as err:
+            ap.exit(2, f"bench_png: error: cannot cut the photos into {args.workdir or scratch}: {err}\n")
+    sets = {"smoke_labelers": smoke, "smooth_375x500": smooth_maps(16)}
     result = {
         name: {m: compare(maps[m], m, args.level, args.repeats) for m in ("depth", "semseg")}
         for name, maps in sets.items()

@@ -21,7 +21,7 @@ _GREY, _RGB, _PALETTE = 0, 2, 3
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def _header(array: np.ndarray, palette: list[int] | None) -> tuple[int, int]:
