@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +14,11 @@ import torch.nn.functional as F
 from labelers.standards import IMAGENET_STD
 from pipeline.codecs import quantize_normal
 from trainer import batch_resize
-from trainer.augment import Crop, augment, cropped_tensors, sample_crop
+from trainer.augment import Crop, augment, cut, sample_crop
 from trainer.config import DataConfig, ModelConfig
 from trainer.data import Cursor, EpochPlan, ShardStream, collate
 from trainer.dataset import load_dataset
+from trainer.modalities import MODALITIES
 from trainer.synthetic import write_dataset
 
 RGB_LEVEL = 1.0 / 255.0 / min(IMAGENET_STD)  # one intensity level, in normalised units
@@ -80,7 +82,7 @@ def test_batch_equals_the_per_sample_path_for_every_modality(image_size: int) ->
         arrays.append(_arrays(rng, h, w))
         crops.append(sample_crop(h, w, rng, (0.05, 1.0), (0.75, 4 / 3), 0.5))
     assert {c.flip for c in crops} == {True, False}
-    batch = batch_resize.pack([cropped_tensors(a, c) for a, c in zip(arrays, crops, strict=True)], crops)
+    batch = batch_resize.pack([batch_resize.windows(a, c) for a, c in zip(arrays, crops, strict=True)], crops)
     batched = batch_resize.to_device(batch, CPU, image_size)
     for k, (a, c) in enumerate(zip(arrays, crops, strict=True)):
         _compare(augment(a, c, image_size), batched, k)
@@ -91,7 +93,7 @@ def test_a_crop_of_one_pixel_and_the_whole_image() -> None:
     arrays = [_arrays(rng, 30, 20), _arrays(rng, 30, 20)]
     crops = [Crop(top=7, left=3, height=1, width=1, flip=True), Crop(top=0, left=0, height=30, width=20, flip=False)]
     batched = batch_resize.to_device(
-        batch_resize.pack([cropped_tensors(a, c) for a, c in zip(arrays, crops, strict=True)], crops), CPU, 32
+        batch_resize.pack([batch_resize.windows(a, c) for a, c in zip(arrays, crops, strict=True)], crops), CPU, 32
     )
     for k in range(2):
         _compare(augment(arrays[k], crops[k], 32), batched, k)
@@ -100,10 +102,42 @@ def test_a_crop_of_one_pixel_and_the_whole_image() -> None:
 def test_a_packed_batch_that_does_not_match_its_crop_table_is_refused() -> None:
     rng = np.random.default_rng(2)
     crop = Crop(top=0, left=0, height=10, width=10, flip=False)
-    batch = batch_resize.pack([cropped_tensors({"rgb": _arrays(rng, 10, 10)["rgb"]}, crop)], [crop])
+    batch = batch_resize.pack([batch_resize.windows({"rgb": _arrays(rng, 10, 10)["rgb"]}, crop)], [crop])
     batch["rgb"] = batch["rgb"][:-1]
     with pytest.raises(ValueError, match="crop table"):
         batch_resize.to_device(batch, CPU, 16)
+
+
+def test_workers_hand_over_the_stored_values_and_the_device_gives_to_tensors_exactly() -> None:
+    """A packed batch holds the decoded dtypes (rgb, class ids, normals 1 byte a pixel; depth 2), and the
+    device's conversion of them is `to_tensor`'s, bit for bit, for every built-in modality."""
+    rng = np.random.default_rng(4)
+    arrays = _arrays(rng, 37, 23)
+    crop = Crop(top=3, left=5, height=30, width=11, flip=False)
+    batch = batch_resize.pack([batch_resize.windows(arrays, crop)], [crop])
+    assert {name: batch[name].element_size() for name in arrays} == {"rgb": 1, "depth": 2, "semseg": 1, "normal": 1}
+    for name, array in arrays.items():
+        spec = MODALITIES[name]
+        want = spec.to_tensor(cut(array, crop))
+        got = spec.from_packed(batch[name]).view(crop.height, crop.width, -1).permute(2, 0, 1)
+        assert got.dtype == want.dtype and torch.equal(got, want), name
+
+
+def test_a_modality_without_a_packed_form_packs_its_to_tensor(monkeypatch) -> None:
+    """A plugin modality that gives only `to_tensor` goes the device path too (float values, the same result)."""
+    rng = np.random.default_rng(5)
+    arrays = [{"depth": _arrays(rng, 40, 30)["depth"]} for _ in range(3)]
+    crops = [sample_crop(40, 30, rng, (0.2, 1.0), (0.75, 4 / 3), 0.5) for _ in arrays]
+    compact = batch_resize.to_device(
+        batch_resize.pack([batch_resize.windows(a, c) for a, c in zip(arrays, crops, strict=True)], crops), CPU, 32
+    )
+    plain = dataclasses.replace(MODALITIES["depth"], to_packed=None, from_packed=None)
+    monkeypatch.setattr(batch_resize, "MODALITIES", {**MODALITIES, "depth": plain})
+    batch = batch_resize.pack([batch_resize.windows(a, c) for a, c in zip(arrays, crops, strict=True)], crops)
+    assert batch["depth"].dtype == torch.float32
+    assert torch.equal(batch_resize.to_device(batch, CPU, 32)["depth"], compact["depth"])
+    with pytest.raises(ValueError, match="go together"):
+        dataclasses.replace(MODALITIES["depth"], from_packed=None)
 
 
 def test_the_loaders_two_modes_give_the_same_batches(tmp_path: Path) -> None:

@@ -1,9 +1,11 @@
 """The augmentation's resampling for a whole batch of crops, on the training device.
 
-With `data.augment_on = "device"` a loader worker only decodes and cuts the shared crop (`Modality.to_tensor`
-of the window, packed per modality into one flat tensor: `pack`); the training loop moves the packed batch to
-the device and resizes, flips and finishes it there (`to_device`). That takes the per-sample resampling, the
-bulk of a worker's work after decoding, off the CPU, as NVIDIA DALI does.
+With `data.augment_on = "device"` a loader worker only decodes and cuts the shared crop (`windows`: the
+window of each decoded array, in its stored dtype, packed per modality into one flat tensor: `pack`; depth
+stays 2 bytes a pixel, normals 1); the training loop moves the packed batch to the device, turns the stored
+values into `Modality.to_tensor`'s (`Modality.from_packed`), and resizes, flips and finishes it there
+(`to_device`). That takes the per-sample conversion and resampling, the bulk of a worker's work after
+decoding, off the CPU, as NVIDIA DALI does.
 
 A resize is linear and separable: the resize of a (C, h, w) crop to (S, S) is `R_h @ x @ R_w^T`, with R_h
 (S x h) and R_w (S x w) the 1-D weights of `torch.nn.functional.interpolate` for that length (computed for
@@ -22,11 +24,12 @@ import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from trainer.augment import Crop
+from trainer.augment import Crop, cut
 from trainer.modalities import MODALITIES, device_constant
 
 CROPS = "__crops__"  # (B, 3) int64: crop height, width and flip of every sample
@@ -34,19 +37,29 @@ INTERPOLATIONS = ("bilinear", "nearest-exact")
 CHUNK = 32  # samples resampled together (bounds the padded copy: 32 x 3 x 500 x 500 floats = 96 MB)
 
 
-def pack(items: Sequence[Mapping[str, Tensor]], crops: Sequence[Crop]) -> dict[str, Tensor]:
-    """Worker side: the samples' cropped (C, h, w) tensors -> one flat tensor per modality, each crop stored
-    channels last (h, w, C: the decoded layout, so a plain copy), + the crop table."""
+def windows(arrays: Mapping[str, np.ndarray], crop: Crop) -> dict[str, np.ndarray]:
+    """Worker side: decoded arrays -> the crop's window of each, H x W (x C), in the form it is packed in
+    (`Modality.to_packed`: views of the decoded arrays for the built-in modalities; else `to_tensor`'s
+    values, channels last)."""
+    out = {}
+    for name, array in arrays.items():
+        spec, window = MODALITIES[name], cut(array, crop)
+        out[name] = spec.to_packed(window) if spec.to_packed else spec.to_tensor(window).permute(1, 2, 0).numpy()
+    return out
+
+
+def pack(items: Sequence[Mapping[str, np.ndarray]], crops: Sequence[Crop]) -> dict[str, Tensor]:
+    """Worker side: the samples' windows (`windows`) -> one flat tensor per modality, each crop channels
+    last (the decoded layout: one copy per crop, straight into its place), + the crop table."""
     batch = {}
     for name in items[0]:
         parts = [it[name] for it in items]
-        flat = torch.empty(sum(t.numel() for t in parts), dtype=parts[0].dtype)
+        flat = np.empty(sum(p.size for p in parts), dtype=parts[0].dtype)
         start = 0
-        for t in parts:  # one copy per crop, straight into its place, channels last (rgb: as decoded)
-            c, h, w = t.shape
-            flat[start : start + t.numel()].view(h, w, c).copy_(t.permute(1, 2, 0))
-            start += t.numel()
-        batch[name] = flat
+        for p in parts:
+            flat[start : start + p.size].reshape(p.shape)[...] = p
+            start += p.size
+        batch[name] = torch.from_numpy(flat)
     batch[CROPS] = torch.tensor([[c.height, c.width, int(c.flip)] for c in crops], dtype=torch.int64)
     return batch
 
@@ -62,7 +75,8 @@ def to_device(batch: Mapping[str, Any], device: torch.device, image_size: int) -
     out = {k: v for k, v in tensors.items() if k not in MODALITIES}
     for name in (k for k in tensors if k in MODALITIES):
         spec = MODALITIES[name]
-        crops = _unpack(tensors[name], spec.channels or 1, sizes)
+        flat = spec.from_packed(tensors[name]) if spec.from_packed else tensors[name]
+        crops = _unpack(flat, spec.channels or 1, sizes)
         parts = [
             _resample(crops[i : i + CHUNK], sizes[i : i + CHUNK], table[i : i + CHUNK], image_size, name)
             for i in range(0, len(crops), CHUNK)

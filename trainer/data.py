@@ -27,7 +27,7 @@ from webdataset.tariterators import group_by_keys, tar_file_expander, tarfile_sa
 from pipeline import stores
 from pipeline.codecs import CODECS, decode_member
 from trainer import batch_resize
-from trainer.augment import augment, cropped_tensors, sample_crop
+from trainer.augment import augment, sample_crop
 from trainer.config import ConfigError, DataConfig, ModelConfig
 from trainer.dataset import DatasetInfo, Shard
 from trainer.errors import DataError
@@ -169,7 +169,7 @@ class ShardStream(IterableDataset):
 
     def decode(self, sample: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         """Raw sample -> finished tensors of every used modality, with one shared crop and flip (on_device:
-        the crop's windows, `to_tensor`ed, and the crop under CROP)."""
+        the crop's windows, `batch_resize.windows`, and the crop under CROP)."""
         arrays = {}
         for name in self.modalities:
             suffix = CODECS[MODALITIES[name].codec].suffix
@@ -180,7 +180,7 @@ class ShardStream(IterableDataset):
         d = self.data
         crop = sample_crop(h, w, rng, d.crop_scale, d.crop_ratio, d.hflip)
         if self.on_device:
-            return {**cropped_tensors(arrays, crop), CROP: crop}
+            return {**batch_resize.windows(arrays, crop), CROP: crop}
         return augment(arrays, crop, self.model.image_size)
 
 

@@ -14,7 +14,7 @@ import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -45,7 +45,11 @@ class Modality:
     -> the model's input and target; mirror: per-channel signs a horizontal flip applies (vector maps: the
     x component of a normal changes sign when the picture is mirrored), None for none; finish_batch: `finish`
     of a (B, C, h, w) batch on any device (`trainer.batch_resize`), None: `finish` sample by sample.
-    `to_tensor` must be per pixel (the loader applies it to the crop's window only).
+    `to_tensor` must be per pixel (the loader applies it to the crop's window only). The device path's
+    compact form (`trainer.batch_resize`), both or neither: to_packed, a decoded window -> the H x W (x C)
+    array a worker hands over (a view where it can be, integers where the values are); from_packed, on the
+    training device, those values as a tensor of any shape -> `to_tensor`'s values, element by element (the
+    same float operations, so the same numbers). Neither: the worker packs `to_tensor`'s tensor.
     """
 
     name: str
@@ -58,8 +62,12 @@ class Modality:
     build_input: Callable[[Modality, ModelConfig], nn.Module]
     mirror: tuple[float, ...] | None = None
     finish_batch: Callable[[Tensor], Tensor] | None = None
+    to_packed: Callable[[np.ndarray], np.ndarray] | None = None
+    from_packed: Callable[[Tensor], Tensor] | None = None
 
     def __post_init__(self) -> None:
+        if (self.to_packed is None) != (self.from_packed is None):
+            raise ValueError(f"modality {self.name}: to_packed and from_packed go together")
         if self.mirror is not None and len(self.mirror) != self.channels:
             raise ValueError(f"modality {self.name}: mirror needs one sign per channel ({self.channels})")
 
@@ -81,6 +89,11 @@ def _rgb_to_tensor(a: np.ndarray) -> Tensor:
     return torch.from_numpy(np.array(a, copy=True)).permute(2, 0, 1)  # (3, H, W) uint8: resampled as bytes
 
 
+def _as_decoded(x: Any) -> Any:
+    """The packed form of maps whose `to_tensor` only reorders them (uint8 rgb, class ids): unchanged."""
+    return x
+
+
 def _rgb_finish(x: Tensor) -> Tensor:
     """uint8 (3, h, w) or (B, 3, h, w), any device -> ImageNet-normalised float."""
     mean = device_constant(IMAGENET_MEAN, x.device).view(3, 1, 1)
@@ -97,6 +110,14 @@ def device_constant(values: tuple[float, ...], device: torch.device) -> Tensor:
 def _depth_to_tensor(a: np.ndarray) -> Tensor:
     # (1, H, W) in [0, 1), one pass: 1 / 2**16 is a power of two, so the product is the exact quotient
     return torch.from_numpy(np.multiply(a, 1.0 / DEPTH_SCALE, dtype=np.float32)).unsqueeze(0)
+
+
+def _depth_bits(a: np.ndarray) -> np.ndarray:
+    return a.view(np.int16)  # the uint16 levels' bits as int16, a dtype every device copies
+
+
+def _depth_from_bits(x: Tensor) -> Tensor:
+    return (x.to(torch.int32) & 0xFFFF).to(torch.float32) * (1.0 / DEPTH_SCALE)  # = _depth_to_tensor's
 
 
 def standardize_depth(x: Tensor) -> Tensor:
@@ -122,6 +143,10 @@ def standardize_depth_batch(x: Tensor) -> Tensor:
 def _normal_to_tensor(a: np.ndarray) -> Tensor:
     """uint8 H x W x 3 (Omnidata's 0..255 of [-1, 1]) -> float (3, H, W) vectors."""
     return torch.from_numpy(np.array(a, copy=True)).permute(2, 0, 1).float() * (2.0 / 255.0) - 1.0
+
+
+def _normal_from_bytes(x: Tensor) -> Tensor:
+    return x.float() * (2.0 / 255.0) - 1.0  # = _normal_to_tensor's
 
 
 def unit_length(x: Tensor) -> Tensor:
@@ -168,6 +193,8 @@ _MODALITIES = (
         finish=_rgb_finish,
         finish_batch=_rgb_finish,
         build_input=patch_input,
+        to_packed=_as_decoded,
+        from_packed=_as_decoded,
     ),
     Modality(
         name="depth",
@@ -179,6 +206,8 @@ _MODALITIES = (
         finish=standardize_depth,
         finish_batch=standardize_depth_batch,
         build_input=patch_input,
+        to_packed=_depth_bits,
+        from_packed=_depth_from_bits,
     ),
     Modality(
         name="semseg",
@@ -190,6 +219,8 @@ _MODALITIES = (
         finish=_ids_finish,
         finish_batch=_ids_finish_batch,
         build_input=_class_map_input,
+        to_packed=_as_decoded,
+        from_packed=_as_decoded,
     ),
     Modality(
         name="normal",
@@ -202,6 +233,8 @@ _MODALITIES = (
         finish_batch=_unit_length_batch,
         build_input=patch_input,
         mirror=(-1.0, 1.0, 1.0),
+        to_packed=_as_decoded,
+        from_packed=_normal_from_bytes,
     ),
 )
 
