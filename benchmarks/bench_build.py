@@ -119,14 +119,18 @@ def main() -> None:
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--precision", default=None, help="fp32 | bf16 | fp16 (default: bf16 on cuda, fp32 on cpu)")
     ap.add_argument("--executor", choices=["ray", "local"], default="ray")
-    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "mmforge-bench")
+    ap.add_argument(
+        "--workdir", type=Path, default=None, help="photos, models and shards (default: a new temp dir per run)"
+    )
     args = ap.parse_args()
     precision = args.precision or ("bf16" if args.device == "cuda" else "fp32")
-    recipe = recipe_for(args.preset, args.batch_size, args.shard_size, args.workdir / "models", precision)
-    src = make_source(args.workdir / "src", args.images)
-    alone = labelers_alone(recipe, src, args.device)
-    warm_up(recipe, args.workdir, args.executor)
-    e2e = end_to_end(recipe, src, args.workdir / "out", args.executor)
+    with tempfile.TemporaryDirectory(prefix="mmforge-bench-") as scratch:
+        workdir = args.workdir or Path(scratch)
+        recipe = recipe_for(args.preset, args.batch_size, args.shard_size, workdir / "models", precision)
+        src = make_source(workdir / "src", args.images)
+        alone = labelers_alone(recipe, src, args.device)
+        warm_up(recipe, workdir, args.executor)
+        e2e = end_to_end(recipe, src, workdir / "out", args.executor)
     steady = e2e["images"] / e2e["wall_s"]
     print(
         json.dumps(
