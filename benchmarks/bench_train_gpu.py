@@ -52,8 +52,11 @@ def train_samples_per_s(
     """Samples/s of the trainer's step (forward, forward_loss, backward, optimizer step); on CUDA in bf16
     autocast with fused AdamW, on a CPU in fp32 (the --dry-run of benchmarks/gpu_check.py)."""
     torch.manual_seed(0)
-    model = MultiMAE(cfg or ModelConfig()).to(device)
     cuda = device.type == "cuda"
+    if cuda:  # the memory figure is this run's own, not an earlier stage's peak
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    model = MultiMAE(cfg or ModelConfig()).to(device)
     optimizer = build_optimizer(model, OptimConfig(), fused=cuda)
     step_model = torch.compile(model) if compile_model else model
     data = random_batch(model.cfg, batch, device)

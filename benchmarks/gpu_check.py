@@ -8,8 +8,9 @@ Lines, in order (`"check"` names each; `"seconds"` is the stage's wall time):
   Mask2Former Swin-S COCO), real architectures with random weights (speed only), bf16, batch 32, on
   ImageNet-like 500x375 / 375x500 images at the recipe geometry; then `imagenet_estimate`: ImageNet-1K train
   with depth + semseg on 8 such GPUs.
-- `builder`: the labelers alone vs the whole builder (Ray executor: read, decode, label, encode, write) on
-  the same images and batch size; `efficiency` = end-to-end img/s / labelers-alone img/s (target >= 0.9).
+- `builder`: the labelers alone vs the whole builder (read, decode, label, encode, write; the Ray executor
+  where Ray is installed, else the in-process one) on the same images and batch size; `efficiency` =
+  end-to-end img/s / labelers-alone img/s (target >= 0.9).
 - `trainer`: ViT-B MultiMAE (rgb + depth + semseg, 98 visible tokens) training samples/s at batch 256, bf16
   autocast, fused AdamW, eager and with torch.compile.
 - `loader`: the project's loader with N DataLoader workers over ImageNet-sized synthetic shards, finished
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import os
 import sys
@@ -76,7 +78,8 @@ def gpu_sizes() -> Sizes:
         label_images=256,
         build_preset="real",
         build_images=512,
-        build_executor="ray",
+        # the Ray executor where Ray is installed; the in-process one otherwise (the line names which ran)
+        build_executor="ray" if importlib.util.find_spec("ray") else "local",
         model=ModelConfig(),
         train_batch=256,
         train_steps=20,
@@ -178,6 +181,9 @@ def check_builder(report: Report, workdir: Path) -> None:
             ms_per_image=e2e["ms_per_image"],
             seconds=elapsed(),
         )
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():  # the loader stage forks its workers: not beside Ray's threads
+        ray.shutdown()
 
 
 def check_trainer(report: Report) -> float:

@@ -21,10 +21,12 @@ from labelers.weights import load_pretrained
 
 
 def semantic_scores(class_logits: torch.Tensor, mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(B, Q, C+1) class logits, (B, Q, h, w) mask logits -> (B, C, H, W) scores at `size`, in fp32."""
-    probs = class_logits.float().softmax(-1)[..., :-1]
-    masks = F.interpolate(mask_logits.float(), size=size, mode="bilinear", align_corners=False).sigmoid()
-    return torch.einsum("bqc,bqhw->bchw", probs, masks)
+    """(B, Q, C+1) class logits, (B, Q, h, w) mask logits -> (B, C, H, W) scores at `size`, in fp32 (also
+    under the labeler's bf16 autocast, which would otherwise run the einsum in bf16 and flip argmaxes)."""
+    with torch.autocast(mask_logits.device.type, enabled=False):
+        probs = class_logits.float().softmax(-1)[..., :-1]
+        masks = F.interpolate(mask_logits.float(), size=size, mode="bilinear", align_corners=False).sigmoid()
+        return torch.einsum("bqc,bqhw->bchw", probs, masks)
 
 
 class Mask2FormerSemsegLabeler(TorchLabeler):

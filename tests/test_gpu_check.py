@@ -33,3 +33,26 @@ def test_gpu_check_dry_run_prints_every_figure(tmp_path: Path) -> None:
     for loader in loaders:
         assert loader["workers"] == 2 and loader["samples_per_s"] > 0 and loader["headroom"] > 0
     assert lines[-1]["dry_run"] is True and lines[-1]["failed"] is False
+
+
+def test_gpu_site_carries_the_loader_packages_and_refuses_compiled_ones(tmp_path: Path, monkeypatch) -> None:
+    from benchmarks.gpu_site import PACKAGES, copy_site
+
+    site = tmp_path / "site"
+    assert copy_site(site) > 0 and sorted(p.name for p in site.iterdir()) == sorted(PACKAGES)
+    assert not list(site.rglob("__pycache__"))
+    code = "import webdataset, wids, braceexpand; print(webdataset.__file__, wids.__file__, braceexpand.__file__)"
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert all(Path(f).is_relative_to(site) for f in done.stdout.split())  # found there first
+
+    (tmp_path / "native" / "fast").mkdir(parents=True)
+    (tmp_path / "native" / "fast" / "__init__.py").write_text("")
+    (tmp_path / "native" / "fast" / "_core.so").write_bytes(b"\x7fELF")
+    monkeypatch.syspath_prepend(str(tmp_path / "native"))
+    with pytest.raises(SystemExit, match="compiled files"):
+        copy_site(site, ("braceexpand", "fast"))
+    assert (site / "webdataset").is_dir()  # refused before anything was removed
+    with pytest.raises(SystemExit, match="not an installed package"):
+        copy_site(site, ("no_such_package_here",))

@@ -87,3 +87,18 @@ def test_recipe_overrides_are_checked():
 def test_network_geometry(geometry, hw, expected):
     spec = resolve_spec("dpt-smoke", {"geometry": geometry, "size": 64, "max_side": 1024})
     assert network_size(spec, *hw) == expected
+
+
+def test_mask2former_scores_stay_fp32_under_bf16_autocast():
+    """The builder labels under bf16 autocast on GPUs; the class scores (and so their argmax) must not drop to
+    bf16. Checked with the CPU's autocast, which lowers einsum the same way."""
+    import torch
+
+    from labelers.mask2former import semantic_scores
+
+    g = torch.Generator().manual_seed(0)
+    class_logits, mask_logits = torch.randn(2, 10, 8, generator=g), torch.randn(2, 10, 12, 16, generator=g)
+    plain = semantic_scores(class_logits, mask_logits, (24, 32))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = semantic_scores(class_logits, mask_logits, (24, 32))
+    assert under.dtype == torch.float32 and torch.equal(under, plain)

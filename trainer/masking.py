@@ -37,6 +37,7 @@ def fill_or_trim(mask_all: Tensor, num_visible: int) -> Tensor:
     return fixed
 
 
+@torch.compiler.disable  # eager under torch.compile: the CPU Dirichlet draw, and the same masks as eager runs
 def draw_masks(
     counts: Mapping[str, int], batch: int, num_visible: int, alpha: float, device: torch.device
 ) -> dict[str, Tensor]:
