@@ -47,7 +47,7 @@ def recipe_for(preset: str, batch_size: int, shard_size: int, cache: Path, preci
 
 def decoded_images(recipe, src: Path) -> list[np.ndarray]:
     """The rgb arrays the labelers see for every image of `src`, decoded as the builder decodes them."""
-    return [decode_image(p.read_bytes(), max_pixels=recipe.image.max_pixels).rgb for p in sorted(src.iterdir())]
+    return [decode_image(p.read_bytes(), max_pixels=recipe.image.max_pixels).rgb for p in sorted(src.glob("*.jpg"))]
 
 
 def recipe_labelers(recipe, device: str) -> list:

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from benchmarks.common import scratch_folder
 from trainer.synthetic import write_digit_images
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,10 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.quick:
         a.train_per_class, a.val_per_class, a.pretrain_steps, a.finetune_steps, a.probe_steps = 4, 2, 3, 3, 3
-    work = a.work
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
+    work = scratch_folder(a.work)
     rows: list[dict[str, object]] = []
 
     def record(name: str, accuracy: float, seconds: float, steps: int) -> None:

@@ -13,11 +13,35 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "images"
 
 
+SCRATCH_MARK = ".mmforge-bench"  # in every folder a benchmark made: the only folders a benchmark empties
+
+
+def scratch_folder(folder: Path) -> Path:
+    """`folder`, empty but for its mark: made when new, emptied when a benchmark made it (its mark is
+    there) or when it is empty. A folder holding anything else is refused (SystemExit, one line): a
+    benchmark removes only what benchmarks made."""
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise SystemExit(f"{folder}: not a folder (a benchmark writes into new or empty folders only)")
+    entries = list(folder.iterdir()) if folder.exists() else []
+    if entries and not (folder / SCRATCH_MARK).is_file():
+        raise SystemExit(
+            f"refusing to empty {folder}: a benchmark did not make it (no {SCRATCH_MARK} in it); "
+            "name a new or empty folder"
+        )
+    for entry in entries:  # the contents only: the folder itself keeps its mode and owner (or mount)
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / SCRATCH_MARK).write_text("made by a multimae-forge benchmark; the next run empties it\n")
+    return folder
+
+
 def make_source(folder: Path, count: int, max_side: int = 500) -> Path:
-    """`count` JPEGs cut from the bundled photos at varied sizes and aspect ratios (ImageNet-like sizes)."""
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+    """`count` JPEGs cut from the bundled photos at varied sizes and aspect ratios (ImageNet-like sizes),
+    in `folder` (a `scratch_folder`; its mark is a hidden file, which the builder skips)."""
+    scratch_folder(folder)
     photos = [Image.open(p).convert("RGB") for p in sorted(EXAMPLES.glob("*.*")) if p.suffix != ".md"]
     rng = np.random.default_rng(0)
     for i in range(count):

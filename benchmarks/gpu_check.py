@@ -183,7 +183,8 @@ def check_builder(report: Report, workdir: Path) -> None:
         )
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():  # the loader stage forks its workers: not beside Ray's threads
-        ray.shutdown()
+        with report.stage("builder"):
+            ray.shutdown()
 
 
 def check_trainer(report: Report) -> float:

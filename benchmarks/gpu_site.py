@@ -5,8 +5,10 @@ braceexpand) out of this environment into FOLDER, so they can travel with the wo
     # there, with that machine's own python3 (torch, transformers, timm, ... already installed):
     PYTHONPATH=$PWD/.gpu-site:$PWD python3 -m benchmarks.gpu_check
 
-Ray is not among them (compiled, ~70 MB): where it is missing, gpu_check builds with the in-process
-executor and its builder line says so. FOLDER is replaced; a package with compiled files is refused.
+Ray is not among them (compiled, far larger than what travels): where it is missing, gpu_check builds
+with the in-process executor and its builder line says so. FOLDER must be new, empty or made by an
+earlier run (it is emptied first); a package with compiled files is refused. The machine's Python must
+hold the project's other imports (torch, transformers, timm, typer, ...); only these three are carried.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import importlib.util
 import shutil
 import sys
 from pathlib import Path
+
+from benchmarks.common import scratch_folder
 
 PACKAGES = ("webdataset", "wids", "braceexpand")
 _COMPILED = (".so", ".pyd", ".dylib")
@@ -33,11 +37,10 @@ def package_dir(name: str) -> Path:
 
 
 def copy_site(out: Path, packages: tuple[str, ...] = PACKAGES) -> int:
-    """Copies `packages` into `out` (emptied first); returns the bytes written."""
+    """Copies `packages` into `out` (a `scratch_folder`: new, empty, or made by a run before); returns the
+    bytes written."""
     folders = [package_dir(name) for name in packages]  # all checked before anything is removed
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    scratch_folder(out)
     for folder in folders:
         shutil.copytree(folder, out / folder.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return sum(p.stat().st_size for p in out.rglob("*") if p.is_file())

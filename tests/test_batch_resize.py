@@ -210,3 +210,15 @@ def test_auto_keeps_unsupported_interpolations_in_the_workers_and_device_refuses
     assert not augment_on_device(DataConfig(), cuda, used)
     with pytest.raises(ConfigError, match="semseg"):
         augment_on_device(DataConfig(augment_on="device"), cuda, used)
+
+
+def test_depth_is_packed_only_from_native_uint16_levels() -> None:
+    """The int16 view is exact for decode_depth's native uint16; a byte-swapped or wider array would be
+    misread, so it is refused instead."""
+    depth = MODALITIES["depth"]
+    assert depth.to_packed is not None
+    levels = np.array([[0, 1], [32768, 65535]], dtype=np.uint16)
+    assert depth.to_packed(levels).dtype == np.int16
+    for wrong in (levels.astype(">u2"), levels.astype(np.int32)):
+        with pytest.raises(ValueError, match="native uint16"):
+            depth.to_packed(wrong)

@@ -36,10 +36,11 @@ def test_gpu_check_dry_run_prints_every_figure(tmp_path: Path) -> None:
 
 
 def test_gpu_site_carries_the_loader_packages_and_refuses_compiled_ones(tmp_path: Path, monkeypatch) -> None:
+    from benchmarks.common import SCRATCH_MARK
     from benchmarks.gpu_site import PACKAGES, copy_site
 
     site = tmp_path / "site"
-    assert copy_site(site) > 0 and sorted(p.name for p in site.iterdir()) == sorted(PACKAGES)
+    assert copy_site(site) > 0 and sorted(p.name for p in site.iterdir()) == sorted((*PACKAGES, SCRATCH_MARK))
     assert not list(site.rglob("__pycache__"))
     code = "import webdataset, wids, braceexpand; print(webdataset.__file__, wids.__file__, braceexpand.__file__)"
     env = {**os.environ, "PYTHONPATH": str(site)}
@@ -56,3 +57,7 @@ def test_gpu_site_carries_the_loader_packages_and_refuses_compiled_ones(tmp_path
     assert (site / "webdataset").is_dir()  # refused before anything was removed
     with pytest.raises(SystemExit, match="not an installed package"):
         copy_site(site, ("no_such_package_here",))
+    assert copy_site(site, ("braceexpand",)) > 0 and not (site / "webdataset").exists()  # its own folder: emptied
+    with pytest.raises(SystemExit, match="a benchmark did not make it"):
+        copy_site(tmp_path / "native", ("braceexpand",))  # someone's folder: left as it is
+    assert (tmp_path / "native" / "fast" / "_core.so").is_file()

@@ -113,6 +113,8 @@ def _depth_to_tensor(a: np.ndarray) -> Tensor:
 
 
 def _depth_bits(a: np.ndarray) -> np.ndarray:
+    if a.dtype != np.dtype(np.uint16):  # native uint16 (decode_depth's); a byte-swapped view would be misread
+        raise ValueError(f"depth levels must be native uint16, got {a.dtype.str}")
     return a.view(np.int16)  # the uint16 levels' bits as int16, a dtype every device copies
 
 
