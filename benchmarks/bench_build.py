@@ -24,7 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 
-from benchmarks.common import make_source, real_size_folder
+from benchmarks.common import exits_2, make_source, real_size_folder
 from labelers import build_labeler, resolve_spec
 from pipeline.build import build_dataset
 from pipeline.config import BuildConfig, load_recipe, with_overrides
@@ -110,6 +110,7 @@ def warm_up(recipe, workdir: Path, executor: str) -> None:
     end_to_end(recipe, make_source(workdir / "warmup-src", 4), workdir / "warmup-out", executor)
 
 
+@exits_2
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", choices=["smoke", "real"], default="smoke")

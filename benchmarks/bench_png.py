@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.bench_build import decoded_images, recipe_for, recipe_labelers
-from benchmarks.common import make_source
+from benchmarks.common import exits_2, make_source
 from labelers.classes import palette_for
 from pipeline.codecs import CODECS
 from pipeline.png import encode_png
@@ -93,6 +93,7 @@ def count(text: str) -> int:
     return value
 
 
+@exits_2
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=count, default=32)

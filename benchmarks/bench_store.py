@@ -18,7 +18,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmarks.common import make_source
+from benchmarks.common import exits_2, make_source
 from pipeline.build import build_dataset
 from pipeline.config import BuildConfig, load_recipe, with_overrides
 from pipeline.stores import location
@@ -46,6 +46,7 @@ def timed_verify(out: str | Path) -> dict:
     return {"samples": report.samples, "wall_s": round(seconds, 2), "samples_s": round(report.samples / seconds, 1)}
 
 
+@exits_2
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=240)

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import scratch_folder
+from benchmarks.common import exits_2, scratch_folder
 from trainer.synthetic import write_digit_images
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +45,7 @@ def top1(work: Path, run: str, val: Path) -> float:
     return float(json.loads(out.read_text())["metrics"]["top1"])
 
 
+@exits_2
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", type=Path, default=Path("/tmp/mmforge-bench-transfer"))

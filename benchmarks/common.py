@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,18 +16,37 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "images"
 
 
+class Refused(Exception):
+    """A benchmark will not touch what it was given; `exits_2` turns it into one line and exit status 2."""
+
+
+def exits_2(main: Callable[..., Any]) -> Callable[..., Any]:
+    """A benchmark's main: a `Refused` becomes "NAME: error: why" on stderr and exit status 2 (as argparse's
+    errors), never a traceback."""
+
+    @functools.wraps(main)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return main(*args, **kwargs)
+        except Refused as err:
+            print(f"{Path(sys.argv[0]).stem}: error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return run
+
+
 SCRATCH_MARK = ".mmforge-bench"  # in every folder a benchmark made: the only folders a benchmark empties
 
 
 def scratch_folder(folder: Path) -> Path:
     """`folder`, empty but for its mark: made when new, emptied when a benchmark made it (its mark is
-    there) or when it is empty. A folder holding anything else is refused (SystemExit, one line): a
+    there) or when it is empty. A folder holding anything else is `Refused`: a
     benchmark removes only what benchmarks made."""
     if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
-        raise SystemExit(f"{folder}: not a folder (a benchmark writes into new or empty folders only)")
+        raise Refused(f"{folder}: not a folder (a benchmark writes into new or empty folders only)")
     entries = list(folder.iterdir()) if folder.exists() else []
     if entries and not (folder / SCRATCH_MARK).is_file():
-        raise SystemExit(
+        raise Refused(
             f"refusing to empty {folder}: a benchmark did not make it (no {SCRATCH_MARK} in it); "
             "name a new or empty folder"
         )

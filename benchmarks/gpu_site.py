@@ -19,7 +19,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from benchmarks.common import scratch_folder
+from benchmarks.common import Refused, exits_2, scratch_folder
 
 PACKAGES = ("webdataset", "wids", "braceexpand")
 _COMPILED = (".so", ".pyd", ".dylib")
@@ -28,11 +28,11 @@ _COMPILED = (".so", ".pyd", ".dylib")
 def package_dir(name: str) -> Path:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise SystemExit(f"gpu_site: {name} is not an installed package here (make install first)")
+        raise Refused(f"{name} is not an installed package here (make install first)")
     folder = Path(next(iter(spec.submodule_search_locations)))
     compiled = [p.name for p in folder.rglob("*") if p.suffix in _COMPILED]
     if compiled:
-        raise SystemExit(f"gpu_site: {name} holds compiled files ({', '.join(compiled[:3])}): not portable")
+        raise Refused(f"{name} holds compiled files ({', '.join(compiled[:3])}): not portable")
     return folder
 
 
@@ -46,6 +46,7 @@ def copy_site(out: Path, packages: tuple[str, ...] = PACKAGES) -> int:
     return sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
 
 
+@exits_2
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("folder", type=Path)

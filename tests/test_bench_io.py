@@ -53,7 +53,7 @@ def test_bench_png_compares_both_writers_on_the_same_maps(tmp_path: Path) -> Non
 
 
 def test_benchmark_scratch_folders_empty_only_what_a_benchmark_made(tmp_path: Path) -> None:
-    from benchmarks.common import SCRATCH_MARK, make_source, scratch_folder
+    from benchmarks.common import SCRATCH_MARK, Refused, make_source, scratch_folder
 
     src = make_source(tmp_path / "src", 3)
     assert sorted(p.name for p in src.iterdir()) == [SCRATCH_MARK, "img_00000.jpg", "img_00001.jpg", "img_00002.jpg"]
@@ -63,9 +63,9 @@ def test_benchmark_scratch_folders_empty_only_what_a_benchmark_made(tmp_path: Pa
     theirs = tmp_path / "theirs"
     theirs.mkdir()
     (theirs / "keep.txt").write_text("a user's file")
-    with pytest.raises(SystemExit, match="refusing to empty"):
+    with pytest.raises(Refused, match="refusing to empty"):
         scratch_folder(theirs)
     (tmp_path / "link").symlink_to(src)
-    with pytest.raises(SystemExit, match="not a folder"):
+    with pytest.raises(Refused, match="not a folder"):
         scratch_folder(tmp_path / "link")
     assert (theirs / "keep.txt").read_text() == "a user's file" and (src / SCRATCH_MARK).is_file()

@@ -36,7 +36,7 @@ def test_gpu_check_dry_run_prints_every_figure(tmp_path: Path) -> None:
 
 
 def test_gpu_site_carries_the_loader_packages_and_refuses_compiled_ones(tmp_path: Path, monkeypatch) -> None:
-    from benchmarks.common import SCRATCH_MARK
+    from benchmarks.common import SCRATCH_MARK, Refused
     from benchmarks.gpu_site import PACKAGES, copy_site
 
     site = tmp_path / "site"
@@ -52,12 +52,23 @@ def test_gpu_site_carries_the_loader_packages_and_refuses_compiled_ones(tmp_path
     (tmp_path / "native" / "fast" / "__init__.py").write_text("")
     (tmp_path / "native" / "fast" / "_core.so").write_bytes(b"\x7fELF")
     monkeypatch.syspath_prepend(str(tmp_path / "native"))
-    with pytest.raises(SystemExit, match="compiled files"):
+    with pytest.raises(Refused, match="compiled files"):
         copy_site(site, ("braceexpand", "fast"))
     assert (site / "webdataset").is_dir()  # refused before anything was removed
-    with pytest.raises(SystemExit, match="not an installed package"):
+    with pytest.raises(Refused, match="not an installed package"):
         copy_site(site, ("no_such_package_here",))
     assert copy_site(site, ("braceexpand",)) > 0 and not (site / "webdataset").exists()  # its own folder: emptied
-    with pytest.raises(SystemExit, match="a benchmark did not make it"):
+    with pytest.raises(Refused, match="a benchmark did not make it"):
         copy_site(tmp_path / "native", ("braceexpand",))  # someone's folder: left as it is
     assert (tmp_path / "native" / "fast" / "_core.so").is_file()
+
+
+def test_gpu_site_refuses_a_folder_it_did_not_make_in_one_line_with_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "theirs.txt").write_text("a user's file")
+    for target in (tmp_path, tmp_path / "theirs.txt"):
+        done = subprocess.run(
+            [sys.executable, "-m", "benchmarks.gpu_site", str(target)], cwd=ROOT, capture_output=True, text=True
+        )
+        assert done.returncode == 2 and done.stderr.startswith("gpu_site: error: "), done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    assert (tmp_path / "theirs.txt").read_text() == "a user's file"
