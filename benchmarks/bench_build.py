@@ -26,10 +26,10 @@ import numpy as np
 
 from benchmarks.common import exits_2, make_source, real_size_folder
 from labelers import build_labeler, resolve_spec
-from pipeline.build import build_dataset
-from pipeline.config import BuildConfig, load_recipe, with_overrides
-from pipeline.images import decode_image
-from pipeline.shard import CPU_STAGES, PROCESS_CPU, STAGES
+from pipeline.build.builder import build_dataset
+from pipeline.build.images import decode_image
+from pipeline.build.recipe import BuildConfig, load_recipe, with_overrides
+from pipeline.build.shard import CPU_STAGES, PROCESS_CPU, STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTSIDE = ("read", "submit", "encode", "write")  # the shard task's work outside the models

@@ -3,7 +3,7 @@
     python -m benchmarks.bench_loader --samples 256
 
 ImageNet-like shards (375 x 500 and 500 x 375: JPEG rgb, 16-bit depth PNG, 8-bit semseg PNG, written by
-`trainer.synthetic`). The raw samples are read from the tars into memory first, so no figure includes tar
+`pipeline.synth.rectangles`). The raw samples are read from the tars into memory first, so no figure includes tar
 I/O. `floor` decodes the three members with the codecs the loader uses and nothing else; `loader` is
 `ShardStream.decode` with augment_on = "worker" (decode, the shared random crop and flip, resampling to 224
 px, normalisation) and the stacking of each batch of 32; `device_mode_worker` is what a worker does with
@@ -35,13 +35,13 @@ import torch
 from PIL import Image
 
 from labelers.standards import IMAGENET_MEAN, IMAGENET_STD
-from pipeline.codecs import decode_member
-from pipeline.wds import read_samples
-from trainer.batch_resize import to_device
+from pipeline.format.codecs import decode_member
+from pipeline.format.wds import read_samples
+from pipeline.synth.rectangles import write_dataset
 from trainer.config import DataConfig, ModelConfig
-from trainer.data import Cursor, EpochPlan, ShardStream, collate
-from trainer.dataset import load_dataset
-from trainer.synthetic import write_dataset
+from trainer.data.batch_resize import to_device
+from trainer.data.dataset import load_dataset
+from trainer.data.loader import Cursor, EpochPlan, ShardStream, collate
 
 MEMBERS = ("rgb.jpg", "depth.png", "semseg.png")
 BATCH = 32  # samples per batch (stacked or packed), fewer when there are fewer samples

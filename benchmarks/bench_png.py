@@ -1,4 +1,4 @@
-"""Label-map PNGs: the project's writer (`pipeline.png`, the Up filter) against Pillow's (five filters tried per
+"""Label-map PNGs: the project's writer (`pipeline.format.png`, the Up filter) against Pillow's (five filters tried per
 row), same maps, same zlib level: CPU ms per map to encode, KB per map, and ms to decode each file with the
 codecs' decoders (what verify and the loader run). Both files must decode to the same array.
 
@@ -25,8 +25,8 @@ from PIL import Image
 from benchmarks.bench_build import decoded_images, recipe_for, recipe_labelers
 from benchmarks.common import exits_2, make_source
 from labelers.classes import palette_for
-from pipeline.codecs import CODECS
-from pipeline.png import encode_png
+from pipeline.format.codecs import CODECS
+from pipeline.format.png import encode_png
 
 
 def pillow_png(array: np.ndarray, level: int, palette: list[int] | None = None) -> bytes:

@@ -19,10 +19,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks.common import exits_2, make_source
-from pipeline.build import build_dataset
-from pipeline.config import BuildConfig, load_recipe, with_overrides
-from pipeline.stores import location
-from pipeline.verify import VerifyConfig, verify_dataset
+from pipeline.build.builder import build_dataset
+from pipeline.build.recipe import BuildConfig, load_recipe, with_overrides
+from pipeline.format.stores import location
+from pipeline.verify.verifier import VerifyConfig, verify_dataset
 from tests.s3_server import s3_server
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 
+from pipeline.synth.rectangles import write_dataset
 from trainer.config import DataConfig, ModelConfig, OptimConfig
-from trainer.data import Cursor, EpochPlan, ShardStream
-from trainer.dataset import load_dataset
-from trainer.model import MultiMAE
-from trainer.optim import build_optimizer
-from trainer.synthetic import write_dataset
+from trainer.data.dataset import load_dataset
+from trainer.data.loader import Cursor, EpochPlan, ShardStream
+from trainer.engine.optim import build_optimizer
+from trainer.model.multimae import MultiMAE
 
 
 def random_batch(cfg: ModelConfig, batch: int) -> dict[str, torch.Tensor]:

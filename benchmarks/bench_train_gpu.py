@@ -19,14 +19,14 @@ from pathlib import Path
 
 import torch
 
-from trainer.batch_resize import to_device
+from pipeline.synth.rectangles import write_dataset
 from trainer.config import DataConfig, ModelConfig, OptimConfig
-from trainer.data import Cursor, EpochPlan, ShardStream, augment_on_device, make_loader
-from trainer.dataset import load_dataset
-from trainer.modalities import MODALITIES, used_modalities
-from trainer.model import MultiMAE
-from trainer.optim import build_optimizer
-from trainer.synthetic import write_dataset
+from trainer.data.batch_resize import to_device
+from trainer.data.dataset import load_dataset
+from trainer.data.loader import Cursor, EpochPlan, ShardStream, augment_on_device, make_loader
+from trainer.engine.optim import build_optimizer
+from trainer.model.modalities import MODALITIES, used_modalities
+from trainer.model.multimae import MultiMAE
 
 
 def random_batch(cfg: ModelConfig, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -97,7 +97,7 @@ def loader_samples_per_s(
     device: torch.device | None = None,
 ) -> float:
     """Finished batches per second out of `make_loader` with `workers` workers, moved to `device` (default:
-    the GPU if there is one); augment_on="device" includes the resampling there (`trainer.batch_resize`)."""
+    the GPU if there is one); augment_on="device" includes the resampling there (`trainer.data.batch_resize`)."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model or ModelConfig()
     info = load_dataset(root)

@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 
 from benchmarks.common import exits_2, scratch_folder
-from trainer.synthetic import write_digit_images
+from pipeline.synth.rectangles import write_digit_images
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "benchmarks" / "configs"  # digits-*.toml: the smoke sizes, no flips, mild crops
-MMFORGE = [sys.executable, "-m", "pipeline.cli"]
+MMFORGE = [sys.executable, "-m", "pipeline.cli.app"]
 
 
 def mmforge(*args: str) -> tuple[str, float]:

@@ -16,7 +16,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from pipeline.verify import VerifyConfig, VerifyReport, verify_dataset
+from pipeline.verify.verifier import VerifyConfig, VerifyReport, verify_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ROOT / "examples" / "images"
@@ -33,8 +33,8 @@ def make_source(src: Path, images: int) -> None:
 
 def ensure_dataset(work: Path, images: int, shard_size: int) -> Path:
     # imported here: worker processes re-import this script, and must not pay for torch and the labelers
-    from pipeline.build import build_dataset
-    from pipeline.config import BuildConfig, load_recipe, with_overrides
+    from pipeline.build.builder import build_dataset
+    from pipeline.build.recipe import BuildConfig, load_recipe, with_overrides
 
     out = work / "out"
     if (out / "manifest.json").is_file():

@@ -45,8 +45,8 @@ import torch
 
 from benchmarks import bench_build, bench_labelers, bench_train_gpu
 from benchmarks.common import make_source
+from pipeline.synth.rectangles import write_dataset
 from trainer.config import ModelConfig, smoke_config
-from trainer.synthetic import write_dataset
 
 
 @dataclass(frozen=True, kw_only=True)

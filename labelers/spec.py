@@ -12,7 +12,7 @@ from labelers.classes import class_table
 from labelers.standards import IGNORE_ID
 
 OUTPUT_KINDS = ("depth", "inverse_depth", "value", "classes", "normal")
-# the kind of member (pipeline.codecs) each output is stored as; "value" is any other float map (a plugin's)
+# the kind of member (pipeline.format.codecs) each output is stored as; "value" is any other float map (a plugin's)
 OUTPUT_MEMBER_KIND = {
     "depth": "value_map",
     "inverse_depth": "value_map",
@@ -27,7 +27,7 @@ GEOMETRIES = ("square", "short_side", "multiple_of_32")
 class LabelerSpec:
     """Provenance and preprocessing of one labeler (timm's `pretrained_cfg`, for pseudo-labelers).
 
-    `modality` names the sample member the labeler fills (a key of `pipeline.codecs.CODECS`).
+    `modality` names the sample member the labeler fills (a key of `pipeline.format.codecs.CODECS`).
     A class labeler names its class table (`classes`: names and colours, see `labelers.classes`).
     `geometry` says how an image is resized for the network: `square` to size x size, `short_side` so the
     short side is near `size` with both sides multiples of 32, `multiple_of_32` to the nearest multiples of

@@ -1,5 +1,5 @@
-"""The device-side batch resampling (`trainer.batch_resize`) gives the per-sample path's tensors
-(`trainer.augment.augment`): float maps within 1e-4, uint8 images within one level, class maps equal."""
+"""The device-side batch resampling (`trainer.data.batch_resize`) gives the per-sample path's tensors
+(`trainer.data.augment.augment`): float maps within 1e-4, uint8 images within one level, class maps equal."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 
 from labelers.standards import IMAGENET_STD
-from pipeline.codecs import quantize_normal
-from trainer import batch_resize
-from trainer.augment import Crop, augment, cut, sample_crop
+from pipeline.format.codecs import quantize_normal
+from pipeline.synth.rectangles import write_dataset
 from trainer.config import DataConfig, ModelConfig
-from trainer.data import Cursor, EpochPlan, ShardStream, collate
-from trainer.dataset import load_dataset
-from trainer.modalities import MODALITIES
-from trainer.synthetic import write_dataset
+from trainer.data import batch_resize
+from trainer.data.augment import Crop, augment, cut, sample_crop
+from trainer.data.dataset import load_dataset
+from trainer.data.loader import Cursor, EpochPlan, ShardStream, collate
+from trainer.model.modalities import MODALITIES
 
 RGB_LEVEL = 1.0 / 255.0 / min(IMAGENET_STD)  # one intensity level, in normalised units
 CPU = torch.device("cpu")
@@ -182,7 +182,7 @@ def test_resampling_turns_tf32_off_and_restores_the_runs_setting(setting: str, r
 
     code = f"""
 import torch
-from trainer.batch_resize import full_fp32_matmul
+from trainer.data.batch_resize import full_fp32_matmul
 {setting}
 before = {read_back}
 with full_fp32_matmul():
@@ -200,7 +200,7 @@ print(repr(before), repr(inside), repr({read_back}))
 
 def test_auto_keeps_unsupported_interpolations_in_the_workers_and_device_refuses(monkeypatch) -> None:
     from trainer.config import ConfigError
-    from trainer.data import augment_on_device
+    from trainer.data.loader import augment_on_device
 
     cuda, used = torch.device("cuda"), ("rgb", "depth", "semseg")
     assert augment_on_device(DataConfig(), cuda, used) and not augment_on_device(DataConfig(), CPU, used)

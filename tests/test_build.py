@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.build import build_dataset
-from pipeline.codecs import decode_member, dequantize_depth, split_member
-from pipeline.config import BuildConfig, ConfigError, load_recipe, with_overrides
-from pipeline.shard import CPU_STAGES, PROCESS_CPU, STAGES, ShardContext, _label_map
+from pipeline.build.builder import build_dataset
+from pipeline.build.recipe import BuildConfig, ConfigError, load_recipe, with_overrides
+from pipeline.build.shard import CPU_STAGES, PROCESS_CPU, STAGES, ShardContext, _label_map
+from pipeline.format.codecs import decode_member, dequantize_depth, split_member
 from tests.conftest import DEMO_RECIPE, EXAMPLES, bad_image_bytes, odd_image_bytes
 
 pytestmark = pytest.mark.slow

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.build import build_dataset
-from pipeline.config import BuildConfig, load_recipe, with_overrides
+from pipeline.build.builder import build_dataset
+from pipeline.build.recipe import BuildConfig, load_recipe, with_overrides
 from tests.conftest import DEMO_RECIPE, EXAMPLES
 from tests.test_build import build, read_samples
 
@@ -65,8 +65,8 @@ def test_a_shard_that_keeps_failing_is_reported_and_the_rest_complete(ray_sessio
 def test_the_watchdog_names_shards_without_progress_once_per_period():
     import time
 
-    from pipeline.executors import Watchdog
-    from pipeline.plan import ShardSpec
+    from pipeline.build.executors import Watchdog
+    from pipeline.build.plan import ShardSpec
 
     reports: list[list[str]] = []
     dog = Watchdog(0.001, lambda names, minutes: reports.append(names))  # 60 ms

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from labelers import available, resolve_spec
 from labelers.classes import BUNDLED, class_table, full_palette, generated_palette
-from pipeline.cli import app
-from trainer.checkpoint import load_checkpoint
+from pipeline.cli.app import app
+from trainer.engine.checkpoint import load_checkpoint
 from trainer.train import RunOptions, build_config, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]

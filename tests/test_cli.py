@@ -6,7 +6,7 @@ import pytest
 from typer.main import get_command
 from typer.testing import CliRunner
 
-from pipeline.cli import app
+from pipeline.cli.app import app
 from tests.conftest import DEMO_RECIPE, EXAMPLES
 
 runner = CliRunner()
@@ -105,3 +105,10 @@ def test_foreign_output_folder_is_refused(tmp_path):
     (out / "thesis.tex").write_text("precious")
     result = run(str(EXAMPLES), str(out), "--recipe", str(DEMO_RECIPE), "--overwrite")
     assert result.exit_code == 2 and (out / "thesis.tex").read_text() == "precious"
+
+
+def test_version_prints_the_installed_version():
+    from importlib.metadata import version
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"mmforge {version('multimae-forge')}"

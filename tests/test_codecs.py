@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.codecs import (
+from pipeline.format.codecs import (
     CODECS,
     KINDS,
     EncodeOptions,

@@ -11,42 +11,145 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import contract
-from pipeline.contract import DatasetPaths, DocumentError, parse_doc
-from pipeline.schema import ConfigError, load, setting, to_plain
-from pipeline.verify import VerifyConfig, verify_dataset
+from pipeline.format import contract
+from pipeline.format.contract import DatasetPaths, DocumentError, parse_doc
+from pipeline.format.schema import ConfigError, load, setting, to_plain
+from pipeline.synth.rectangles import write_dataset
+from pipeline.verify.verifier import VerifyConfig, verify_dataset
 from trainer.config import smoke_config
-from trainer.run import RunOptions
-from trainer.synthetic import write_dataset
+from trainer.engine.run import RunOptions
 from trainer.train import pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
 FORMAT1 = Path(__file__).parent / "data" / "format1-dataset"
 
 
-def imports_of(path: Path) -> set[str]:
-    """Top-level package names a module imports, anywhere in it (also inside functions)."""
-    names = set()
+def imported_modules(path: Path) -> set[str]:
+    """The project modules a file imports, anywhere in it (inside functions and TYPE_CHECKING blocks too):
+    `from a.b import c` names `a.b.c` when that is a module of the tree, else `a.b`."""
+    found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            names |= {a.name.split(".")[0] for a in node.names}
+            found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module.split(".")[0])
-    return names
+            for a in node.names:
+                child = f"{node.module}.{a.name}"
+                found.add(child if module_file(child) else node.module)
+    return {m for m in found if m.split(".")[0] in PACKAGES}
 
 
-@pytest.mark.parametrize(
-    ("package", "forbidden", "allowed_in"),
-    [("labelers", {"pipeline", "trainer"}, set()), ("pipeline", {"trainer"}, {"cli.py"})],
-)
-def test_import_rules(package: str, forbidden: set[str], allowed_in: set[str]) -> None:
-    """labelers/ imports nothing of pipeline/ or trainer/; pipeline/ nothing of trainer/ but in its CLI."""
+def module_file(module: str) -> Path | None:
+    base = ROOT.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def module_of(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+
+
+PACKAGES = ("labelers", "pipeline", "trainer")
+# Each wing, and what it may never import (the arrows run one way; only pipeline.cli sees everything).
+LATER_WINGS = {
+    "labelers": ("pipeline", "trainer"),
+    "pipeline.format": (
+        "pipeline.build",
+        "pipeline.verify",
+        "pipeline.pictures",
+        "pipeline.synth",
+        "pipeline.cli",
+        "trainer",
+    ),
+    "pipeline.build": ("pipeline.verify", "pipeline.pictures", "pipeline.synth", "pipeline.cli", "trainer"),
+    "pipeline.verify": ("pipeline.build", "pipeline.pictures", "pipeline.synth", "pipeline.cli", "trainer"),
+    "pipeline.pictures": ("pipeline.build", "pipeline.synth", "pipeline.cli", "trainer"),
+    "pipeline.synth": ("pipeline.verify", "pipeline.pictures", "pipeline.cli", "trainer"),
+    "trainer.model": ("trainer.data", "trainer.engine", "trainer.pretrain", "trainer.transfer", "trainer.train"),
+    "trainer.data": ("trainer.engine", "trainer.pretrain", "trainer.transfer", "trainer.train"),
+    "trainer.engine": ("trainer.pretrain", "trainer.transfer", "trainer.train"),
+    "trainer.transfer": ("trainer.pretrain", "trainer.train"),
+    "trainer.pretrain": ("trainer.train",),
+}
+
+
+def project_files() -> list[Path]:
+    return sorted(p for package in PACKAGES for p in (ROOT / package).rglob("*.py"))
+
+
+def within(module: str, prefix: str) -> bool:
+    return module == prefix or module.startswith(prefix + ".")
+
+
+@pytest.mark.parametrize("wing", sorted(LATER_WINGS))
+def test_import_rules(wing: str) -> None:
+    """Each wing imports nothing of the wings above it: labelers <- pipeline.format <- build / verify <- pictures,
+    synth; trainer.model <- data <- engine <- transfer <- pretrain; the trainer sees the pipeline, never the
+    reverse (only `pipeline.cli` sees everything)."""
     broken = {
-        p.relative_to(ROOT).as_posix(): sorted(imports_of(p) & forbidden)
-        for p in sorted((ROOT / package).rglob("*.py"))
-        if p.name not in allowed_in and imports_of(p) & forbidden
+        module_of(p): sorted(m for m in imported_modules(p) if any(within(m, w) for w in LATER_WINGS[wing]))
+        for p in project_files()
+        if within(module_of(p), wing)
     }
-    assert broken == {}
+    assert {k: v for k, v in broken.items() if v} == {}
+
+
+def test_every_wing_states_its_role() -> None:
+    """A folder of a package is a wing with an `__init__.py` whose docstring says what it is for."""
+    for package in PACKAGES:
+        for folder in (ROOT / package).rglob("*"):
+            if folder.is_dir() and any(folder.glob("*.py")):
+                init = folder / "__init__.py"
+                assert init.is_file() and ast.get_docstring(ast.parse(init.read_text())), folder
+
+
+def test_no_import_cycles() -> None:
+    """No module of the project reaches itself through its imports (lazy and TYPE_CHECKING imports count)."""
+    graph = {module_of(p): imported_modules(p) for p in project_files()}
+    graph = {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
+    cycles = [c for c in strongly_connected(graph) if len(c) > 1]
+    assert cycles == []
+
+
+def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Tarjan's components of a small graph, iteratively."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is None:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
+                if low[node] == index[node]:
+                    component = []
+                    while True:
+                        top = stack.pop()
+                        on_stack.discard(top)
+                        component.append(top)
+                        if top == node:
+                            break
+                    found.append(sorted(component))
+            elif child not in index:
+                index[child] = low[child] = len(index)
+                stack.append(child)
+                on_stack.add(child)
+                work.append((child, iter(sorted(graph[child]))))
+            elif child in on_stack:
+                low[node] = min(low[node], index[child])
+    return found
 
 
 DOCS = {

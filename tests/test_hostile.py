@@ -20,14 +20,14 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipeline import images
-from pipeline.cli import app
-from pipeline.contract import DatasetPaths
-from pipeline.ownership import BuildLock
-from pipeline.verify import VerifyConfig, verify_dataset
+from pipeline.build import images
+from pipeline.cli.app import app
+from pipeline.format.contract import DatasetPaths
+from pipeline.format.ownership import BuildLock
+from pipeline.synth.rectangles import write_dataset
+from pipeline.verify.verifier import VerifyConfig, verify_dataset
 from tests.conftest import DEMO_RECIPE, gradient, png_header_only
 from trainer.config import SMOKE_CONFIG
-from trainer.synthetic import write_dataset
 
 S0, S1 = "train-000000", "train-000001"
 

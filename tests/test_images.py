@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.codecs import decode_rgb
-from pipeline.images import decode_image
+from pipeline.build.images import decode_image
+from pipeline.format.codecs import decode_rgb
 from tests.conftest import bad_image_bytes, gradient, odd_image_bytes
 
 LIMIT = 89_478_485

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.codecs import decode_member
-from pipeline.wds import decode_sample, mmforge_decoder
+from pipeline.format.codecs import decode_member
+from pipeline.format.wds import decode_sample, mmforge_decoder
 from tests.test_build import read_samples
 from tests.test_verify import good_dataset  # noqa: F401  (the session's one good dataset)
 
@@ -105,7 +105,7 @@ def test_wids_serves_a_stale_cached_shard_after_a_rebuild_unless_read_in_place(t
     wids = pytest.importorskip("wids")
     from typer.testing import CliRunner
 
-    from pipeline.cli import app
+    from pipeline.cli.app import app
     from tests.conftest import DEMO_RECIPE, EXAMPLES
 
     out, index = tmp_path / "ds", str(tmp_path / "ds" / "wids-index.json")

@@ -19,7 +19,7 @@ def command(out: Path, executor: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "pipeline.cli",
+        "pipeline.cli.app",
         "build-dataset",
         str(EXAMPLES),
         str(out),

@@ -13,11 +13,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipeline.cli import app
-from pipeline.codecs import decode_depth, decode_json, decode_semseg, dequantize_depth
-from pipeline.config import ConfigError, load_recipe, recipe_from_dict
-from pipeline.images import decode_image
-from pipeline.label_files import read_label, spec_of
+from pipeline.build.images import decode_image
+from pipeline.build.label_files import read_label, spec_of
+from pipeline.build.recipe import ConfigError, load_recipe, recipe_from_dict
+from pipeline.cli.app import app
+from pipeline.format.codecs import decode_depth, decode_json, decode_semseg, dequantize_depth
 from tests.conftest import ROOT, gradient
 
 MANIFESTS = ROOT / "manifests"

@@ -12,8 +12,8 @@ import textwrap
 import pytest
 
 from labelers import registry
-from pipeline.build import build_dataset
-from pipeline.config import BuildConfig, recipe_from_dict
+from pipeline.build.builder import build_dataset
+from pipeline.build.recipe import BuildConfig, recipe_from_dict
 from tests.conftest import EXAMPLES
 
 PLUGIN = '''

@@ -8,7 +8,7 @@ import pytest
 from labelers import available, build_labeler, resolve_spec
 from labelers.geometry import network_size
 from labelers.weights import WeightsUnavailableError
-from pipeline.codecs import CODECS
+from pipeline.format.codecs import CODECS
 
 ODD_SIZES = [(333, 500), (500, 281), (37, 45)]
 

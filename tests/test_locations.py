@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.cli import app
-from pipeline.locations import LocationError, local_location
+from pipeline.cli.app import app
+from pipeline.format.locations import LocationError, local_location
 from trainer.train import parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,7 +107,7 @@ def test_installed_protocols_that_are_not_object_stores_exit_2(tmp_path: Path, m
         refused(args, "memory:// is not an object store with all-or-nothing uploads", tmp_path)
 
 
-BLOCK_S3FS = "import sys; sys.modules['s3fs'] = None; from pipeline.cli import app; app()"  # s3fs not importable
+BLOCK_S3FS = "import sys; sys.modules['s3fs'] = None; from pipeline.cli.app import app; app()"  # s3fs not importable
 
 
 @pytest.mark.parametrize("url", ["s3://bucket/out", "s3:/bucket/out"])
@@ -131,7 +131,7 @@ def test_torchrun_entry_point_refuses_urls_too(capsys: pytest.CaptureFixture[str
 
 def test_a_fresh_process_refuses_before_writing(tmp_path: Path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-c", "from pipeline.cli import main; main()", "build-dataset", IMAGES, "gs://b/out"]
+    command = [sys.executable, "-c", "from pipeline.cli.app import main; main()", "build-dataset", IMAGES, "gs://b/out"]
     done = subprocess.run(
         [*command, "--recipe", DEMO], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
     )

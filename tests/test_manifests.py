@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import load_recipe
+from pipeline.build.recipe import load_recipe
 
 MANIFESTS = sorted((Path(__file__).resolve().parents[1] / "manifests").glob("*.toml"))
 

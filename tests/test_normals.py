@@ -32,8 +32,8 @@ from labelers.dpt import dpt_forward
 from labelers.dpt_original import CheckpointLayoutError, convert_weights, load_dpt_hybrid_original
 from labelers.omnidata import load_omnidata
 from labelers.torch_labeler import FACING, unit_normals
-from pipeline.cli import app
-from pipeline.codecs import (
+from pipeline.cli.app import app
+from pipeline.format.codecs import (
     CODECS,
     NORMAL_LENGTH_TOLERANCE,
     decode_normal,
@@ -49,7 +49,7 @@ from tests.test_dpt_original import (
     synthetic_input,
     synthetic_tensor,
 )
-from trainer.augment import Crop, augment
+from trainer.data.augment import Crop, augment
 from trainer.train import RunOptions, build_config, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]

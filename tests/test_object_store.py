@@ -22,10 +22,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from pipeline.cli import app
-from pipeline.stores import location
+from pipeline.cli.app import app
+from pipeline.format.stores import location
 from tests.s3_server import S3, StallingRelay, s3_server
-from trainer.run import RunOptions
+from trainer.engine.run import RunOptions
 from trainer.train import build_config, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,7 +165,7 @@ def test_s3_prefix_with_foreign_objects_is_refused_and_untouched(s3: S3) -> None
 
 
 def _build_cmd(out: str) -> list[str]:
-    cli_main = "from pipeline.cli import app; app()"
+    cli_main = "from pipeline.cli.app import app; app()"
     src = f"s3://{BUCKET}/src"
     return [
         sys.executable,

@@ -16,11 +16,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipeline.cli import app
-from pipeline.figures import MASKED, TITLE_H
+from pipeline.cli.app import app
+from pipeline.pictures.figures import MASKED, TITLE_H
 from tests.conftest import DEMO_RECIPE, EXAMPLES
 from trainer.config import SMOKE_CONFIG
-from trainer.optim import lr_at
+from trainer.engine.optim import lr_at
 
 pytestmark = pytest.mark.slow  # one demo build (12 photos, smoke labelers) and a 4-step smoke run per module
 LABEL_W = 220
@@ -215,7 +215,7 @@ def test_an_official_layout_checkpoint_loads(demo: Path, tmp_path: Path) -> None
     import torch
 
     from trainer.config import ModelConfig
-    from trainer.model import MultiMAE
+    from trainer.model.multimae import MultiMAE
 
     path = tmp_path / "official.pth"
     torch.save({"model": MultiMAE(ModelConfig()).state_dict()}, path)

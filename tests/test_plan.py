@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, SourceConfig
-from pipeline.contract import DatasetPaths
-from pipeline.plan import load_plan, make_plan, save_plan, walk_images
+from pipeline.build.plan import load_plan, make_plan, save_plan, walk_images
+from pipeline.build.recipe import ConfigError, SourceConfig
+from pipeline.format.contract import DatasetPaths
 
 
 def touch(root: Path, *names: str) -> None:

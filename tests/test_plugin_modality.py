@@ -24,7 +24,7 @@ def mmforge(*args: str, plugin: bool = True, timeout: float = 300) -> subprocess
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     paths = [str(PLUGIN)] if plugin else []
     env["PYTHONPATH"] = os.pathsep.join(paths + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    command = [sys.executable, "-c", "from pipeline.cli import main; main()", *args]
+    command = [sys.executable, "-c", "from pipeline.cli.app import main; main()", *args]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 

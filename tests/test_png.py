@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from labelers.classes import generated_palette
-from pipeline.png import SIGNATURE, encode_png
+from pipeline.format.png import SIGNATURE, encode_png
 
 RNG = np.random.default_rng(0)
 SHAPES = [(1, 1), (1, 7), (7, 1), (291, 352)]

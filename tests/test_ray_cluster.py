@@ -58,7 +58,7 @@ def _recipe(tmp_path: Path) -> Path:
 
 def _build(out: str, recipe: Path, env: dict[str, str], *extra: str) -> list[str]:
     src = f"s3://{BUCKET}/src"
-    code = "from pipeline.cli import app; app()"
+    code = "from pipeline.cli.app import app; app()"
     return [sys.executable, "-c", code, "build-dataset", src, out, "--recipe", str(recipe), "--quiet", *extra]
 
 

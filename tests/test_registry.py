@@ -14,12 +14,12 @@ import torch
 
 from labelers import available, resolve_spec
 from labelers.spec import OUTPUT_MEMBER_KIND
-from pipeline.codecs import BY_SUFFIX, CODECS, Codec
-from pipeline.config import member_problem
-from trainer.augment import Crop, augment
+from pipeline.build.recipe import member_problem
+from pipeline.format.codecs import BY_SUFFIX, CODECS, Codec
 from trainer.config import smoke_config
-from trainer.modalities import MODALITIES, TASKS
-from trainer.model import MultiMAE
+from trainer.data.augment import Crop, augment
+from trainer.model.modalities import MODALITIES, TASKS
+from trainer.model.multimae import MultiMAE
 
 TINY = smoke_config().model
 H, W = 40, 52
@@ -122,8 +122,8 @@ def test_every_task_predicts_and_trains(task: str) -> None:
 
 
 def test_registering_refuses_clashes_and_incomplete_entries() -> None:
-    from pipeline.codecs import register_codec
-    from trainer.modalities import Task, register_modality, register_task
+    from pipeline.format.codecs import register_codec
+    from trainer.model.modalities import Task, register_modality, register_task
 
     depth = CODECS["depth"]
     with pytest.raises(ValueError, match="registered twice"):
@@ -155,7 +155,7 @@ def test_a_failing_plugin_is_named() -> None:
 
 
 def test_mirror_signs_apply_to_integer_tensors_too() -> None:
-    from trainer.augment import resample
+    from trainer.data.augment import resample
 
     x = torch.full((3, 4, 4), 7, dtype=torch.uint8)
     out = resample(x, Crop(top=0, left=0, height=4, width=4, flip=True), 4, "nearest-exact", (-1.0, 1.0, 1.0))

@@ -9,8 +9,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from pipeline.cli import app
-from trainer.synthetic import write_dataset
+from pipeline.cli.app import app
+from pipeline.synth.rectangles import write_dataset
 from trainer.train import parse_args
 
 SMOKE = Path(__file__).resolve().parents[1] / "trainer" / "configs" / "smoke.toml"

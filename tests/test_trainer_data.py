@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.contract import sample_key
-from trainer.augment import Crop, augment, sample_crop
+from pipeline.format.contract import sample_key
+from pipeline.synth.rectangles import write_dataset
 from trainer.config import DataConfig, smoke_config
-from trainer.data import Cursor, EpochPlan, ShardStream, make_loader
-from trainer.dataset import load_dataset
+from trainer.data.augment import Crop, augment, sample_crop
+from trainer.data.dataset import load_dataset
+from trainer.data.loader import Cursor, EpochPlan, ShardStream, make_loader
 from trainer.errors import DataError
-from trainer.modalities import IMAGENET_MEAN, IMAGENET_STD
-from trainer.synthetic import write_dataset
+from trainer.model.modalities import IMAGENET_MEAN, IMAGENET_STD
 
 MODEL = smoke_config().model
 DATA = DataConfig(batch_size=3, workers=0, shuffle_buffer=8)
@@ -175,14 +175,14 @@ def test_class_ids_beyond_the_model_are_rejected(tmp_path: Path) -> None:
     s = stream(write_dataset(tmp_path / "d", [2]), micro=1)
     arrays = synthetic_pair()
     arrays["semseg"][0, 0] = 255
-    from trainer.data import check_arrays
+    from trainer.data.loader import check_arrays
 
     with pytest.raises(ValueError, match="class id 255"):
         check_arrays(arrays, s.model)
 
 
 def test_manifest_must_provide_the_model_modalities(tmp_path: Path) -> None:
-    from trainer.dataset import check_manifest
+    from trainer.data.dataset import check_manifest
 
     root = write_dataset(tmp_path / "d", [2])
     manifest = json.loads((root / "manifest.json").read_text())
@@ -198,7 +198,7 @@ def test_manifest_must_provide_the_model_modalities(tmp_path: Path) -> None:
 
 
 def test_interleave_mixes_open_shards_round_robin() -> None:
-    from trainer.data import interleave
+    from trainer.data.loader import interleave
 
     streams = iter([iter("abc"), iter("de"), iter(""), iter("fghi"), iter("j")])
     assert "".join(interleave(streams, 2)) == "adbecfjghi"
@@ -206,7 +206,7 @@ def test_interleave_mixes_open_shards_round_robin() -> None:
 
 
 def test_depth_standardisation_uses_the_trimmed_middle() -> None:
-    from trainer.modalities import standardize_depth
+    from trainer.model.modalities import standardize_depth
 
     g = torch.Generator().manual_seed(0)
     x = (torch.rand(1, 37, 41, generator=g) * 20).round() / 20  # many ties

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.synth.rectangles import write_dataset
 from trainer import train
-from trainer.synthetic import write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "trainer" / "configs" / "smoke.toml"
@@ -24,8 +24,8 @@ FAULTY_LAUNCH = textwrap.dedent(
     """
     import os, sys
     import torch
-    from trainer import model, train
-
+    from trainer.model import multimae as model
+    from trainer import train
     original, calls = model.MultiMAE.forward_loss, {"n": 0}
 
     def forward_loss(self, preds, targets, masks):

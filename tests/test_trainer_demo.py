@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from pipeline.cli import app
+from pipeline.cli.app import app
 from trainer.train import RunOptions, build_config, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,17 +5,17 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.contract import ModalityInfo
+from pipeline.format.contract import ModalityInfo
+from pipeline.synth.rectangles import RECIPE
 from trainer.config import ModelConfig
-from trainer.dataset import DatasetInfo, check_manifest
-from trainer.synthetic import RECIPE
+from trainer.data.dataset import DatasetInfo, check_manifest
 
 
 def info(kind: str, tmp_path: Path) -> DatasetInfo:
     import dataclasses
 
-    from pipeline.dataset_files import manifest_doc
-    from pipeline.plan import Plan
+    from pipeline.build.dataset_files import manifest_doc
+    from pipeline.build.plan import Plan
 
     plan = Plan("train", "SRC", "0" * 64, RECIPE.fingerprint(), None, ())
     manifest = manifest_doc(plan, RECIPE, {}, {})

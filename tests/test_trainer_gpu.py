@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.synthetic import write_dataset
+from pipeline.synth.rectangles import write_dataset
 from trainer.train import RunOptions, build_config, pretrain
 
 SMOKE = Path(__file__).resolve().parents[1] / "trainer" / "configs" / "smoke.toml"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.masking import draw_masks, fill_or_trim, keep_and_restore, sample_budgets
+from trainer.model.masking import draw_masks, fill_or_trim, keep_and_restore, sample_budgets
 
 COUNTS = {"rgb": 196, "depth": 196, "semseg": 196}
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer import losses
 from trainer.config import ModelConfig, smoke_config
-from trainer.export import MISSING_IN_MULTIMAE, encoder_to_timm, export_timm
-from trainer.model import MultiMAE
+from trainer.model import losses
+from trainer.model.multimae import MultiMAE
+from trainer.transfer.export import MISSING_IN_MULTIMAE, encoder_to_timm, export_timm
 
 REFERENCE = Path(__file__).parent / "data" / "multimae-b-pretrain-state-dict.tsv"  # official ViT-B layout
 TINY = smoke_config().model

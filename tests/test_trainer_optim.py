@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from trainer.config import load_config
-from trainer.model import MultiMAE
-from trainer.optim import build_optimizer, lr_at
-from trainer.run import Schedule
+from trainer.engine.optim import build_optimizer, lr_at
+from trainer.engine.run import Schedule
+from trainer.model.multimae import MultiMAE
 
 CONFIGS = Path(__file__).resolve().parents[1] / "trainer" / "configs"
 

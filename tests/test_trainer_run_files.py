@@ -2,7 +2,7 @@
 
 import json
 
-from trainer.loop import trim_metrics
+from trainer.engine.loop import trim_metrics
 
 
 def test_trim_metrics_keeps_steps_up_to_the_checkpoint(tmp_path):

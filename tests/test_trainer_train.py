@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer import checkpoint
+from pipeline.synth.rectangles import write_dataset
 from trainer.config import PretrainConfig
+from trainer.engine import checkpoint
 from trainer.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
-from trainer.model import MultiMAE
-from trainer.synthetic import write_dataset
+from trainer.model.multimae import MultiMAE
 from trainer.train import RunOptions, build_config, pretrain
 
 SMOKE = Path(__file__).resolve().parents[1] / "trainer" / "configs" / "smoke.toml"

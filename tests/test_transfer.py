@@ -10,15 +10,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from pipeline.cli import app
+from pipeline.cli.app import app
+from pipeline.synth.rectangles import write_digit_images
 from tests.conftest import DEMO_RECIPE
 from trainer.config import ConfigError, ModelConfig, smoke_config
-from trainer.finetune_config import FinetuneConfig, TaskConfig, load_finetune_config
-from trainer.finetune_model import MultiViT
-from trainer.metrics import ClassificationMetrics, DepthMetrics, SegmentationMetrics
-from trainer.model import MultiMAE
-from trainer.synthetic import write_digit_images
-from trainer.transfer_init import initialise
+from trainer.model.multimae import MultiMAE
+from trainer.transfer.config import FinetuneConfig, TaskConfig, load_finetune_config
+from trainer.transfer.init_weights import initialise
+from trainer.transfer.metrics import ClassificationMetrics, DepthMetrics, SegmentationMetrics
+from trainer.transfer.model import MultiViT
 
 DATA = Path(__file__).parent / "data"
 CONFIGS = Path(__file__).resolve().parents[1] / "trainer" / "configs"
@@ -97,8 +97,8 @@ def test_depth_metrics_by_hand() -> None:
 
 def test_timm_export_round_trip(tmp_path: Path) -> None:
     timm = pytest.importorskip("timm")
-    from trainer.checkpoint import save_checkpoint
     from trainer.config import config_to_dict
+    from trainer.engine.checkpoint import save_checkpoint
 
     cfg = smoke_config()
     model = MultiMAE(cfg.model).eval()

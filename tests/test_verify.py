@@ -21,10 +21,10 @@ from PIL import Image
 from typer.main import get_command
 from typer.testing import CliRunner
 
-from pipeline.cli import app
-from pipeline.codecs import decode_depth, decode_semseg, encode_depth, encode_semseg
-from pipeline.sink import FIXED_MTIME
-from pipeline.verify import VerifyConfig, VerifyReport, verify_dataset
+from pipeline.build.sink import FIXED_MTIME
+from pipeline.cli.app import app
+from pipeline.format.codecs import decode_depth, decode_semseg, encode_depth, encode_semseg
+from pipeline.verify.verifier import VerifyConfig, VerifyReport, verify_dataset
 from tests.conftest import EXAMPLES
 from tests.test_build import build
 

@@ -1,9 +1,17 @@
-"""MultiMAE pretraining from multimae-forge shards.
+"""MultiMAE pretraining and transfer from multimae-forge shards.
 
-Reading order: `config` (typed configs, TOML) -> `modalities` (the registry the rest reads) -> `layers`,
-`adapters`, `masking`, `losses`, `model` (MultiMAE) -> `dataset` (index + manifest), `augment`, `data`
-(WebDataset loader) -> `optim`, `checkpoint`, `distributed`, `logs`, `run`, `resume`, `train` (the loop;
-`torchrun -m trainer.train`) -> `export` (timm ViT). `synthetic` writes small datasets for tests and benchmarks.
+Wings, read in this order (arrows run one way: model <- data <- engine <- pretrain, transfer):
+- `config` (the typed pretraining config, TOML) and `errors` (the trainer's user errors), shared by all.
+- `model`: the modality registry (`modalities`), transformer `layers`, input/output `adapters`, `masking`,
+  `losses`, and MultiMAE itself (`multimae`).
+- `data`: the dataset folder checked before training (`dataset`), the shared augmentation (`augment`,
+  `batch_resize` on the device) and the streaming WebDataset `loader`.
+- `engine`: the one training loop (`loop`) and what a run is made of: `run` (job protocol, options,
+  schedule), `optim`, `checkpoint`, `resume`, `distributed`, `logs`, `run_folder` (runs on object stores).
+- `pretrain`: the pretraining `job` and `reconstruct` (what a checkpoint predicts from a masked input).
+- `transfer`: fine-tuning and probing (`config`, `model`, `heads`, `metrics`, `init_weights`, `finetune`)
+  and `export` (timm and the official layout).
+`train` is the torchrun entry point (`torchrun -m trainer.train`, or `python -m trainer`).
 """
 
 from trainer.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, PretrainError

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from labelers.standards import PRECISIONS
-from pipeline.schema import ConfigError, load, read_toml, setting, to_plain, validate
+from pipeline.format.schema import ConfigError, load, read_toml, setting, to_plain, validate
 
 __all__ = [
     "ConfigError",
@@ -56,7 +56,7 @@ class ModelConfig:
         return (self.image_size // self.patch_size) ** 2 * len(self.inputs)
 
     def problems(self) -> list[str]:
-        from trainer.modalities import MODALITIES, TASKS
+        from trainer.model.modalities import MODALITIES, TASKS
 
         found = [
             f"inputs: unknown modality {n!r}; known: {sorted(MODALITIES)}" for n in self.inputs if n not in MODALITIES
@@ -83,8 +83,8 @@ class DataConfig:
     samples (about 0.3 MB each at ImageNet sizes: mind workers x buffer x ranks per node).
 
     `augment_on`: where the crop is resampled and finished. "worker": in the loader workers, sample by sample
-    (`trainer.augment`); "device": the workers decode and cut the crop, the training device resizes, flips
-    and normalises the batch (`trainer.batch_resize`); "auto": "device" when training on a GPU, else "worker".
+    (`trainer.data.augment`); "device": the workers decode and cut the crop, the training device resizes, flips
+    and normalises the batch (`trainer.data.batch_resize`); "auto": "device" when training on a GPU, else "worker".
     """
 
     batch_size: int = setting(256, ge=1)

@@ -1,7 +1,7 @@
 """Errors of the pretraining library. The CLI turns any `PretrainError` or `ConfigError` (the one config
-error of pipeline and trainer: `pipeline.schema.ConfigError`) into a one-line message and exit 2."""
+error of pipeline and trainer: `pipeline.format.schema.ConfigError`) into a one-line message and exit 2."""
 
-from pipeline.schema import ConfigError
+from pipeline.format.schema import ConfigError
 
 __all__ = ["USER_ERRORS", "CheckpointError", "ConfigError", "DataError", "NonFiniteLossError", "PretrainError"]
 

@@ -1,7 +1,7 @@
 """Pretraining: `pretrain(config, options)`; under torchrun: `torchrun ... -m trainer.train ...`.
 
-`run(job, config, options)` is the entry of every command that trains (pretrain, finetune, probe): the loop
-itself is `trainer.loop.Trainer`.
+Every command that trains (pretrain, finetune, probe) goes through `trainer.engine.loop.run(job, config,
+options)`; they differ only in their job.
 """
 
 from __future__ import annotations
@@ -13,33 +13,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.locations import local_location
-from pipeline.stores import location
+from pipeline.format.locations import local_location
+from pipeline.format.stores import location
 from trainer.config import PretrainConfig, apply_overrides, load_config
-from trainer.distributed import init_distributed, shutdown
+from trainer.engine.loop import run
+from trainer.engine.run import RunOptions, RunSummary
 from trainer.errors import USER_ERRORS
-from trainer.loop import Trainer
-from trainer.run import Job, RunOptions, RunSummary
 
 log = logging.getLogger(__name__)
 
 
 def pretrain(config: PretrainConfig, options: RunOptions) -> RunSummary:
     """Pretrain MultiMAE on the shards in `options.data`, writing the run folder `options.out`."""
-    from trainer.jobs import PretrainJob
+    from trainer.pretrain.job import PretrainJob
 
     return run(PretrainJob(), config, options)
-
-
-def run(job: Job, config: Any, options: RunOptions) -> RunSummary:
-    """The one loop (`trainer.loop.Trainer`): pretraining, fine-tuning and probing differ only in their `job`."""
-    dist = init_distributed(options.device)
-    try:
-        trainer = Trainer.start(job, config, options, dist)
-        trainer.train()
-        return trainer.close()
-    finally:
-        shutdown()
 
 
 def build_config(config: Path | None, **overrides: Any) -> PretrainConfig:

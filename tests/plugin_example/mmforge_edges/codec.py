@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from pipeline.codecs import Codec, register_codec
+from pipeline.format.codecs import Codec, register_codec
 
 
 def quantize(strength: np.ndarray, kind: str) -> tuple[np.ndarray, None]:

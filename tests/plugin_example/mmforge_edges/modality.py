@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from trainer import losses
-from trainer.modalities import Modality, Task, patch_input, register_modality, register_task
+from trainer.model import losses
+from trainer.model.modalities import Modality, Task, patch_input, register_modality, register_task
 
 
 def to_tensor(a: np.ndarray) -> Tensor:

@@ -1,0 +1,310 @@
+"""`build-dataset`: plan (or resume a plan), run the shards on a distributor, write the dataset files.
+
+An object-store OUT (`s3://bucket/out`) is built through a local stage folder that first mirrors the store's
+documents (`pipeline.format.stores.mirror`; shards are listed, not downloaded), so ownership, resume and the plan
+work exactly as for a folder. Each document is published after it is written in the stage (the plan's
+entries before its header, the manifest last); workers publish their shards themselves (`pipeline.build.sink`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from labelers import check_labeler
+from labelers.weights import WeightsUnavailableError
+from pipeline.format import fs, ownership, stores
+from pipeline.build.recipe import BuildConfig, ConfigError
+from pipeline.format.contract import DatasetPaths, DocumentError, Manifest, ShardStats, document_name, read_stats
+from pipeline.build.dataset_files import write_dataset_files
+from pipeline.build.executors import Callbacks, init_ray, run_local, run_ray
+from pipeline.build.label_files import check_root, is_files
+from pipeline.build.plan import Plan, ShardSpec, load_plan, make_plan, save_plan, source_fingerprint
+from pipeline.build.progress import BuildProgress
+from pipeline.build.shard import ShardContext
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    out: stores.Location
+    manifest: Manifest
+    seconds: float
+    images_this_run: int
+
+    @property
+    def ok(self) -> bool:
+        return self.manifest.ok
+
+
+def _check_source(cfg: BuildConfig) -> None:
+    if stores.is_url(cfg.src) or stores.is_url(cfg.out):
+        src_url, out_url = str(cfg.src).rstrip("/"), str(cfg.out).rstrip("/")
+        if out_url == src_url or out_url.startswith(src_url + "/"):
+            raise ConfigError(f"output {cfg.out} must not be inside the source {cfg.src}")
+        if stores.is_url(cfg.src) and any(is_files(s) for s in cfg.recipe.labelers):
+            raise ConfigError("label files (labeler 'files') are read from a local source folder, not from a store")
+        return
+    src, out = Path(cfg.src), Path(cfg.out)
+    if not src.is_dir():
+        raise ConfigError(f"source folder {cfg.src} does not exist or is not a folder")
+    if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
+        raise ConfigError(f"output {cfg.out} must not be inside the source folder {cfg.src}")
+
+
+def _check_weights(cfg: BuildConfig) -> None:
+    """Fail before any work when real weights or label folders are missing (weights are not checked for a
+    remote cluster: its workers load them)."""
+    for spec in cfg.recipe.labelers:
+        if is_files(spec):
+            check_root(spec, Path(cfg.src))
+            continue
+        if cfg.address:
+            continue
+        try:
+            check_labeler(spec)
+        except WeightsUnavailableError as err:
+            raise ConfigError(f"labeler {spec.name}: {err}") from err
+
+
+def _resume_plan(cfg: BuildConfig, paths: DatasetPaths) -> Plan | None:
+    """The frozen plan of an earlier run, if there is one and source and recipe are unchanged."""
+    if cfg.overwrite or not paths.plan_header.exists():
+        return None
+    try:
+        plan = load_plan(paths)
+    except DocumentError as err:
+        raise ConfigError(f"{cfg.out}: {err}; rerun with --overwrite to start over") from None
+    if plan.recipe_fingerprint != cfg.recipe.fingerprint():
+        raise ConfigError(
+            f"{cfg.out} was built with another recipe (or batch size / precision); use the same, or "
+            "--overwrite to start over"
+        )
+    if plan.source_fingerprint != source_fingerprint(cfg.src, cfg.recipe.source):
+        raise ConfigError(f"source {cfg.src} changed since {cfg.out} was planned; rerun with --overwrite")
+    return plan
+
+
+class _Publish:
+    """Publishes the driver's documents to an object-store OUT (does nothing for a local OUT)."""
+
+    def __init__(self, paths: DatasetPaths, store: stores.Store | None, listing: dict[str, stores.Entry]) -> None:
+        self.paths, self.store, self.listing = paths, store, listing
+
+    def files(self, *files: Path) -> None:
+        if self.store is not None:
+            for path in files:
+                self.store.put_file(path, self.paths.rel(path))
+
+    def plan(self, plan: Plan) -> None:
+        """The plan's entries, then (entries of an unfinished earlier plan removed) its header: the header's
+        presence means a whole plan, as the local plan folder's rename does."""
+        entries = [self.paths.plan_entries(s.name) for s in plan.shards]
+        self.files(*entries)
+        if self.store is not None:
+            ours = {self.paths.rel(p) for p in entries}
+            self._remove([r for r in self.listing if r.startswith("plan/") and r not in ours])
+        self.files(self.paths.plan_header)
+
+    def remove_dataset(self, named: set[Path]) -> None:
+        """`--overwrite` on a store: remove the objects the old documents name (the marker stays): shards first,
+        the plan's header last but the dataset documents, so a killed removal leaves a prefix that is still
+        ours to finish."""
+        if self.store is not None:
+            rels = {self.paths.rel(p) for p in named} - {self.paths.rel(self.paths.marker)}
+            header = self.paths.rel(self.paths.plan_header)
+            order = {"shards": 0, "plan": 1}
+            self._remove(
+                sorted(
+                    (r for r in rels if r in self.listing),
+                    key=lambda r: (order.get(r.split("/", 1)[0], 3) + (r == header), r),
+                )
+            )
+
+    def _remove(self, rels: list[str]) -> None:
+        if self.store is not None and rels:
+            self.store.remove(rels)
+            self.listing = {r: e for r, e in self.listing.items() if r not in set(rels)}
+
+    def tar_size(self, shard: str) -> int | None:
+        tar = self.paths.shard_tar(shard)
+        if self.store is not None:
+            entry = self.listing.get(self.paths.rel(tar))
+            return entry.size if entry is not None else None
+        return tar.stat().st_size if tar.is_file() else None
+
+
+def _new_plan(cfg: BuildConfig, paths: DatasetPaths, publish: _Publish) -> Plan:
+    """Walk the source into a new plan; only then (it may fail) is an earlier build removed and OUT marked."""
+    plan = make_plan(cfg.src, cfg.recipe.source, cfg.recipe.shards.size, cfg.recipe.fingerprint())
+    if plan.num_inputs == 0:
+        raise ConfigError(f"no images found under {cfg.src} (extensions: {' '.join(cfg.recipe.source.extensions)})")
+    if cfg.overwrite:
+        publish.remove_dataset(ownership.named_files(paths))
+        ownership.remove_dataset(paths)
+    ownership.claim(paths)
+    publish.files(paths.marker)
+    paths.shards_dir.mkdir(exist_ok=True)
+    save_plan(plan, paths)
+    publish.plan(plan)
+    return plan
+
+
+def _completed(paths: DatasetPaths, plan: Plan, publish: _Publish) -> dict[str, ShardStats]:
+    """Stats of the shards a previous run finished: a valid marker of this plan, the tar's size matches it,
+    and no image failed in labelling (that may have been the labeller's fault, so a rerun tries it again)."""
+    done = {}
+    for shard in plan.shards:
+        size = publish.tar_size(shard.name)
+        if not paths.shard_stats(shard.name).is_file() or size is None:
+            continue
+        try:
+            stats = read_stats(paths, shard.name)
+        except DocumentError:
+            continue  # redone: the sink replaces the tar, then the marker
+        retry = any(f.stage == "label" for f in stats.failures)
+        if stats.bytes == size and stats.plan_id == plan.plan_id and not retry:
+            done[shard.name] = stats
+    return done
+
+
+def _context(cfg: BuildConfig, plan: Plan) -> ShardContext:
+    r = cfg.recipe
+    return ShardContext(
+        src=str(cfg.src) if stores.is_url(cfg.src) else str(Path(cfg.src).resolve()),
+        out=str(cfg.out) if stores.is_url(cfg.out) else str(Path(cfg.out).resolve()),
+        classes=plan.classes,
+        image=r.image,
+        encoding=r.encoding,
+        labelers=r.labelers,
+        batch_size=r.runtime.batch_size,
+        plan_id=plan.plan_id,
+    )
+
+
+def _run(cfg: BuildConfig, todo: list[ShardSpec], ctx: ShardContext, cb: Callbacks) -> None:
+    if not todo:
+        return
+    if cfg.executor == "local":
+        run_local(todo, ctx, cfg.recipe.runtime, cb)
+    else:
+        init_ray(cfg.address, cfg.quiet)
+        run_ray(todo, ctx, cfg.recipe.runtime, cb)
+
+
+def build_dataset(cfg: BuildConfig) -> BuildResult:
+    """Build (or finish building) the dataset `cfg` describes. Raises ConfigError on bad input, before
+    anything in OUT is changed."""
+    _check_source(cfg)
+    if stores.is_url(cfg.out):
+        return _build_in_store(cfg)
+    out = Path(cfg.out)
+    paths = DatasetPaths(out)
+    ownership.check_ownership(paths)
+    _check_weights(cfg)
+    created = not out.exists()
+    ownership.create_folder(paths)
+    try:
+        with ownership.BuildLock(paths):
+            ownership.check_ownership(paths)  # again, now that no other build can change OUT
+            return _build(cfg, paths, _Publish(paths, None, {}))
+    except ConfigError:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+
+
+def _build_in_store(cfg: BuildConfig) -> BuildResult:
+    """Build into an object store through this machine's stage folder of OUT (one build per OUT and machine:
+    the stage's lock; builds of one OUT from two machines at once are not detected)."""
+    store = stores.open_store(str(cfg.out))
+    stores.check_writable(store)
+    _check_weights(cfg)
+    stage = stores.stage_dir(store.url, "datasets")
+    stage.mkdir(parents=True, exist_ok=True)
+    paths = DatasetPaths(stage / "dataset")
+    with ownership.BuildLock(DatasetPaths(stage)):
+        try:
+            listing = store.listing()
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"cannot read {cfg.out}: {err}") from None
+        ownership.check_names(listing, paths, str(cfg.out))  # before anything is downloaded
+        planned = paths.rel(paths.plan_header) in listing  # else plan entries are an unfinished plan's
+        try:
+            stores.mirror(
+                store, paths.root, lambda r: document_name(r) and (planned or r.split("/")[0] != "plan"), listing
+            )
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"cannot read {cfg.out}: {err}") from None
+        ownership.check_listed(paths, listing, str(cfg.out))
+        ownership.check_ownership(paths)
+        return _build(cfg, paths, _Publish(paths, store, listing))
+
+
+def _build(cfg: BuildConfig, paths: DatasetPaths, publish: _Publish) -> BuildResult:
+    started = time.perf_counter()
+    plan = _resume_plan(cfg, paths) or _new_plan(cfg, paths, publish)
+    for folder in (paths.root, paths.plan_dir, paths.shards_dir):
+        fs.remove_temps(folder)
+    stats = _completed(paths, plan, publish)
+    todo = [s for s in plan.shards if s.name not in stats]
+    done_images = sum(len(s.entries) for s in plan.shards if s.name in stats)
+    bar = BuildProgress(
+        images=plan.num_inputs,
+        shards=len(plan.shards),
+        done_images=done_images,
+        done_shards=len(stats),
+        quiet=cfg.quiet,
+    )
+    failed: dict[str, str] = {}
+
+    def done(shard: ShardSpec, s: ShardStats) -> None:
+        stats[shard.name] = s
+        where = f"{s.node[:8]}@{s.host}" if s.node and s.node != "local" else s.host or s.node
+        bar.shard_done(shard.name, s.written, s.failed, where, s.seconds)
+
+    def lost(shard: ShardSpec, error: str) -> None:
+        failed[shard.name] = error
+        bar.shard_failed(shard.name, len(shard.entries))
+
+    try:
+        _run(cfg, todo, _context(cfg, plan), Callbacks(bar.images, done, lost, bar.stalled))
+    finally:
+        bar.close()
+    manifest = write_dataset_files(paths, plan, cfg.recipe, stats, failed)
+    publish.files(paths.index, paths.wids_index, paths.manifest)
+    return BuildResult(cfg.out, manifest, time.perf_counter() - started, plan.num_inputs - done_images)
+
+
+def summary(result: BuildResult, max_listed: int = 20) -> str:
+    m, t = result.manifest, result.manifest.totals
+    rate = result.images_this_run / result.seconds if result.seconds > 0 else 0.0
+    lines = [
+        f"{result.out}: {t.written} of {t.inputs} images written in {t.shards_complete}/{t.shards} "
+        f"shards, {t.failed} failed ({result.images_this_run} processed this run in {result.seconds:.1f} s, "
+        f"{rate:.1f} img/s)"
+    ]
+    for f in m.failures[:max_listed]:
+        lines.append(f"  failed: {f.path}: {f.error}: {f.message}")
+    if len(m.failures) > max_listed:
+        lines.append(f"  ... {len(m.failures) - max_listed} more in manifest.json")
+    if len(m.nodes) > 1:
+        for node, n in m.nodes.items():
+            lines.append(
+                f"  node {node[:12]} ({n.host}): {n.shards} shards, {n.images} images, {n.images_per_task_s} img/task-s"
+            )
+    for s in m.failed_shards:
+        lines.append(f"  shard {s.shard} failed ({s.planned} images): {s.error.splitlines()[0] if s.error else '?'}")
+    if m.meaningless_labels:
+        lines.append("  note: labels come from random-weight smoke models and are meaningless")
+    return "\n".join(lines)
+
+
+def describe(cfg: BuildConfig) -> str:
+    """One line: the resolved recipe in short (the full one is saved in manifest.json)."""
+    r = cfg.recipe
+    labs = ", ".join(f"{s.modality}={s.name}" for s in r.labelers)
+    return (
+        f"recipe {r.name} ({r.fingerprint()[:12]}): {labs}; shard size {r.shards.size}, "
+        f"batch {r.runtime.batch_size}; {cfg.src} -> {cfg.out} [{cfg.executor}]"
+    )

@@ -1,0 +1,543 @@
+"""The `mmforge` command: a thin Typer app. Options -> typed config -> one library call per command."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.format import stores
+from pipeline.format.locations import local_location
+from pipeline.format.stores import Location, fetched, location, published
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Pseudo-label RGB folders, write aligned WebDataset shards, verify them, pretrain MultiMAE.",
+)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"mmforge {version('multimae-forge')}")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            typer.echo("mmforge (not installed: pip install -e .)")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """multimae-forge: datasets and pretraining for multi-modal masked autoencoders."""
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+@app.command("build-dataset")
+def build_dataset_cmd(
+    src: Annotated[
+        str,
+        typer.Argument(
+            parser=location,
+            metavar="SRC",
+            help="Folder or store prefix (s3://, gs://, ...) of RGB images (class folders, nested or flat).",
+        ),
+    ],
+    out: Annotated[
+        str,
+        typer.Argument(
+            parser=location,
+            metavar="OUT",
+            help="Output dataset folder or store prefix (shards/, plan/, manifest.json, index.json).",
+        ),
+    ],
+    recipe: Annotated[
+        Path | None,
+        typer.Option(
+            parser=local_location, metavar="PATH", help="Recipe TOML (see manifests/); default: the real labelers."
+        ),
+    ] = None,
+    shard_size: Annotated[int | None, typer.Option(help="Samples per shard (overrides the recipe).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per labeler batch (overrides the recipe).")] = None,
+    split: Annotated[
+        str | None, typer.Option(help="Split name used in shard names (default: recipe, 'train').")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Discard an earlier build in OUT and start over.")] = False,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address ('auto' or host:port); default: local Ray.")
+    ] = None,
+    executor: Annotated[str, typer.Option(help="'ray' (default) or 'local' (in-process, no Ray).")] = "ray",
+    quiet: Annotated[bool, typer.Option(help="No progress bar; log lines only.")] = False,
+) -> None:
+    """Label every image in SRC with depth and semantic segmentation and write aligned shards to OUT."""
+    from pipeline.build.builder import build_dataset, describe, summary
+    from pipeline.build.recipe import BuildConfig, ConfigError, load_recipe, with_overrides
+
+    try:
+        if executor not in ("ray", "local"):
+            raise ConfigError(f"--executor must be 'ray' or 'local', got {executor!r}")
+        resolved = with_overrides(load_recipe(recipe), shard_size=shard_size, batch_size=batch_size, split=split)
+        cfg = BuildConfig(
+            src=location(src),
+            out=location(out),
+            recipe=resolved,
+            overwrite=overwrite,
+            address=address,
+            executor=executor,
+            quiet=quiet,
+        )
+        typer.echo(describe(cfg), err=True)
+        result = build_dataset(cfg)
+    except ConfigError as err:
+        raise fail(str(err)) from None
+    typer.echo(summary(result))
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@app.command("verify")
+def verify_cmd(
+    out: Annotated[
+        str,
+        typer.Argument(parser=location, metavar="OUT", help="Dataset folder or store prefix written by build-dataset."),
+    ],
+    deep: Annotated[
+        bool, typer.Option(help="Also decode every member: pixel formats, sizes, class ids, json fields.")
+    ] = False,
+    json_path: Annotated[
+        Path | None,
+        typer.Option("--json", parser=local_location, metavar="PATH", help="Write the complete report (JSON) here."),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(help="Processes over shards (0: one per CPU, none when small; 1: no pool).")
+    ] = 0,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Prove a dataset is complete and intact. Exit 0: all checks hold; 1: defects (listed); 2: bad usage."""
+    from pipeline.verify.verifier import NotADatasetError, VerifyConfig, summary, verify_dataset
+
+    try:
+        report = verify_dataset(
+            VerifyConfig(out=location(out), deep=deep, workers=workers, json_path=json_path, quiet=quiet)
+        )
+    except NotADatasetError as err:
+        raise fail(str(err)) from None
+    except OSError as err:  # a store that cannot be listed or read (credentials, network)
+        raise fail(f"cannot read {out}: {err}") from None
+    typer.echo(summary(report))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command("preview")
+def preview_cmd(
+    data: Annotated[
+        str,
+        typer.Argument(parser=location, metavar="DATA", help="Dataset folder or prefix written by build-dataset."),
+    ],
+    n: Annotated[int, typer.Option("--n", help="Samples (rows), chosen with --seed over the whole dataset.")] = 16,
+    out: Annotated[
+        str | None,
+        typer.Option(parser=location, metavar="LOCATION", help="Write the grid here (PNG); default preview.png."),
+    ] = None,
+    html: Annotated[
+        str | None,
+        typer.Option(
+            parser=location, metavar="LOCATION", help="Write a self-contained page to this folder (index.html)."
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the sample choice (same seed, same samples).")] = 0,
+    tile: Annotated[int, typer.Option(help="Tile size in pixels.")] = 160,
+) -> None:
+    """Show what a dataset holds: rgb | depth (colour map) | semseg (palette) | any other modality, per sample."""
+    from pipeline.format.schema import ConfigError, validate
+    from pipeline.pictures.preview import PreviewConfig, preview
+
+    try:
+        cfg = PreviewConfig(data=location(data), n=n, out=_maybe(out), html=_maybe(html), seed=seed, tile=tile)
+        validate(cfg, "preview")
+        result = preview(cfg)
+    except ConfigError as err:
+        raise fail(str(err)) from None
+    wrote = ", ".join(str(p) for p in (result.png, result.html) if p is not None)
+    typer.echo(f"{result.rows} samples x {len(result.columns)} columns ({', '.join(result.columns)}): {wrote}")
+
+
+@app.command("pretrain")
+def pretrain_cmd(
+    data: Annotated[
+        str,
+        typer.Option(
+            parser=location,
+            metavar="LOCATION",
+            help="Dataset folder or store prefix from build-dataset (index.json, manifest.json, shards/).",
+        ),
+    ],
+    out: Annotated[
+        str,
+        typer.Option(
+            parser=location,
+            metavar="LOCATION",
+            help="Run folder or store prefix: checkpoints, metrics.jsonl, config.json, timm export.",
+        ),
+    ],
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            parser=local_location, help="Trainer recipe TOML (trainer/configs/); default: ViT-B, 1600 epochs."
+        ),
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto (GPU when present), cpu, cuda or cuda:N.")] = "auto",
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint-last.pt when there is one.")] = True,
+    steps: Annotated[int | None, typer.Option(help="Total optimizer steps (overrides epochs).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (overrides the recipe).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Samples per rank per micro-batch.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Loader worker processes per rank.")] = None,
+    allow_defects: Annotated[
+        bool, typer.Option(help="Train on a dataset that fails its checks or is incomplete (warned, not refused).")
+    ] = False,
+    tensorboard: Annotated[
+        bool | None, typer.Option("--tensorboard/--no-tensorboard", help="TensorBoard scalars and figures.")
+    ] = None,
+    wandb: Annotated[
+        bool | None, typer.Option("--wandb/--no-wandb", help="Weights & Biases logs (the wandb extra).")
+    ] = None,
+) -> None:
+    """Pretrain MultiMAE on a dataset's shards. Several GPUs: torchrun ... -m trainer.train (same options)."""
+    from trainer.errors import USER_ERRORS
+    from trainer.train import RunOptions, build_config, pretrain
+
+    try:
+        cfg = build_config(
+            config,
+            steps=steps,
+            epochs=epochs,
+            batch_size=batch_size,
+            workers=workers,
+            tensorboard=tensorboard,
+            wandb=wandb,
+        )
+        options = RunOptions(
+            data=location(data), out=location(out), resume=resume, device=device, allow_defects=allow_defects
+        )
+        result = pretrain(cfg, options)
+    except USER_ERRORS as err:
+        raise fail(str(err)) from None
+    typer.echo(result.text())
+
+
+def _maybe(value: str | None) -> Location | None:
+    return None if value is None else location(value)
+
+
+def _transfer(
+    kind: str,
+    data: str,
+    out: str,
+    config: Path | None,
+    init: str | None,
+    val: str | None,
+    options: Mapping[str, object],
+) -> None:
+    """finetune / probe: one library call (the shared loop), one summary, one-line errors with exit 2."""
+    from trainer.engine.run import RunOptions
+    from trainer.errors import USER_ERRORS
+    from trainer.transfer.finetune import build_finetune_config, finetune
+
+    run_keys = ("resume", "device", "allow_defects")
+    try:
+        overrides: dict[str, object] = {k: v for k, v in options.items() if k not in run_keys}
+        if kind == "probe":
+            overrides.update(probe=True, task="cls")
+        cfg = build_finetune_config(config, **overrides)
+        run = RunOptions(data=location(data), out=location(out), **{k: options[k] for k in run_keys})  # type: ignore[arg-type]
+        with ExitStack() as stack:
+            weights = stack.enter_context(fetched(location(init))) if init is not None else None
+            result = finetune(cfg, run, weights, _maybe(val))
+    except USER_ERRORS as err:
+        raise fail(str(err)) from None
+    typer.echo(result.text())
+
+
+_INPUTS_HELP = "Input modalities, comma-separated (rgb, or rgb,depth ...); default: the config's."
+
+
+@app.command("finetune")
+def finetune_cmd(
+    data: Annotated[
+        str,
+        typer.Option(
+            parser=location, metavar="LOCATION", help="Training shards (a dataset folder or prefix from build-dataset)."
+        ),
+    ],
+    out: Annotated[
+        str,
+        typer.Option(
+            parser=location,
+            metavar="LOCATION",
+            help="Run folder or prefix: checkpoints, metrics.jsonl, val.jsonl, config.json.",
+        ),
+    ],
+    task: Annotated[str | None, typer.Option(help="cls, semseg or depth; default: the config's.")] = None,
+    init: Annotated[
+        str | None,
+        typer.Option(
+            parser=location,
+            metavar="LOCATION",
+            help="Pretrained weights: our or an official checkpoint (a file or store object).",
+        ),
+    ] = None,
+    val: Annotated[
+        str | None,
+        typer.Option(
+            parser=location,
+            metavar="LOCATION",
+            help="Validation shards: evaluated at the end (and every eval_every).",
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            parser=local_location, metavar="PATH", help="Fine-tuning recipe TOML (trainer/configs/finetune-*.toml)."
+        ),
+    ] = None,
+    inputs: Annotated[str | None, typer.Option(help=_INPUTS_HELP)] = None,
+    device: Annotated[str, typer.Option(help="auto (GPU when present), cpu, cuda or cuda:N.")] = "auto",
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint-last.pt when there is one.")] = True,
+    steps: Annotated[int | None, typer.Option(help="Total optimizer steps (overrides epochs).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (overrides the recipe).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Samples per rank per micro-batch.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Loader worker processes per rank.")] = None,
+    allow_defects: Annotated[bool, typer.Option(help="Train on a dataset that fails its checks.")] = False,
+    tensorboard: Annotated[bool | None, typer.Option("--tensorboard/--no-tensorboard", help="TensorBoard.")] = None,
+    wandb: Annotated[bool | None, typer.Option("--wandb/--no-wandb", help="Weights & Biases.")] = None,
+) -> None:
+    """Fine-tune a pretrained MultiMAE on classification, semantic segmentation or depth, from RGB or RGB-D."""
+    names = tuple(n.strip() for n in inputs.split(",") if n.strip()) if inputs else None
+    options = dict(task=task, inputs=names, device=device, resume=resume, steps=steps, epochs=epochs)
+    options.update(batch_size=batch_size, workers=workers, allow_defects=allow_defects)
+    options.update(tensorboard=tensorboard, wandb=wandb)
+    _transfer("finetune", data, out, config, init, val, options)
+
+
+@app.command("probe")
+def probe_cmd(
+    data: Annotated[
+        str, typer.Option(parser=location, metavar="LOCATION", help="Training shards with class folders (.cls).")
+    ],
+    out: Annotated[str, typer.Option(parser=location, metavar="LOCATION", help="Run folder or prefix.")],
+    init: Annotated[
+        str | None,
+        typer.Option(parser=location, metavar="LOCATION", help="Pretrained weights (none: a random-init baseline)."),
+    ] = None,
+    val: Annotated[str | None, typer.Option(parser=location, metavar="LOCATION", help="Validation shards.")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(parser=local_location, metavar="PATH", help="Recipe TOML (trainer/configs/probe-*.toml)."),
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint-last.pt.")] = True,
+    steps: Annotated[int | None, typer.Option(help="Total optimizer steps.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Samples per rank per micro-batch.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Loader worker processes per rank.")] = None,
+    allow_defects: Annotated[bool, typer.Option(help="Train on a dataset that fails its checks.")] = False,
+    tensorboard: Annotated[bool | None, typer.Option("--tensorboard/--no-tensorboard", help="TensorBoard.")] = None,
+    wandb: Annotated[bool | None, typer.Option("--wandb/--no-wandb", help="Weights & Biases.")] = None,
+) -> None:
+    """Linear probe (frozen encoder, BatchNorm + Linear): a fast signal of what pretraining learnt."""
+    options = dict(device=device, resume=resume, steps=steps, epochs=epochs, batch_size=batch_size)
+    options.update(workers=workers, allow_defects=allow_defects, tensorboard=tensorboard, wandb=wandb)
+    _transfer("probe", data, out, config, init, val, options)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    checkpoint: Annotated[
+        str,
+        typer.Argument(
+            parser=location, metavar="CHECKPOINT", help="A fine-tuning checkpoint (checkpoint-best.pt, ...)."
+        ),
+    ],
+    data: Annotated[str, typer.Option(parser=location, metavar="LOCATION", help="Shards to evaluate on.")],
+    json_path: Annotated[
+        Path | None,
+        typer.Option("--json", parser=local_location, metavar="PATH", help="Write the metrics here (JSON)."),
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    batch_size: Annotated[int, typer.Option(help="Samples per forward.")] = 16,
+) -> None:
+    """The task's metrics over a whole split: top-1/top-5, mIoU/pixel accuracy, or delta1-3/RMSE/AbsRel."""
+    from trainer.errors import USER_ERRORS
+    from trainer.transfer.finetune import evaluate
+
+    try:
+        with fetched(location(checkpoint)) as weights:
+            result = evaluate(weights, location(data), json_path, device, batch_size, source=str(checkpoint))
+    except USER_ERRORS as err:
+        raise fail(str(err)) from None
+    typer.echo(f"{result.task} on {data}: " + ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items()))
+
+
+@app.command("export")
+def export_cmd(
+    checkpoint: Annotated[
+        str,
+        typer.Argument(
+            parser=location,
+            metavar="CHECKPOINT",
+            help="Our pretraining or fine-tuning checkpoint, or an official one (a file or store object).",
+        ),
+    ],
+    out: Annotated[
+        str,
+        typer.Argument(
+            parser=location, metavar="OUT", help="timm: a new folder (or prefix); official: a .pth file (or object)."
+        ),
+    ],
+    format: Annotated[str, typer.Option(help="timm (local-dir folder) or official (MultiMAE .pth).")] = "timm",
+) -> None:
+    """Export the encoder to timm (timm.create_model("local-dir:OUT", pretrained=True)) or the official layout."""
+    from pipeline.format.schema import ConfigError
+    from trainer.errors import USER_ERRORS
+    from trainer.transfer.export import encoder_state, export_official, export_timm_folder
+
+    try:
+        if format not in ("timm", "official"):
+            raise ConfigError(f"--format must be timm or official, got {format!r}")
+        if stores.exists(location(out), folder=format == "timm"):
+            raise ConfigError(f"{out} exists; export writes a new {'file' if format == 'official' else 'folder'}")
+        with fetched(location(checkpoint)) as weights, published(location(out)) as target:
+            state, shape, _ = encoder_state(weights)
+            written = export_timm_folder(state, shape, target) if format == "timm" else export_official(state, target)
+        path = out if stores.is_url(out) else written
+    except (*USER_ERRORS, KeyError) as err:
+        raise fail(f"cannot export {checkpoint}: {err}") from None
+    typer.echo(f"wrote {path}")
+
+
+def _keep_counts(keep: list[str]) -> dict[str, int]:
+    from pipeline.format.schema import ConfigError
+
+    counts = {}
+    for item in keep:
+        name, sep, value = item.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise ConfigError(f"--keep takes MODALITY=TOKENS (e.g. rgb=98), got {item!r}")
+        counts[name.strip()] = int(value)
+    return counts
+
+
+@app.command("reconstruct")
+def reconstruct_cmd(
+    checkpoint: Annotated[
+        str,
+        typer.Argument(
+            parser=location, metavar="CHECKPOINT", help="Our checkpoint-*.pt or an official MultiMAE checkpoint."
+        ),
+    ],
+    out: Annotated[
+        str, typer.Option(parser=location, metavar="LOCATION", help="Where to write the figure (PNG).")
+    ] = "reconstruction.png",
+    image: Annotated[
+        Path | None, typer.Option(parser=local_location, metavar="PATH", help="An image file as input.")
+    ] = None,
+    sample: Annotated[str | None, typer.Option(help="A dataset sample as input: OUT:SHARD/KEY.")] = None,
+    labels_from: Annotated[
+        Path | None,
+        typer.Option(
+            parser=local_location, metavar="PATH", help="Label --image with the labelers of this dataset's manifest."
+        ),
+    ] = None,
+    keep: Annotated[
+        list[str] | None, typer.Option(help="Visible tokens per modality, e.g. --keep rgb=98 --keep depth=0.")
+    ] = None,
+    mask: Annotated[
+        Path | None,
+        typer.Option(parser=local_location, metavar="PATH", help="An .npz with one 0/1 array (1 = masked) per input."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the Dirichlet masks (or of the positions for --keep).")] = 0,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    tile: Annotated[int, typer.Option(help="Tile size in pixels.")] = 160,
+) -> None:
+    """Show what a checkpoint predicts: masked input | prediction | prediction + visible | target, per modality."""
+    from pipeline.format.schema import ConfigError
+    from trainer.errors import USER_ERRORS
+    from trainer.pretrain.reconstruct import ReconstructConfig, reconstruct
+
+    try:
+        stack = ExitStack()
+        cfg = ReconstructConfig(
+            checkpoint=stack.enter_context(fetched(location(checkpoint))),
+            out=stack.enter_context(published(location(out))),
+            image=image,
+            sample=sample,
+            labels_from=labels_from,
+            keep=_keep_counts(keep or []),
+            mask=mask,
+            seed=seed,
+            device=device,
+            tile=tile,
+        )
+        if not 32 <= tile <= 1024:
+            raise ConfigError(f"--tile must be 32..1024, got {tile}")
+        with stack:
+            result = reconstruct(cfg)
+    except (*USER_ERRORS, ConfigError) as err:
+        raise fail(str(err)) from None
+    shown = ", ".join(f"{n}={v}" for n, v in result.visible.items())
+    typer.echo(
+        f"wrote {out if stores.is_url(out) else result.out} ({len(result.rows)} modalities; visible tokens {shown})"
+    )
+
+
+@app.command("convert-weights")
+def convert_weights_cmd(
+    src: Annotated[
+        Path,
+        typer.Argument(
+            parser=local_location,
+            metavar="SRC",
+            help="DPT-Hybrid checkpoint in the original DPT layout (.pth, Lightning .ckpt).",
+        ),
+    ],
+    dst: Annotated[
+        Path,
+        typer.Argument(
+            parser=local_location, metavar="DST", help="New folder for the transformers DPTForDepthEstimation."
+        ),
+    ],
+) -> None:
+    """Convert original-layout DPT-Hybrid weights (e.g. omnidata_rgb2depth_dpt_hybrid.pth) to a transformers folder."""
+    from labelers.dpt_original import CheckpointLayoutError, convert_weights
+
+    try:
+        folder = convert_weights(src, dst)
+    except (CheckpointLayoutError, FileNotFoundError, FileExistsError) as err:
+        raise fail(str(err)) from None
+    typer.echo(f"wrote {folder}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+"""Pictures: `figures` draws samples and predictions (shared by preview, reconstruct and the pretraining
+figures); `preview` is `mmforge preview` (a dataset as a picture and a self-contained HTML page).
+"""

@@ -1,0 +1,152 @@
+"""The parts of a run besides the loop (`trainer.engine.loop.Trainer`): the `Job` protocol, options, schedule,
+progress counters and the summary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from labelers.standards import torch_dtype
+from pipeline.format.stores import Location
+from trainer.config import PretrainConfig
+from trainer.data.dataset import DatasetInfo
+from trainer.data.loader import Cursor
+from trainer.engine.distributed import DistInfo
+from trainer.engine.logs import RunLog
+from trainer.engine.optim import peak_lr
+from trainer.errors import DataError
+
+
+class RunView(Protocol):
+    """What a job's hooks read of the running loop: the config, the data, the model, the step, the folder and
+    the log; never the loop's machinery (optimizer, scaler, wrapped objective). Job state lives on the job."""
+
+    cfg: Any
+    info: DatasetInfo
+    dist: DistInfo
+    state: TrainState
+    schedule: Schedule
+    model: nn.Module
+    run_dir: Path
+    log: RunLog | None
+
+
+class Job(Protocol):
+    """What one kind of run (pretrain, finetune, probe) adds to the shared loop in `trainer.train`."""
+
+    def check(self, info: DatasetInfo, cfg: Any) -> Any: ...  # the config, resolved against the dataset
+    def build_model(self, cfg: Any, info: DatasetInfo) -> nn.Module: ...
+    def param_groups(self, model: nn.Module, cfg: Any) -> list[dict] | None: ...
+    def objective(self, model: nn.Module) -> nn.Module: ...
+    def task_names(self, model: nn.Module) -> list[str]: ...
+    def stream(self, t: RunView, plan: Any, rotation: int) -> Any: ...
+    def describe(self, t: RunView) -> str: ...
+    def on_step(self, t: RunView) -> None: ...
+    def finish(self, t: RunView) -> Path | None: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """Where to read and write, and how: the parts of a run that are not the recipe."""
+
+    data: Location  # a dataset folder or store prefix
+    out: Location  # a run folder or store prefix
+    resume: bool = True
+    device: str = "auto"
+    allow_defects: bool = False  # train on a dataset that fails its document checks (warned, not refused)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Schedule:
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    peak_lr: float
+    global_batch: int
+    warmup_note: str = ""  # how the warmup was fitted to the run, when it was
+
+    @classmethod
+    def build(cls, cfg: PretrainConfig, total_samples: int, world: int) -> Schedule:
+        """Steps from epochs (or `train.steps`); warmup from `warmup_epochs`. A run cut to `train.steps` keeps the
+        recipe's warmup fraction (warmup_epochs / epochs), and no warmup is ever longer than the run."""
+        global_batch = cfg.data.batch_size * world * cfg.optim.accum_steps
+        per_epoch = total_samples // global_batch
+        if per_epoch < 1:
+            raise DataError(f"{total_samples} samples cannot fill one global batch of {global_batch}")
+        total = cfg.train.steps or cfg.train.epochs * per_epoch
+        warmup, note = round(cfg.optim.warmup_epochs * per_epoch), ""
+        if cfg.train.steps and cfg.train.epochs and total != cfg.train.epochs * per_epoch:
+            fraction = cfg.optim.warmup_epochs / cfg.train.epochs
+            warmup = round(fraction * total)
+            recipe = f"{cfg.optim.warmup_epochs:g} of {cfg.train.epochs} epochs"
+            note = f"scaled to {fraction:.1%} of the {total} steps, as in the recipe ({recipe})"
+        if warmup >= total:
+            warmup, note = (
+                max(0, total - 1),
+                f"cut to {max(0, total - 1)} steps: the recipe's warmup is longer than the run",
+            )
+        return cls(
+            steps_per_epoch=per_epoch,
+            total_steps=total,
+            warmup_steps=warmup,
+            peak_lr=peak_lr(cfg.optim, global_batch),
+            global_batch=global_batch,
+            warmup_note=note,
+        )
+
+
+@dataclass(kw_only=True)
+class TrainState:
+    step: int = 0
+    epoch: int = 0
+    micro: int = 0  # micro-batches done in this epoch
+    cursors: list[Cursor] = field(default_factory=list)
+    nonfinite_total: int = 0
+    nonfinite_streak: int = 0
+
+
+@dataclass(kw_only=True)
+class RunSummary:
+    run_dir: Path
+    steps: int
+    losses: list[float]
+    skipped_nonfinite: int
+    export: Path | None
+    seconds: float = 0.0
+    samples_per_s: float = 0.0
+    task_losses: dict[str, list[float]] = field(default_factory=dict)  # per task, the steps of this run
+    checkpoint: Path | None = None
+    verb: str = "pretrained"
+    export_label: str = "timm export"
+    published: str = ""  # the store prefix the run folder was published to (run_dir is then a local stage)
+
+    def text(self) -> str:
+        """The end of a run, for a person: steps, time, speed, losses per task, where things are."""
+        lines = [
+            f"{self.verb} {self.steps} steps in {self.seconds:.1f} s ({self.samples_per_s:.1f} samples/s); "
+            f"{self.skipped_nonfinite} skipped as non-finite"
+        ]
+        for name, values in self.task_losses.items():
+            if values:
+                mean = sum(values) / len(values)
+                lines.append(f"  loss {name}: last {values[-1]:.4f}, mean {mean:.4f} over {len(values)} steps")
+        if self.losses:
+            lines.append(f"  loss total: last {self.losses[-1]:.4f}, mean {sum(self.losses) / len(self.losses):.4f}")
+        lines.append(f"  run folder {self.run_dir}; checkpoint {self.checkpoint}; {self.export_label} {self.export}")
+        if self.published:
+            lines.append(f"  published to {self.published} (the run folder above is this machine's stage of it)")
+        return "\n".join(lines)
+
+
+def precision(cfg: PretrainConfig, dist: DistInfo) -> torch.dtype:
+    if cfg.train.precision == "auto":
+        return torch.bfloat16 if dist.device.type == "cuda" else torch.float32
+    return torch_dtype(cfg.train.precision)
+
+
+def fresh_cursors(cfg: PretrainConfig) -> list[Cursor]:
+    return [Cursor() for _ in range(max(1, cfg.data.workers))]

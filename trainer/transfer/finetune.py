@@ -1,0 +1,309 @@
+"""`mmforge finetune`, `mmforge probe`, `mmforge evaluate`: transfer of a pretrained MultiMAE, on the shared
+loop of `trainer.train` (DDP, step-exact resume, atomic checkpoints, non-finite handling, metrics, progress).
+
+Data are shards too: the inputs (`model.inputs`) and the task's target member (`.cls`, a class map, a depth
+map), with the pretraining loader's shared crop and flip for training and a centre square crop for
+evaluation. Targets are resampled with nearest-exact (class maps and depth alike: no label is blended with
+an invalid pixel); depth targets are the decoded values (the sample json's encoding) x `task.depth_scale`,
+0 = invalid. Evaluation runs over the whole split on rank 0 (`metrics.py`: summed over the split, not
+averaged over batches); `checkpoint-best.pt` keeps the best main metric (top-1, mIoU or delta1).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from pipeline.format import fs
+from pipeline.format.codecs import CODECS, decode_json, decode_member, dequantize_depth
+from pipeline.format.stores import Location
+from pipeline.format.wds import read_samples
+from trainer.data.augment import augment, center_square, resample, sample_crop
+from trainer.data.dataset import DatasetInfo, load_dataset
+from trainer.data.loader import EpochPlan, ShardStream, check_arrays
+from trainer.engine.checkpoint import atomic_save, load_checkpoint
+from trainer.engine.optim import layer_decay_groups
+from trainer.engine.run import RunOptions, RunSummary, RunView
+from trainer.errors import CheckpointError, DataError
+from trainer.model.modalities import MODALITIES
+from trainer.transfer.config import FinetuneConfig, load_finetune_config
+from trainer.transfer.init_weights import initialise
+from trainer.transfer.metrics import MAIN_METRIC, metrics_for
+from trainer.transfer.model import FinetuneObjective, MultiViT, make_mixup, predict
+
+log = logging.getLogger(__name__)
+BEST = "checkpoint-best.pt"
+
+
+def num_classes_of(info: DatasetInfo, cfg: FinetuneConfig) -> int:
+    """The task's classes: the config's, else the manifest's class map or class folders."""
+    t, manifest = cfg.task, info.manifest
+    if t.num_classes:
+        return t.num_classes
+    if manifest is None:
+        raise DataError(f"{info.root}: no manifest to take the number of classes from; set task.num_classes")
+    if t.name == "cls":
+        if not manifest.classes:
+            raise DataError(f"{info.root} has no class folders (.cls); a classification task needs them")
+        return len(manifest.classes)
+    if t.name == "semseg":
+        info_map = manifest.modalities.get(t.target)
+        if info_map is None or not info_map.num_classes:
+            raise DataError(f"{info.root} has no {t.target!r} class map to learn")
+        return info_map.num_classes
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def _target(sample: dict[str, Any], cfg: FinetuneConfig, crop: Any, size: int) -> Tensor:
+    t = cfg.task
+    if t.name == "cls":
+        return torch.tensor(decode_member(CODECS["cls"].suffix, sample[CODECS["cls"].suffix]), dtype=torch.long)
+    suffix = CODECS[MODALITIES[t.target].codec].suffix
+    raw = decode_member(suffix, sample[suffix])
+    if t.name == "semseg":
+        ids = torch.from_numpy(np.array(raw, dtype=np.uint8)).float().unsqueeze(0)
+        return resample(ids, crop, size, "nearest-exact")[0].long()
+    meta = decode_json(sample[CODECS["json"].suffix])
+    values = dequantize_depth(raw, meta[t.target]) * t.depth_scale if t.target in meta else raw.astype(np.float32)
+    depth = torch.from_numpy(np.asarray(values, dtype=np.float32)).unsqueeze(0)
+    return resample(depth, crop, size, "nearest-exact")[0].clamp_min(0)
+
+
+def decode_sample(sample: dict[str, Any], cfg: FinetuneConfig, num_classes: int, rng: Any) -> dict[str, Tensor]:
+    """Raw sample -> the inputs (shared crop and flip when `rng`, else the centre square) and the target."""
+    arrays = {}
+    for name in cfg.model.inputs:
+        suffix = CODECS[MODALITIES[name].codec].suffix
+        if suffix not in sample:
+            raise KeyError(f"member {suffix!r} missing")
+        arrays[name] = decode_member(suffix, sample[suffix])
+    h, w = check_arrays(arrays, cfg.model)
+    d = cfg.data
+    crop = sample_crop(h, w, rng, d.crop_scale, d.crop_ratio, d.hflip) if rng is not None else center_square(h, w)
+    out = augment(arrays, crop, cfg.model.image_size)
+    target = _target(sample, cfg, crop, cfg.model.image_size)
+    if cfg.task.name != "depth" and target.numel():
+        top = int(target[target != cfg.task.ignore_id].max()) if (target != cfg.task.ignore_id).any() else -1
+        if top >= num_classes:
+            raise ValueError(f"target class {top} >= the task's {num_classes} classes")
+    out[cfg.task.target] = target
+    return out
+
+
+class FinetuneStream(ShardStream):
+    """The pretraining stream (epoch quotas, cursors, shuffle) with the fine-tuning sample decoding."""
+
+    def __init__(self, *, cfg: FinetuneConfig, num_classes: int, **kw: Any) -> None:
+        super().__init__(model=cfg.model, data=cfg.data, **kw)
+        self.cfg, self.num_classes = cfg, num_classes
+
+    def decode(self, sample: dict[str, Any], rng: np.random.Generator) -> dict[str, Tensor]:
+        return decode_sample(sample, self.cfg, self.num_classes, rng)
+
+
+def eval_batches(info: DatasetInfo, cfg: FinetuneConfig, num_classes: int, batch: int) -> Iterator[dict[str, Tensor]]:
+    """Every sample of every shard once, in order, centre-cropped (the last batch may be smaller)."""
+    items: list[dict[str, Tensor]] = []
+    for shard in info.shards:
+        for _, sample in read_samples(shard.path):
+            items.append(decode_sample(sample, cfg, num_classes, None))
+            if len(items) == batch:
+                yield {k: torch.stack([it[k] for it in items]) for k in items[0]}
+                items = []
+    if items:
+        yield {k: torch.stack([it[k] for it in items]) for k in items[0]}
+
+
+def evaluate_model(model: MultiViT, info: DatasetInfo, batch: int, device: torch.device) -> dict[str, float]:
+    """The task's metrics over the whole split."""
+    cfg, t = model.cfg, model.cfg.task
+    metric = metrics_for(t.name, model.num_classes, t.ignore_id)
+    was_training = model.training
+    model.eval()
+    try:
+        for b in eval_batches(info, cfg, model.num_classes, batch):
+            b = {k: v.to(device) for k, v in b.items()}
+            metric.update(predict(model, b).cpu(), b[t.target].cpu())  # type: ignore[arg-type]
+    finally:
+        model.train(was_training)
+    return metric.result()
+
+
+# ------------------------------------------------------------------------------------------------ the job
+
+
+@dataclass
+class FinetuneJob:
+    init: Path | None = None
+    val: Location | None = None
+    num_classes: int = 0
+    val_info: DatasetInfo | None = None
+    verb: str = "fine-tuned"
+    export_label: str = "best checkpoint"
+    best: float | None = None  # the best value of the main validation metric so far
+
+    def check(self, info: DatasetInfo, cfg: FinetuneConfig) -> FinetuneConfig:
+        self.num_classes = num_classes_of(info, cfg)
+        members = set(info.manifest.members) if info.manifest else set()
+        needed = [CODECS[MODALITIES[n].codec].suffix for n in cfg.model.inputs]
+        needed.append(
+            CODECS["cls"].suffix if cfg.task.name == "cls" else CODECS[MODALITIES[cfg.task.target].codec].suffix
+        )
+        missing = [m for m in needed if members and m not in members]
+        if missing:
+            raise DataError(f"dataset {info.root} lacks the members {missing} this task needs")
+        if self.val is not None:
+            self.val_info = load_dataset(self.val)
+        return cfg
+
+    def build_model(self, cfg: FinetuneConfig, info: DatasetInfo) -> nn.Module:
+        model = MultiViT(cfg, self.num_classes)
+        report = initialise(model, self.init)
+        log.info("%s", report.text())
+        self.report = report.text()
+        return model
+
+    def param_groups(self, model: nn.Module, cfg: FinetuneConfig) -> list[dict] | None:
+        return layer_decay_groups(model, cfg.optim.weight_decay, cfg.task.layer_decay, cfg.model.depth)
+
+    def objective(self, model: nn.Module) -> nn.Module:
+        assert isinstance(model, MultiViT)
+        return FinetuneObjective(model, make_mixup(model.cfg, self.num_classes))
+
+    def task_names(self, model: nn.Module) -> list[str]:
+        assert isinstance(model, MultiViT)
+        return [model.cfg.task.name]
+
+    def stream(self, t: RunView, plan: EpochPlan, rotation: int) -> ShardStream:
+        return FinetuneStream(
+            cfg=t.cfg, num_classes=self.num_classes, info=t.info, plan=plan, cursors=t.state.cursors, rotation=rotation
+        )
+
+    def describe(self, t: RunView) -> str:
+        m, task = t.cfg.model, t.cfg.task
+        params = sum(p.numel() for p in t.model.parameters())
+        trainable = sum(p.numel() for p in t.model.parameters() if p.requires_grad)
+        kind = "linear probe" if task.probe else f"{task.name} head"
+        classes = f", {self.num_classes} classes" if self.num_classes else ""
+        return (
+            f"fine-tuning ViT {m.dim}-dim x {m.depth} blocks + {kind}{classes}: {params / 1e6:.2f} M parameters "
+            f"({trainable / 1e6:.2f} M trained); inputs {', '.join(m.inputs)} at {m.image_size} px; "
+            f"layer decay {task.layer_decay:g}; {self.report}"
+        )
+
+    def on_step(self, t: RunView) -> None:
+        every = t.cfg.task.eval_every
+        if self.val_info is not None and (
+            (every and t.state.step % every == 0) or t.state.step == t.schedule.total_steps
+        ):
+            self.validate(t)
+
+    def validate(self, t: RunView) -> None:
+        if not t.dist.is_main or self.val_info is None:
+            return
+        assert isinstance(t.model, MultiViT)
+        result = evaluate_model(t.model, self.val_info, t.cfg.data.batch_size, t.dist.device)
+        main = result[MAIN_METRIC[t.cfg.task.name]]
+        record = {"step": t.state.step, "val": result}
+        with (t.run_dir / "val.jsonl").open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if t.log is not None:
+            t.log.announce(f"step {t.state.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in result.items()))
+        if self.best is None or main > self.best:
+            self.best = main
+            atomic_save(_payload(t, result), t.run_dir / BEST)
+
+    def finish(self, t: RunView) -> Path | None:
+        return (t.run_dir / BEST) if (t.run_dir / BEST).exists() else None
+
+
+def _payload(t: RunView, metrics: dict[str, float]) -> dict[str, Any]:
+    from trainer.config import config_to_dict
+
+    return {
+        "format": 1,
+        "step": t.state.step,
+        "config": config_to_dict(t.cfg),
+        "model": t.model.state_dict(),
+        "metrics": metrics,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ commands
+
+
+def finetune(cfg: FinetuneConfig, options: RunOptions, init: Path | None, val: Location | None) -> RunSummary:
+    from trainer.engine.loop import run
+
+    return run(FinetuneJob(init=init, val=val), cfg, options)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalResult:
+    checkpoint: Path
+    data: Location
+    task: str
+    metrics: dict[str, float]
+
+
+def load_finetuned(path: Path, device: str = "cpu") -> MultiViT:
+    """A fine-tuning checkpoint of ours (`checkpoint-*.pt`, `checkpoint-best.pt`) with its config."""
+    from pipeline.format.schema import ConfigError, load
+
+    payload = load_checkpoint(Path(path))
+    raw = payload.get("config")
+    if not isinstance(raw, dict) or "task" not in raw:
+        raise CheckpointError(f"{path} is not a fine-tuning checkpoint (no task in its config)")
+    try:
+        cfg = load(FinetuneConfig, raw)
+    except ConfigError as err:
+        raise CheckpointError(f"{path}: its config does not load: {err}") from None
+    head = payload["model"].get(_class_key(cfg))
+    model = MultiViT(cfg, int(head.shape[0]) if head is not None else 0)
+    try:
+        model.load_state_dict(payload["model"], strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: {str(err)[:300]}") from None
+    return model.to(device).eval()
+
+
+def _class_key(cfg: FinetuneConfig) -> str:
+    t = cfg.task
+    if t.name == "semseg":
+        return "output_adapters.semseg.final_layer.bias"
+    return f"output_adapters.{t.name}.head.bias"
+
+
+def evaluate(
+    checkpoint: Path,
+    data: Location,
+    json_path: Path | None = None,
+    device: str = "cpu",
+    batch: int = 16,
+    source: str | None = None,
+) -> EvalResult:
+    """The task's metrics of `checkpoint` over `data`; `source`: where the checkpoint came from, for the JSON
+    record (a store URL, when `checkpoint` is its local copy)."""
+    model = load_finetuned(checkpoint, device)
+    info = load_dataset(data)
+    metrics = evaluate_model(model, info, batch, torch.device(device))
+    result = EvalResult(checkpoint=checkpoint, data=data, task=model.cfg.task.name, metrics=metrics)
+    if json_path is not None:
+        doc = {"checkpoint": source or str(checkpoint), "data": str(data), "task": result.task, "metrics": metrics}
+        fs.write_json_atomic(Path(json_path), doc)
+    return result
+
+
+def build_finetune_config(path: Path | None, **overrides: Any) -> FinetuneConfig:
+    return load_finetune_config(path, **overrides)
