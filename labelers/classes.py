@@ -16,7 +16,7 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
-BUNDLED = ("coco-panoptic-133", "ade20k-150", "nyu40")
+BUNDLED = ("coco-panoptic-133", "ade20k-150", "nyu40", "scenes-primitives")
 
 
 @dataclass(frozen=True)

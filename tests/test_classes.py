@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from labelers import available, resolve_spec
 from labelers.classes import BUNDLED, class_table, full_palette, generated_palette
 from pipeline.cli.app import app
-from trainer.engine.checkpoint import load_checkpoint
+from trainer.engine.checkpoint import read_checkpoint
 from trainer.train import RunOptions, build_config, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +22,8 @@ SMOKE = ROOT / "trainer" / "configs" / "smoke.toml"
 
 
 def test_bundled_tables_and_class_labelers_agree() -> None:
-    assert [len(class_table(n)) for n in BUNDLED] == [133, 150, 40]
+    assert [len(class_table(n)) for n in BUNDLED] == [133, 150, 40, 5]
+    assert class_table("scenes-primitives").names == ("floor", "box", "sphere", "cylinder", "capsule")
     assert class_table("ade20k-150").names[:3] == ("wall", "building", "sky")
     assert class_table("nyu40").names[-1] == "otherprop"
     for name in available():
@@ -65,9 +66,9 @@ def test_ade20k_segmenter_end_to_end_with_150_classes(tmp_path: Path) -> None:
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=0))  # from the manifest
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, progress=False, tensorboard=False))
     pretrain(cfg, RunOptions(data=out, out=tmp_path / "run", device="cpu"))
-    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint-last.pt")
-    assert ckpt["model"]["input_adapters.semseg.class_emb.weight"].shape[0] == 150
-    assert ckpt["config"]["model"]["num_classes"] == 150
+    ckpt = read_checkpoint(tmp_path / "run" / "checkpoint-last.pt")
+    assert ckpt.tensors["input_adapters.semseg.class_emb.weight"].shape[0] == 150
+    assert ckpt.model_config.num_classes == 150
 
     fixed = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=133))
     with pytest.raises(Exception, match="150 classes"):

@@ -112,6 +112,36 @@ def build_dataset_cmd(
         raise typer.Exit(1)
 
 
+@app.command("scenes")
+def scenes_cmd(
+    out: Annotated[Path, typer.Argument(parser=local_location, metavar="OUT", help="Folder for the scenes.")],
+    n: Annotated[int, typer.Option("--n", help="Scenes to render in this split.")],
+    seed: Annotated[int, typer.Option(help="Seed: the same seed, split and settings give the same bytes.")] = 0,
+    size: Annotated[int, typer.Option(help="Image side in pixels (32..1024).")] = 96,
+    split: Annotated[str, typer.Option(help="Split name (folder); different splits are different scenes.")] = "train",
+    classes: Annotated[str, typer.Option(help="Class set: which shapes are placed (primitives).")] = "primitives",
+    workers: Annotated[int, typer.Option(help="Processes; 0 = one per CPU (the bytes do not depend on it).")] = 0,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Render procedural 3-D scenes with exact labels (depth in metres, classes by shape, normals) into the
+    task-folder layout the `files` labeler reads; then build shards with --recipe manifests/scenes.toml."""
+    from pipeline.synth.scenes import SceneConfig, ScenesError, render_scenes
+
+    try:
+        chosen = {"workers": workers} if workers else {}
+        cfg = SceneConfig(n=n, seed=seed, size=size, split=split, classes=classes, **chosen)
+        done = render_scenes(out, cfg, quiet=quiet)
+    except ScenesError as err:
+        raise fail(str(err)) from None
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: rerun the same command to finish {out / split} (finished scenes are kept)", err=True)
+        raise typer.Exit(130) from None
+    typer.echo(
+        f"{done.rendered} scenes rendered, {done.kept} kept, in {done.out / done.split} "
+        f"({done.scenes_per_second:.0f} scenes/s)"
+    )
+
+
 @app.command("verify")
 def verify_cmd(
     out: Annotated[
