@@ -2,8 +2,8 @@
 
 Wings, read in this order (arrows run one way: model <- data <- engine <- pretrain, transfer):
 - `config` (the typed pretraining config, TOML) and `errors` (the trainer's user errors), shared by all.
-- `model`: the modality registry (`modalities`), transformer `layers`, input/output `adapters`, `masking`,
-  `losses`, and MultiMAE itself (`multimae`).
+- `model`: the modality registry (`modalities`), transformer `layers`, input/output `adapters`, the shared
+  `encoder`, `masking`, `losses`, and MultiMAE itself (`multimae`).
 - `data`: the dataset folder checked before training (`dataset`), the shared augmentation (`augment`,
   `batch_resize` on the device) and the streaming WebDataset `loader`.
 - `engine`: the one training loop (`loop`) and what a run is made of: `run` (job protocol, options,

@@ -1,9 +1,11 @@
 """MultiMAE: multi-modal multi-task masked autoencoder (Bachmann et al., ECCV 2022), pretraining model.
 
-Reads top to bottom: tokenize inputs -> draw or accept masks -> forward_encoder on the visible tokens plus
-the global token -> forward_decoder, one cross-attention decoder per output -> forward_loss on masked patches.
-The state dict matches the official release (`global_tokens`, `input_adapters.*`, `output_adapters.*`,
-`encoder.N.*`); modalities come from `trainer.model.modalities`, never named here.
+Reads top to bottom: tokenize inputs (`MultiModalEncoder.tokenize`) -> draw or accept masks -> forward_encoder
+on the visible tokens plus the global token -> forward_decoder, one cross-attention decoder per output ->
+forward_loss on masked patches. The encoder (global tokens, input adapters, blocks) is the one fine-tuning
+uses (`trainer.model.encoder`); this file adds the decoders. The state dict matches the official release
+(`global_tokens`, `input_adapters.*`, `output_adapters.*`, `encoder.N.*`); modalities come from
+`trainer.model.modalities`, never named here.
 """
 
 from __future__ import annotations
@@ -15,40 +17,40 @@ from torch import Tensor, nn
 
 from trainer.config import ModelConfig
 from trainer.model.adapters import SpatialOutputAdapter, gather_tokens
-from trainer.model.layers import Block, init_weights
+from trainer.model.encoder import MultiModalEncoder
 from trainer.model.masking import draw_masks, keep_and_restore
 from trainer.model.modalities import MODALITIES, TASKS
 
 
-class MultiMAE(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.global_tokens = nn.Parameter(torch.zeros(1, cfg.num_global_tokens, cfg.dim))
-        self.input_adapters = nn.ModuleDict({n: MODALITIES[n].build_input(MODALITIES[n], cfg) for n in cfg.inputs})
-        self.output_adapters = nn.ModuleDict({n: self._output_adapter(n) for n in cfg.outputs})
-        self.encoder = nn.Sequential(*[Block(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth)])
-        for name, module in self.named_modules():
-            init_weights(module, name)
-        for name, p in self.named_parameters():
-            if name == "global_tokens" or name.endswith("mask_token") or ".task_embeddings." in name:
-                nn.init.trunc_normal_(p, std=0.02)
+def output_adapter(cfg: ModelConfig, task_name: str) -> SpatialOutputAdapter:
+    """The cross-attention decoder of one task, predicting its source modality's pixels or classes."""
+    task = TASKS[task_name]
+    source = MODALITIES[task.source]
+    return SpatialOutputAdapter(
+        channels=source.out_channels(cfg),
+        patch=cfg.patch_size // source.stride,
+        grid=cfg.image_size // cfg.patch_size,
+        dim_enc=cfg.dim,
+        dim=cfg.decoder_dim,
+        depth=cfg.decoder_depth,
+        heads=cfg.decoder_heads,
+        context=cfg.inputs,
+        query_from=task.source,
+        mlp_ratio=cfg.mlp_ratio,
+    )
 
-    def _output_adapter(self, task_name: str) -> SpatialOutputAdapter:
-        cfg, task = self.cfg, TASKS[task_name]
-        source = MODALITIES[task.source]
-        return SpatialOutputAdapter(
-            channels=source.out_channels(cfg),
-            patch=cfg.patch_size // source.stride,
-            grid=cfg.image_size // cfg.patch_size,
-            dim_enc=cfg.dim,
-            dim=cfg.decoder_dim,
-            depth=cfg.decoder_depth,
-            heads=cfg.decoder_heads,
-            context=cfg.inputs,
-            query_from=task.source,
-            mlp_ratio=cfg.mlp_ratio,
+
+class MultiMAE(MultiModalEncoder):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(
+            cfg,
+            lambda: nn.ModuleDict({n: output_adapter(cfg, n) for n in cfg.outputs}),  # the decoders
+            init_outputs=True,  # the decoders' linears and norms initialised as the encoder's (as released)
         )
+        self.cfg = cfg
+        for name, p in self.output_adapters.named_parameters():
+            if name.endswith("mask_token") or ".task_embeddings." in name:
+                nn.init.trunc_normal_(p, std=0.02)
 
     def forward(
         self,
@@ -60,23 +62,22 @@ class MultiMAE(nn.Module):
 
         masks: optional modality -> (B, N) with 1 = masked; drawn from Dirichlet budgets when absent.
         """
-        tokens = {n: self.input_adapters[n](x) for n, x in inputs.items() if n in self.input_adapters}
-        layout = [(n, t.shape[1]) for n, t in tokens.items()]  # token order of the encoder input
+        tokens, spans = self.tokenize(inputs)  # (B, N_all, D), modality -> its tokens' slice
+        layout = [(n, s.stop - s.start) for n, s in spans.items()]  # token order of the encoder input
         visible = None
         if masks is None:
-            b, device = next(iter(tokens.values())).shape[0], self.global_tokens.device
+            b, device = tokens.shape[0], self.global_tokens.device
             visible = num_visible or self.cfg.num_visible
             masks = draw_masks(dict(layout), b, visible, self.cfg.dirichlet_alpha, device)
         ids_keep, ids_restore = keep_and_restore(masks, [n for n, _ in layout], visible)  # (B, V), (B, N_all)
-        encoded = self.forward_encoder(torch.cat(list(tokens.values()), dim=1), ids_keep)
+        encoded = self.forward_encoder(tokens, ids_keep)
         preds = self.forward_decoder(encoded, layout, ids_keep, ids_restore, self._grid(inputs))
         return preds, dict(masks)
 
     def forward_encoder(self, tokens: Tensor, ids_keep: Tensor) -> Tensor:
         """tokens (B, N_all, D), ids_keep (B, V) -> encoded (B, V + G, D); no final norm (as released)."""
-        visible = gather_tokens(tokens, ids_keep)  # (B, V, D)
-        global_tokens = self.global_tokens.expand(visible.shape[0], -1, -1)  # (B, G, D)
-        return self.encoder(torch.cat([visible, global_tokens], dim=1))
+        encoded, _ = self.encode(gather_tokens(tokens, ids_keep))  # (B, V, D) visible -> (B, V + G, D)
+        return encoded
 
     def forward_decoder(
         self,

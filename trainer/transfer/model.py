@@ -1,10 +1,12 @@
-"""The fine-tuning model: MultiMAE's encoder without masking, with one task head (as the official MultiViT).
+"""The fine-tuning model: the pretraining encoder (`trainer.model.encoder.MultiModalEncoder`, the class MultiMAE
+builds on) without masking, plus one task head (as the official MultiViT).
 
-Reads top to bottom: every token of every chosen input (plus the global token, last) -> the encoder blocks
-(with stochastic depth) -> the head: `cls` (mean of all tokens, LayerNorm, Linear), `semseg` (ConvNeXt
-head on the main input's tokens), `depth` (DPT head on the main input's tokens after the hooked blocks),
-or the linear probe (BatchNorm without affine + Linear on the mean token, the encoder frozen). The state
-dict has the official names: `global_tokens`, `input_adapters.*`, `encoder.N.*`, `output_adapters.<task>.*`.
+Reads top to bottom: `build_head` -> `MultiViT`: every token of every chosen input (plus the global token, last)
+-> the encoder blocks (with stochastic depth) -> the head: `cls` (mean of all tokens, LayerNorm, Linear),
+`semseg` (ConvNeXt head on the main input's tokens), `depth` (DPT head on the main input's tokens after the
+hooked blocks), or the linear probe (BatchNorm without affine + Linear on the mean token, the encoder frozen).
+The state dict has the official names: `global_tokens`, `input_adapters.*`, `output_adapters.<task>.*`,
+`encoder.N.*`.
 
 `FinetuneObjective` wraps it for the shared loop: batch -> (loss, {task: loss}), the loss as the paper's
 recipes (soft-target cross-entropy under mixup / cutmix, else label smoothing; cross-entropy with the ignore
@@ -20,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainer.model.layers import Block, init_weights
+from trainer.model.encoder import MultiModalEncoder
 from trainer.model.modalities import MODALITIES
 from trainer.transfer.config import FinetuneConfig
 from trainer.transfer.heads import ConvNeXtHead, DPTHead, LinearHead, berhu
@@ -40,35 +42,32 @@ class ProbeHead(nn.Module):
         return self.head(self.bn(tokens.mean(dim=1)))
 
 
-class MultiViT(nn.Module):
+def build_head(cfg: FinetuneConfig, classes: int) -> nn.Module:
+    """The task's head: the linear probe, `cls` (LinearHead), `semseg` (ConvNeXtHead) or `depth` (DPTHead)."""
+    m, t = cfg.model, cfg.task
+    if t.probe:
+        return ProbeHead(m.dim, classes)
+    if t.name == "cls":
+        return LinearHead(m.dim, classes)
+    if t.name == "semseg":
+        return ConvNeXtHead(
+            m.dim, classes, embed_dim=t.head_embed_dim, preds_per_patch=t.preds_per_patch, depth=t.head_depth
+        )
+    return DPTHead(m.dim, hooks=t.hooks, layer_dims=t.layer_dims, features=t.features)
+
+
+class MultiViT(MultiModalEncoder):
     def __init__(self, cfg: FinetuneConfig, num_classes: int) -> None:
-        super().__init__()
-        m, task = cfg.model, cfg.task
+        task = cfg.task
+        super().__init__(
+            cfg.model,
+            lambda: nn.ModuleDict({task.name: build_head(cfg, num_classes)}),
+            drop_path=0.0 if task.probe else task.drop_path,
+        )
         self.cfg, self.num_classes = cfg, num_classes
-        self.global_tokens = nn.Parameter(torch.zeros(1, m.num_global_tokens, m.dim))
-        self.input_adapters = nn.ModuleDict({n: MODALITIES[n].build_input(MODALITIES[n], m) for n in m.inputs})
-        self.output_adapters = nn.ModuleDict({task.name: self._head(num_classes)})
-        rates = [0.0 if task.probe else task.drop_path * i / max(1, m.depth - 1) for i in range(m.depth)]
-        self.encoder = nn.Sequential(*[Block(m.dim, m.heads, m.mlp_ratio, drop_path=r) for r in rates])
-        for name, module in self.named_modules():
-            if not name.startswith("output_adapters"):
-                init_weights(module, name)
-        nn.init.trunc_normal_(self.global_tokens, std=0.02)
         if task.probe:
             for name, p in self.named_parameters():
                 p.requires_grad_(name.startswith("output_adapters."))
-
-    def _head(self, classes: int) -> nn.Module:
-        m, t = self.cfg.model, self.cfg.task
-        if t.probe:
-            return ProbeHead(m.dim, classes)
-        if t.name == "cls":
-            return LinearHead(m.dim, classes)
-        if t.name == "semseg":
-            return ConvNeXtHead(
-                m.dim, classes, embed_dim=t.head_embed_dim, preds_per_patch=t.preds_per_patch, depth=t.head_depth
-            )
-        return DPTHead(m.dim, hooks=t.hooks, layer_dims=t.layer_dims, features=t.features)
 
     @property
     def head(self) -> nn.Module:
@@ -84,21 +83,11 @@ class MultiViT(nn.Module):
 
     def forward_encoder(self, inputs: Mapping[str, Tensor]) -> tuple[Tensor, list[Tensor], dict[str, slice]]:
         """inputs -> (tokens after the last block (B, N + G, D), outputs of the hooked blocks, token spans)."""
-        tokens, spans, start = [], {}, 0
-        for name in self.cfg.model.inputs:
-            t = self.input_adapters[name](inputs[name])
-            spans[name] = slice(start, start + t.shape[1])
-            tokens.append(t)
-            start += t.shape[1]
-        x = torch.cat([*tokens, self.global_tokens.expand(tokens[0].shape[0], -1, -1)], dim=1)
         hooks = self.cfg.task.hooks if self.cfg.task.name == "depth" else ()
-        outputs: dict[int, Tensor] = {}
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.task.probe):
-            for i, block in enumerate(self.encoder):
-                x = block(x)
-                if i in hooks:
-                    outputs[i] = x
-        return x, [outputs[h] for h in hooks], spans
+            tokens, spans = self.tokenize({n: inputs[n] for n in self.cfg.model.inputs})  # every token, no mask
+            x, hooked = self.encode(tokens, hooks)
+        return x, hooked, spans
 
     def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
         """inputs: modality -> (B, C, H, W) or (B, h, w) ids. Returns logits (B, K), (B, K, H, W) or (B, 1, H, W)."""
