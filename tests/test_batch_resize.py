@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from labelers.standards import IMAGENET_STD
+from labelers.standards import IGNORE_ID, IMAGENET_STD
 from pipeline.format.codecs import quantize_normal
 from pipeline.synth.rectangles import write_dataset
 from trainer.config import DataConfig, ModelConfig
@@ -46,8 +46,10 @@ def test_weights_are_interpolates_own(mode: str, size: int) -> None:
 
 def _arrays(rng: np.random.Generator, h: int, w: int) -> dict[str, np.ndarray]:
     """Hard cases for every built-in modality: noise rgb (every rounding matters), depth over the full
-    uint16 range, class ids in small blocks (a shifted pixel shows), random unit normals."""
+    uint16 range, class ids in small blocks (a shifted pixel shows; some blocks unlabelled, 255), random unit
+    normals."""
     ids = rng.integers(0, 133, (h // 3 + 1, w // 3 + 1)).astype(np.uint8).repeat(3, 0).repeat(3, 1)[:h, :w]
+    ids[ids % 10 == 0] = IGNORE_ID
     vectors = rng.normal(size=(h, w, 3))
     return {
         "rgb": rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
@@ -64,6 +66,7 @@ def _compare(reference: dict[str, torch.Tensor], batched: dict[str, torch.Tensor
         assert got.shape == want.shape and got.dtype == want.dtype, name
         if name == "semseg":
             assert torch.equal(got, want), f"class map of sample {k} differs"
+            assert set(got.unique().tolist()) <= set(range(133)) | {IGNORE_ID}  # 255 is kept, never blended
         elif name == "rgb":
             assert (got - want).abs().max() <= RGB_LEVEL + 1e-5, f"rgb of sample {k}"
         else:

@@ -5,11 +5,14 @@ import pytest
 
 from pipeline.format.codecs import (
     CODECS,
+    IGNORE_ID,
     KINDS,
     EncodeOptions,
+    class_ids_problem,
     decode_depth,
     decode_member,
     dequantize_depth,
+    invalid_class_ids,
     quantize_depth,
     split_member,
 )
@@ -92,3 +95,20 @@ def test_split_member():
     assert split_member("00000100003.depth.png") == ("00000100003", "depth.png")
     with pytest.raises(ValueError):
         split_member("nodot")
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64])
+def test_a_class_map_holds_classes_and_the_ignore_id_only(dtype):
+    """The one rule (builder, verify --deep, loader): ids < num_classes or 255; anything else, counted."""
+    ids = np.array([[0, 132, IGNORE_ID], [IGNORE_ID, 5, 6]], dtype)
+    assert invalid_class_ids(ids, 133) == {} and class_ids_problem(ids, 133) is None
+    ids[0, :2] = 133, 254
+    ids[1, 1] = 254
+    assert invalid_class_ids(ids, 133) == {133: 1, 254: 2}
+    assert class_ids_problem(ids, 133) == "class ids [133, 254] >= num_classes 133 (and not 255) in 3 px"
+    assert invalid_class_ids(ids, 133, ignore_id=254) == {133: 1, 255: 2}
+    assert invalid_class_ids(np.zeros((0, 4), dtype), 1) == {}
+
+
+def test_a_labelers_ids_outside_uint8_are_invalid_not_wrapped():
+    assert invalid_class_ids(np.array([[-1, 0], [300, 0]]), 133) == {-1: 1, 300: 1}  # as uint8: 255 and 44

@@ -15,7 +15,7 @@ import torch
 from labelers import available, resolve_spec
 from labelers.spec import OUTPUT_MEMBER_KIND
 from pipeline.build.recipe import member_problem
-from pipeline.format.codecs import BY_SUFFIX, CODECS, Codec
+from pipeline.format.codecs import BY_SUFFIX, CODECS, IGNORE_ID, Codec
 from trainer.config import smoke_config
 from trainer.data.augment import Crop, augment
 from trainer.model.modalities import MODALITIES, TASKS
@@ -57,9 +57,11 @@ def test_codec_names_and_suffixes_are_one_to_one() -> None:
 
 
 def labeler_map(codec: Codec, rng: np.random.Generator) -> np.ndarray:
-    """What a labeler of this member's kind returns, at H x W."""
+    """What a labeler of this member's kind returns, at H x W (class maps with unlabelled pixels too)."""
     if codec.kind == "class_map":
-        return rng.integers(0, TINY.num_classes, (H, W)).astype(np.uint8)
+        ids = rng.integers(0, TINY.num_classes, (H, W)).astype(np.uint8)
+        ids[:, :12] = IGNORE_ID  # a void band, as NYUv2's and ADE20K's: every input adapter and loss meets it
+        return ids
     if codec.kind == "vector_map":
         n = rng.normal(size=(H, W, 3))
         return (n / np.linalg.norm(n, axis=-1, keepdims=True)).astype(np.float32)

@@ -11,12 +11,15 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.format.codecs import IGNORE_ID, encode_semseg
 from pipeline.format.contract import sample_key
 from pipeline.synth.rectangles import write_dataset
+from pipeline.verify.sample import MapSpec, check_sample
 from trainer.config import DataConfig, smoke_config
+from trainer.data import batch_resize
 from trainer.data.augment import Crop, augment, sample_crop
 from trainer.data.dataset import load_dataset
-from trainer.data.loader import Cursor, EpochPlan, ShardStream, make_loader
+from trainer.data.loader import Cursor, EpochPlan, ShardStream, check_arrays, make_loader
 from trainer.errors import DataError
 from trainer.model.modalities import IMAGENET_MEAN, IMAGENET_STD
 
@@ -35,11 +38,14 @@ def stream(
     rotation: int = 0,
     data: DataConfig = DATA,
     allow_defects: bool = False,
+    on_device: bool = False,
 ) -> ShardStream:
     plan = EpochPlan(seed=0, epoch=0, rank=rank, world=world, workers=workers, micro_batches=micro)
     cursors = cursors or [Cursor() for _ in range(workers)]
     info = load_dataset(root, allow_defects=allow_defects)
-    return ShardStream(info=info, data=data, model=MODEL, plan=plan, cursors=cursors, rotation=rotation)
+    return ShardStream(
+        info=info, data=data, model=MODEL, plan=plan, cursors=cursors, rotation=rotation, on_device=on_device
+    )
 
 
 @pytest.fixture(scope="module")
@@ -171,14 +177,56 @@ def test_corrupt_samples_are_counted_and_skipped(tmp_path: Path) -> None:
         list(stream(root, micro=2, data=strict, allow_defects=True).batches(0))
 
 
-def test_class_ids_beyond_the_model_are_rejected(tmp_path: Path) -> None:
-    s = stream(write_dataset(tmp_path / "d", [2]), micro=1)
+def test_class_ids_beyond_the_model_are_rejected_but_the_ignore_id_is_read() -> None:
     arrays = synthetic_pair()
-    arrays["semseg"][0, 0] = 255
-    from trainer.data.loader import check_arrays
+    arrays["semseg"][0, :3] = IGNORE_ID
+    assert check_arrays(arrays, MODEL) == (90, 120)
+    arrays["semseg"][1, :2] = 200
+    with pytest.raises(ValueError, match=r"class ids \[200\] >= num_classes 133 \(and not 255\) in 2 px"):
+        check_arrays(arrays, MODEL)
 
-    with pytest.raises(ValueError, match="class id 255"):
-        check_arrays(arrays, s.model)
+
+@pytest.mark.parametrize(
+    "ids",
+    [(0, 132), (255,), (0, 132, 255), (133,), (0, 200), (254, 255), (132, 133, 255)],
+)
+def test_verify_and_the_loader_accept_the_same_class_maps(ids: tuple[int, ...]) -> None:
+    """One rule (`codecs.class_ids_problem`): ids < num_classes and 255 pass both; 133..254 fail both."""
+    arrays = synthetic_pair()
+    arrays["semseg"][: len(ids), :4] = np.asarray(ids, np.uint8)[:, None]
+    spec = MapSpec(modality="semseg", member="semseg.png", num_classes=MODEL.num_classes)
+    members = {"semseg.png": encode_semseg(arrays["semseg"])}
+    verified = not check_sample("00000000000", members, "train-000000", (spec,), None)
+    try:
+        check_arrays(arrays, MODEL)
+        loaded = True
+    except ValueError:
+        loaded = False
+    assert verified == loaded == all(i < 133 or i == IGNORE_ID for i in ids)
+
+
+def test_ignored_pixels_are_read_not_skipped_in_both_loader_modes(tmp_path: Path) -> None:
+    """A dataset with unlabelled (255) borders streams without a corrupt sample; the targets keep 255."""
+    root = write_dataset(tmp_path / "d", [5, 4], ignore_border=24)
+    data = DataConfig(batch_size=3, workers=0, shuffle_buffer=4, max_corrupt=0)
+    worker = list(stream(root, micro=3, data=data).batches(0))
+    assert worker[-1]["__cursor__"]["corrupt"] == 0
+    ids = torch.cat([b["semseg"] for b in worker])
+    assert (ids == IGNORE_ID).any() and int(ids[ids != IGNORE_ID].max()) < 133
+    packed = stream(root, micro=3, data=data, on_device=True).batches(0)
+    device = [batch_resize.to_device(b, torch.device("cpu"), MODEL.image_size) for b in packed]
+    assert all(torch.equal(a["semseg"], b["semseg"]) for a, b in zip(worker, device, strict=True))
+
+
+def test_ignored_pixels_survive_the_crop_and_the_stride_exactly() -> None:
+    """Nearest-exact resampling keeps 255 a pixel value like any id (224 -> 56: the pixel at each cell centre)."""
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 133, (56, 56)).astype(np.uint8).repeat(4, 0).repeat(4, 1)  # 224 x 224, 4 x 4 cells
+    ids[rng.random((224, 224)) < 0.3] = IGNORE_ID  # single ignored pixels too, not only whole cells
+    out = augment({"semseg": ids}, Crop(top=0, left=0, height=224, width=224, flip=False), 224)["semseg"]
+    assert torch.equal(out, torch.from_numpy(ids[2::4, 2::4]).long())
+    flipped = augment({"semseg": ids}, Crop(top=0, left=0, height=224, width=224, flip=True), 224)["semseg"]
+    assert torch.equal(flipped, torch.from_numpy(ids[2::4, ::-1][:, 2::4].copy()).long())  # flipped at 224
 
 
 def test_manifest_must_provide_the_model_modalities(tmp_path: Path) -> None:
@@ -194,6 +242,22 @@ def test_manifest_must_provide_the_model_modalities(tmp_path: Path) -> None:
     manifest["members"].remove("depth.png")
     (root / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(DataError, match="no 'depth' member"):
+        check_manifest(load_dataset(root), MODEL)
+
+
+def test_manifest_with_another_ignore_id_is_refused(tmp_path: Path) -> None:
+    """verify would accept that id's pixels; the loader and losses know 255 only: refused before training."""
+    from trainer.data.dataset import check_manifest
+
+    root = write_dataset(tmp_path / "d", [2])
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["modalities"]["semseg"]["ignore_id"] == IGNORE_ID
+    check_manifest(load_dataset(root), MODEL)
+    manifest["modalities"]["semseg"]["ignore_id"] = 0
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(
+        DataError, match="marks unlabelled pixels with 0; the trainer reads the contract's ignore id 255"
+    ):
         check_manifest(load_dataset(root), MODEL)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from labelers.standards import IGNORE_ID
 from trainer.config import ModelConfig, smoke_config
 from trainer.model import losses
 from trainer.model.multimae import MultiMAE
@@ -172,3 +173,51 @@ def test_sample_without_masked_patches_gets_no_nan_gradient() -> None:
     expected = pixel_loss[1][losses.pixel_mask(mask, (8, 8), (2, 2))[1].bool()].mean()
     assert torch.allclose(loss, expected)
     assert torch.isfinite(pixel_loss.grad).all() and pixel_loss.grad[0].eq(0).all()
+
+
+def test_cross_entropy_leaves_ignored_pixels_out() -> None:
+    """By hand: per sample, the mean over pixels both masked and labelled; then the mean over samples that
+    have any. A sample whose masked pixels are all ignored is left out, without a NaN in the gradient."""
+    g = torch.Generator().manual_seed(3)
+    pred = torch.randn(3, 5, 4, 4, generator=g, requires_grad=True)
+    target = torch.randint(0, 5, (3, 4, 4), generator=g)
+    mask = torch.tensor([[1, 0, 0, 1], [1, 1, 0, 0], [0, 0, 0, 1]])  # 2 x 2 grid of 2 x 2 patches
+    target[0, :2, :2] = IGNORE_ID  # sample 0: its first masked patch ignored, its second labelled
+    target[0, 3, 3] = IGNORE_ID
+    target[2, 2:, 2:] = IGNORE_ID  # sample 2: its only masked patch ignored
+    loss = losses.masked_cross_entropy(pred, target, mask, (2, 2))
+    picked = losses.pixel_mask(mask, (4, 4), (2, 2)).bool() & (target != IGNORE_ID)
+    per_sample = [
+        torch.stack([-pred[b, :, i, j].log_softmax(0)[target[b, i, j]] for i, j in picked[b].nonzero().tolist()])
+        for b in (0, 1)
+    ]
+    assert [len(p) for p in per_sample] == [3, 8]
+    assert torch.allclose(loss, (per_sample[0].mean() + per_sample[1].mean()) / 2)
+    loss.backward()
+    assert torch.isfinite(pred.grad).all() and pred.grad[2].eq(0).all()
+    everything_ignored = torch.full_like(target, IGNORE_ID)
+    pred.grad = None
+    zero = losses.masked_cross_entropy(pred, everything_ignored, mask, (2, 2))
+    zero.backward()
+    assert zero.item() == 0.0 and pred.grad.eq(0).all()
+
+
+def test_ignored_input_pixels_embed_as_zeros() -> None:
+    """The class-map adapter keeps the official Embedding(classes, dim) and maps the ignore id to the zero
+    vector (no index error): a map with 255 gives the tokens of zero embeddings at those pixels."""
+    torch.manual_seed(0)
+    adapter = MultiMAE(TINY).input_adapters["semseg"]
+    assert adapter.class_emb.weight.shape == (TINY.num_classes, TINY.class_emb_dim)
+    ids = tiny_inputs()["semseg"]
+    ids[0, :4, :4] = IGNORE_ID  # one whole patch
+    ids[1, 5, 7] = IGNORE_ID  # one pixel
+    ignored = ids == IGNORE_ID
+    embedded = adapter.class_emb(ids.masked_fill(ignored, 0)).masked_fill(ignored.unsqueeze(-1), 0.0)
+    assert embedded[ignored].eq(0).all()
+    expected = adapter.proj(embedded.permute(0, 3, 1, 2)) + adapter.pos_emb  # (B, D, 4, 4) at the native grid
+    assert torch.allclose(adapter(ids), expected.flatten(2).transpose(1, 2), atol=1e-6)
+    bias_only = adapter.proj.bias.view(1, -1) + adapter.pos_emb.flatten(2).transpose(1, 2)[0, :1]
+    assert torch.allclose(adapter(ids)[0, :1], bias_only, atol=1e-6)  # the all-ignored patch: no class at all
+    other = ids.clone()
+    other[ignored] = 0
+    assert not torch.allclose(adapter(other), adapter(ids))  # 255 is not read as class 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from pipeline.synth.rectangles import write_dataset
+from pipeline.verify.verifier import VerifyConfig, verify_dataset
 from trainer.config import PretrainConfig
 from trainer.engine import checkpoint
 from trainer.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
@@ -97,6 +99,21 @@ def test_device_augmentation_trains_as_the_worker_path(dataset: Path, tmp_path: 
     worker = run(smoke(steps=3, augment_on="worker"), dataset, tmp_path / "worker")
     device = run(smoke(steps=3, augment_on="device"), dataset, tmp_path / "device")
     assert device.losses == pytest.approx(worker.losses, rel=1e-3)
+
+
+@pytest.mark.parametrize("augment_on", ["worker", "device"])
+def test_a_dataset_with_unlabelled_pixels_pretrains_without_skipping_samples(tmp_path: Path, augment_on: str) -> None:
+    """Class maps with the ignore id (255, a 24 px void border, as NYUv2's) verify, stream without a corrupt
+    sample (max_corrupt 0), and train with finite losses; the figure of the last step draws them."""
+    root = write_dataset(tmp_path / "d", [4, 4], ignore_border=24)
+    assert verify_dataset(VerifyConfig(out=root, deep=True, workers=1, quiet=True)).ok
+    cfg = smoke(steps=4, checkpoint_every=100, augment_on=augment_on)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, max_corrupt=0))
+    summary = run(cfg, root, tmp_path / "run")
+    records = metrics(tmp_path / "run")
+    assert summary.steps == 4 and [r["corrupt_samples"] for r in records] == [0, 0, 0, 0]
+    assert all(math.isfinite(v) for r in records for v in (r["loss"], *r["losses"].values()))
+    assert (tmp_path / "run" / "figures" / "step-0000004.png").is_file()
 
 
 def test_checkpoints_are_plain_atomic_and_pruned(dataset: Path, tmp_path: Path) -> None:

@@ -22,14 +22,14 @@ import numpy as np
 
 from labelers import LabelerSpec
 from labelers.classes import palette_for
+from pipeline.format import contract, stores
+from pipeline.format.codecs import CODECS, EncodeOptions, class_ids_problem, encode_cls, encode_json
+from pipeline.build.recipe import EncodingConfig, ImageConfig
+from pipeline.format.contract import DatasetPaths, Failure, ShardStats, sample_key
 from pipeline.build.images import DecodedImage, decode_image, read_source
 from pipeline.build.label_files import is_files, read_label
 from pipeline.build.plan import Entry, ShardSpec
-from pipeline.build.recipe import EncodingConfig, ImageConfig
 from pipeline.build.sink import ShardSink
-from pipeline.format import contract, stores
-from pipeline.format.codecs import CODECS, IGNORE_ID, EncodeOptions, encode_cls, encode_json
-from pipeline.format.contract import DatasetPaths, Failure, ShardStats, sample_key
 
 _STORE_READERS = 16
 Labels = dict[str, list[np.ndarray]]  # modality -> one map per image
@@ -137,12 +137,10 @@ def _read(
 def _label_map(spec: LabelerSpec, label: np.ndarray, ctx: ShardContext) -> tuple[bytes, dict[str, Any] | None]:
     codec, options = CODECS[spec.modality], EncodeOptions(png_level=ctx.encoding.png_level)
     if codec.kind == "class_map":
-        n, top = spec.num_classes or 0, int(label.max()) if label.size else -1
-        if top >= n and top == IGNORE_ID:  # the ignore id is allowed: look at the other ids
-            ids = label[label != IGNORE_ID]
-            top = int(ids.max()) if ids.size else -1
-        if top >= n:
-            raise ValueError(f"{spec.name} produced class id {top} >= {n} (and not the ignore id)")
+        n = spec.num_classes or 0
+        problem = class_ids_problem(label, n)
+        if problem:
+            raise ValueError(f"{spec.name} produced {problem}")
         options = EncodeOptions(png_level=ctx.encoding.png_level, palette=palette_for(spec.classes, n))
     stored, encoding = codec.store(label, spec.output)
     return codec.encode(stored, options), encoding

@@ -14,6 +14,9 @@ group `multimae_forge.codecs` whose import calls `register_codec(name, Codec(...
 | `normal.png`  | uint8 H x W x 3, n = v / 255 * 2 - 1     | 8-bit RGB PNG (Omnidata convention)    |
 | `json`        | dict                                    | UTF-8 JSON, sorted keys                |
 | `cls`         | int                                     | ASCII decimal                          |
+
+A class map is valid when every id is a class or the ignore id (`invalid_class_ids`, the one rule for the
+builder, `verify --deep` and the trainer's loader).
 """
 
 from __future__ import annotations
@@ -182,6 +185,31 @@ def decode_semseg(data: bytes) -> np.ndarray:
         if im.mode not in ("L", "P"):
             raise ValueError(f"semseg PNG must be 8-bit single channel or palette, got mode {im.mode}")
         return np.asarray(im).astype(np.uint8, copy=False)
+
+
+def invalid_class_ids(ids: np.ndarray, num_classes: int, ignore_id: int = IGNORE_ID) -> dict[int, int]:
+    """The one rule of a valid class map (builder, verify --deep and the trainer's loader all apply it): every
+    id is a class (0 .. num_classes - 1) or the ignore id. Returns the other ids with their pixel counts
+    (empty: valid). Any integer array (a labeler's ids before they are stored as uint8, too)."""
+    if not ids.size or (int(ids.min()) >= 0 and int(ids.max()) < num_classes):
+        return {}  # the common case, without counting
+    if ids.dtype == np.uint8:  # the stored form: one counting pass, no sort
+        counts = np.bincount(ids.ravel(), minlength=256)
+        found = np.flatnonzero(counts)
+        counted = zip(found.tolist(), counts[found].tolist(), strict=True)
+    else:
+        values, counts = np.unique(ids, return_counts=True)
+        counted = zip(values.tolist(), counts.tolist(), strict=True)
+    return {i: n for i, n in counted if not 0 <= i < num_classes and i != ignore_id}
+
+
+def class_ids_problem(ids: np.ndarray, num_classes: int, ignore_id: int = IGNORE_ID) -> str | None:
+    """Why `ids` is not a valid class map (`invalid_class_ids`), or None when it is."""
+    bad = invalid_class_ids(ids, num_classes, ignore_id)
+    if not bad:
+        return None
+    shown = sorted(bad)[:10]
+    return f"class ids {shown} >= num_classes {num_classes} (and not {ignore_id}) in {sum(bad.values())} px"
 
 
 def encode_normal(normals: np.ndarray, level: int = 1) -> bytes:

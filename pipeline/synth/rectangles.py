@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from labelers import LabelerSpec
+from labelers.standards import IGNORE_ID
 from pipeline.build.dataset_files import write_dataset_files
 from pipeline.build.plan import Entry, Plan, ShardSpec, fingerprint, save_plan, walk_images
 from pipeline.build.recipe import Recipe
@@ -36,8 +37,9 @@ LABELERS = (
 RECIPE = Recipe(name="synthetic", description="Generated rectangles with aligned depth and classes.", labelers=LABELERS)
 
 
-def make_sample(rng: np.random.Generator, h: int, w: int) -> dict[str, np.ndarray]:
-    """uint8 rgb (H, W, 3), float depth (H, W), uint8 class ids (H, W), all aligned."""
+def make_sample(rng: np.random.Generator, h: int, w: int, ignore_border: int = 0) -> dict[str, np.ndarray]:
+    """uint8 rgb (H, W, 3), float depth (H, W), uint8 class ids (H, W), all aligned; the outer `ignore_border`
+    pixels of the class map are unlabelled (IGNORE_ID, as NYUv2's border), the rgb and depth unchanged."""
     ids = np.full((h, w), rng.integers(NUM_CLASSES), dtype=np.uint8)
     for _ in range(int(rng.integers(2, 6))):
         top, left = int(rng.integers(h)), int(rng.integers(w))
@@ -46,6 +48,10 @@ def make_sample(rng: np.random.Generator, h: int, w: int) -> dict[str, np.ndarra
     rgb = np.clip(palette[ids] + rng.normal(0, 8, (h, w, 3)), 0, 255).astype(np.uint8)
     ramp = np.linspace(0, 4000, w)[None, :]
     depth = ids.astype(np.float64) * 300 + ramp + 1000
+    if ignore_border:
+        border, b = np.ones((h, w), bool), ignore_border
+        border[b:-b, b:-b] = False
+        ids[border] = IGNORE_ID
     return {"rgb": rgb, "depth": depth, "semseg": ids}
 
 
@@ -61,10 +67,15 @@ def _replay(labels: deque[dict[str, np.ndarray]]) -> Callable[[list[np.ndarray]]
 
 
 def write_dataset(
-    root: Path, shard_sizes: list[int], *, seed: int = 0, sizes: tuple[tuple[int, int], ...] = ((96, 128), (90, 120))
+    root: Path,
+    shard_sizes: list[int],
+    *,
+    seed: int = 0,
+    sizes: tuple[tuple[int, int], ...] = ((96, 128), (90, 120)),
+    ignore_border: int = 0,
 ) -> Path:
     """Write a verified dataset with shards of `shard_sizes` samples to `root` (its source images to
-    `root`-source beside it); returns `root`."""
+    `root`-source beside it); returns `root`. `ignore_border`: see `make_sample`."""
     root = Path(root)
     src = root.with_name(root.name + "-source")
     (src / CLASSES[0]).mkdir(parents=True, exist_ok=True)  # one class folder: the ImageNet layout
@@ -73,7 +84,7 @@ def write_dataset(
         entries = []
         for pos in range(count):
             h, w = sizes[(shard + pos) % len(sizes)]
-            sample = make_sample(rng, h, w)
+            sample = make_sample(rng, h, w, ignore_border)
             name = f"{CLASSES[0]}/img-{shard:03d}-{pos:05d}.png"
             Image.fromarray(sample["rgb"]).save(src / name, compress_level=1)
             labels.append(sample)

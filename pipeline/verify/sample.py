@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.format.codecs import BY_SUFFIX, CODECS, IGNORE_ID, Codec, decode_member
+from pipeline.format.codecs import BY_SUFFIX, CODECS, IGNORE_ID, Codec, class_ids_problem, decode_member
 
 RGB, JSON, CLS = CODECS["rgb"].suffix, CODECS["json"].suffix, CODECS["cls"].suffix
 _IMAGE_SUFFIXES = (".png", ".jpg")
@@ -85,11 +85,8 @@ def _check_rgb(sample: _Sample, rgb: Any) -> tuple[int, int] | None:
 
 def _class_ids(sample: _Sample, arr: np.ndarray, spec: MapSpec) -> None:
     assert spec.num_classes is not None
-    counts = np.bincount(arr.ravel(), minlength=256)
-    bad = [i for i in np.flatnonzero(counts).tolist() if i >= spec.num_classes and i != spec.ignore_id]
-    if bad:
-        pixels = int(counts[bad].sum())
-        reason = f"class ids {bad[:10]} >= num_classes {spec.num_classes} (and not {spec.ignore_id}) in {pixels} px"
+    reason = class_ids_problem(arr, spec.num_classes, spec.ignore_id)
+    if reason:
         sample.add("class_id_out_of_range", spec.member, reason)
 
 

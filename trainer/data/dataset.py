@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.format import stores
-from pipeline.format.codecs import CODECS
+from pipeline.format.codecs import CODECS, IGNORE_ID
 from pipeline.format.contract import IndexEntry, Manifest, url_problem
 from pipeline.verify.docs import DatasetDocs, NotADatasetError, checked_documents
 from trainer.config import ModelConfig
@@ -123,7 +123,8 @@ def manifest_classes(info: DatasetInfo, model: ModelConfig) -> int:
 
 
 def check_manifest(info: DatasetInfo, model: ModelConfig) -> None:
-    """Every modality the model reads is in the dataset, and class maps have the model's class count.
+    """Every modality the model reads is in the dataset, and class maps have the model's class count and the
+    contract's ignore id (the one the loader accepts and the losses leave out, `codecs.IGNORE_ID`).
 
     A modality is present when the manifest lists its member (`members`) or describes it (`modalities`).
     """
@@ -139,6 +140,12 @@ def check_manifest(info: DatasetInfo, model: ModelConfig) -> None:
             raise DataError(
                 f"dataset {name!r} has {classes} classes, model.num_classes is {model.num_classes} (set it to "
                 f"{classes}, or 0 to take the manifest's count)"
+            )
+        ignore = described[name].ignore_id if name in described else None
+        if ignore is not None and ignore != IGNORE_ID:
+            raise DataError(
+                f"dataset {name!r} marks unlabelled pixels with {ignore}; the trainer reads the contract's "
+                f"ignore id {IGNORE_ID} only"
             )
         if name in described and described[name].kind == "inverse_depth":
             warnings.warn(

@@ -8,7 +8,9 @@ Everything random is seeded from (seed, epoch, rank, worker, position), so a wor
 function of its cursor (raw samples read, batches and corrupt samples so far); the trainer saves the
 cursors with each checkpoint and a resumed run reads exactly the batches the interrupted one would have.
 Members are decoded with `pipeline.format.codecs` only (no pickle, no 8-bit image decoders); a corrupt sample is
-counted and skipped, and the worker stops with a `DataError` past `DataConfig.max_corrupt`.
+counted and skipped, and the worker stops with a `DataError` past `DataConfig.max_corrupt`. A class map is
+corrupt by `verify`'s rule (`codecs.class_ids_problem`); its ignore id (255) is data, kept through the
+augmentation, left out of the loss (`trainer.model.losses`) and embedded as zeros (`trainer.model.adapters`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander, tarfile_samples
 
 from pipeline.format import stores
-from pipeline.format.codecs import CODECS, decode_member
+from pipeline.format.codecs import CODECS, class_ids_problem, decode_member
 from trainer.config import ConfigError, DataConfig, ModelConfig
 from trainer.data import batch_resize
 from trainer.data.augment import augment, sample_crop
@@ -197,15 +199,21 @@ def _opened(where: str) -> Iterator[dict[str, Any]]:
 
 
 def check_arrays(arrays: dict[str, np.ndarray], model: ModelConfig) -> tuple[int, int]:
-    """All members pixel-aligned (same H x W); class ids below model.num_classes. Returns (H, W)."""
+    """All members pixel-aligned (same H x W); class maps valid for model.num_classes by the rule `verify`
+    applies (`codecs.class_ids_problem`: classes or the ignore id). Returns (H, W)."""
     sizes = {name: a.shape[:2] for name, a in arrays.items()}
     if len(set(sizes.values())) != 1:
         raise ValueError(f"members differ in size: {sizes}")
     for name, a in arrays.items():
-        if CODECS[MODALITIES[name].codec].kind == "class_map" and a.size and int(a.max()) >= model.num_classes:
-            raise ValueError(f"{name} has class id {int(a.max())} >= num_classes {model.num_classes}")
+        problem = class_ids_problem(a, model.num_classes) if _is_class_map(name) else None
+        if problem:
+            raise ValueError(f"{name} has {problem}")
     h, w = next(iter(sizes.values()))
     return int(h), int(w)
+
+
+def _is_class_map(name: str) -> bool:
+    return CODECS[MODALITIES[name].codec].kind == "class_map"
 
 
 def interleave(streams: Iterator[Iterator[Any]], width: int) -> Iterator[Any]:

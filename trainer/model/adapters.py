@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from labelers.standards import IGNORE_ID
 from trainer.model.layers import Block, CrossAttention, Mlp, layer_norm, resize_pos, sincos_2d
 
 Layout = Sequence[tuple[str, int]]  # the encoder's input modalities in token order, with token counts
@@ -37,7 +38,10 @@ class PatchInputAdapter(nn.Module):
 
 
 class ClassMapInputAdapter(nn.Module):
-    """Class-id map input: Embedding(classes, class_dim) per pixel, then a Conv2d over patches of the map."""
+    """Class-id map input: Embedding(classes, class_dim) per pixel, then a Conv2d over patches of the map.
+
+    A pixel with the ignore id (`IGNORE_ID`, unlabelled) embeds as the zero vector: it carries no class, and
+    the embedding keeps the official `classes` rows (no extra row for it)."""
 
     no_weight_decay = ("pos_emb", "class_emb.weight")
     pos_emb: Tensor
@@ -50,7 +54,9 @@ class ClassMapInputAdapter(nn.Module):
         nn.init.trunc_normal_(self.class_emb.weight, std=0.02)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.class_emb(x).permute(0, 3, 1, 2)  # (B, h, w) ids -> (B, class_dim, h, w)
+        ignored = x == IGNORE_ID  # (B, h, w)
+        x = self.class_emb(x.masked_fill(ignored, 0))  # (B, h, w, class_dim); ignored pixels looked up as 0 ...
+        x = x.masked_fill(ignored.unsqueeze(-1), 0.0).permute(0, 3, 1, 2)  # ... then zeroed; (B, class_dim, h, w)
         x = self.proj(x)  # (B, D, nh, nw)
         return _tokens(x + resize_pos(self.pos_emb, x.shape[-2:], "bilinear"))
 

@@ -2,6 +2,12 @@
 
 `mask` is (B, nh * nw) with 1 = masked (hidden from the encoder), 0 = visible. A sample with no masked
 patch does not count (the official code's nan-mean, without its NaN gradient); a batch with none gives 0.
+
+Class-map targets may hold the ignore id (`IGNORE_ID`, 255: unlabelled pixels): the cross-entropy leaves
+those pixels out, so a sample's loss is its mean over the pixels that are both masked and labelled, and a
+sample with none of those does not count, as one with no masked patch. (The official pretraining loss has
+no ignore id; its fine-tuning loss, `CrossEntropyLoss(ignore_index=255)`, averages over the batch's
+labelled pixels at once: ours keeps the per-sample mean of every other pretraining loss.)
 """
 
 from __future__ import annotations
@@ -9,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from labelers.standards import IGNORE_ID
 
 NORM_EPS = 1e-6
 
@@ -20,13 +28,17 @@ def pixel_mask(mask: Tensor, size: tuple[int, int], grid: tuple[int, int]) -> Te
     return m.repeat_interleave(h // nh, dim=1).repeat_interleave(w // nw, dim=2)
 
 
-def masked_mean(pixel_loss: Tensor, mask: Tensor, grid: tuple[int, int]) -> Tensor:
+def masked_mean(pixel_loss: Tensor, mask: Tensor, grid: tuple[int, int], valid: Tensor | None = None) -> Tensor:
     """pixel_loss (B, H, W) -> scalar mean over masked pixels of each sample, then over samples.
 
-    Samples without a masked pixel are left out (and get no gradient: no 0 / 0 anywhere in the graph).
+    valid: optional (B, H, W) bool, False where a pixel has no target (ignored): such pixels count neither in
+    the sum nor in the sample's pixel count. Samples without a masked (valid) pixel are left out of the mean
+    over samples (and get no gradient: no 0 / 0 anywhere in the graph).
     """
     m = pixel_mask(mask, (pixel_loss.shape[-2], pixel_loss.shape[-1]), grid)
-    count = m.flatten(1).sum(1)  # (B,) masked pixels per sample
+    if valid is not None:
+        m = m * valid.to(m.dtype)
+    count = m.flatten(1).sum(1)  # (B,) masked (valid) pixels per sample
     per_sample = (pixel_loss * m).flatten(1).sum(1) / count.clamp(min=1)
     counted = (count > 0).to(per_sample.dtype)
     return (per_sample * counted).sum() / counted.sum().clamp(min=1)
@@ -41,8 +53,9 @@ def masked_l1(pred: Tensor, target: Tensor, mask: Tensor, grid: tuple[int, int])
 
 
 def masked_cross_entropy(pred: Tensor, target: Tensor, mask: Tensor, grid: tuple[int, int]) -> Tensor:
-    """pred (B, classes, H, W) logits, target (B, H, W) ids."""
-    return masked_mean(F.cross_entropy(pred, target, reduction="none"), mask, grid)
+    """pred (B, classes, H, W) logits, target (B, H, W) ids; pixels with IGNORE_ID are left out (see above)."""
+    pixel_loss = F.cross_entropy(pred, target, reduction="none", ignore_index=IGNORE_ID)  # 0 where ignored
+    return masked_mean(pixel_loss, mask, grid, valid=target != IGNORE_ID)
 
 
 def masked_norm_mse(pred: Tensor, target: Tensor, mask: Tensor, grid: tuple[int, int]) -> Tensor:
