@@ -15,7 +15,8 @@ class DataError(PretrainError):
 
 
 class CheckpointError(PretrainError):
-    """A checkpoint cannot be resumed here (another config, another world size, unreadable)."""
+    """A checkpoint cannot be read (not one, truncated, an unknown layout) or used here (another kind, another
+    config, another world size)."""
 
 
 class NonFiniteLossError(PretrainError):

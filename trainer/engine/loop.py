@@ -31,7 +31,15 @@ from trainer.config import config_to_dict
 from trainer.data import batch_resize
 from trainer.data.dataset import DatasetInfo, load_dataset
 from trainer.data.loader import Cursor, EpochPlan, check_enough_shards, make_loader
-from trainer.engine.checkpoint import LAST, load_checkpoint, save_checkpoint
+from trainer.engine.checkpoint import (
+    LAST,
+    Checkpoint,
+    first_sentence,
+    payload,
+    read_checkpoint,
+    run_kind,
+    save_checkpoint,
+)
 from trainer.engine.distributed import DistInfo, gather_objects, init_distributed, nonfinite_anywhere, shutdown
 from trainer.engine.logs import RunLog
 from trainer.engine.optim import build_optimizer, lr_at, set_lr
@@ -41,7 +49,6 @@ from trainer.engine.run_folder import StoreRunFolder
 from trainer.errors import CheckpointError, DataError, NonFiniteLossError, PretrainError
 
 log = logging.getLogger(__name__)
-CHECKPOINT_FORMAT = 1
 
 
 @dataclass(kw_only=True)
@@ -102,7 +109,7 @@ class Trainer:
         error = None
         if options.resume and (run_dir / LAST).exists():
             try:
-                t.load_state_dict(load_checkpoint(run_dir / LAST))
+                t.load_state_dict(read_checkpoint(run_dir / LAST).require(run_kind(cfg), use="resuming this run"))
             except CheckpointError as err:
                 error = str(err)
         t._agree_on_start(error)
@@ -312,39 +319,39 @@ class Trainer:
         if not self.dist.is_main:
             return None
         s = self.state
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "step": s.step,
-            "epoch": s.epoch,
-            "micro": s.micro,
-            "world_size": self.dist.world,
-            "config": config_to_dict(self.cfg),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler else {},
-            "ranks": ranks,
-            "nonfinite": {"total": s.nonfinite_total, "streak": s.nonfinite_streak},
-        }
+        return payload(
+            self.cfg,
+            step=s.step,
+            model=self.model.state_dict(),
+            epoch=s.epoch,
+            micro=s.micro,
+            world_size=self.dist.world,
+            optimizer=self.optimizer.state_dict(),
+            scaler=self.scaler.state_dict() if self.scaler else {},
+            ranks=ranks,
+            nonfinite={"total": s.nonfinite_total, "streak": s.nonfinite_streak},
+        )
 
-    def load_state_dict(self, ckpt: dict[str, Any]) -> None:
+    def load_state_dict(self, ckpt: Checkpoint) -> None:
         """Continue exactly where the checkpoint left off, or refuse one written by another config."""
         check_compatible(ckpt, self.cfg, self.dist)
+        state = ckpt.extra
         try:
-            self.model.load_state_dict(ckpt["model"], strict=True)
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.model.load_state_dict(ckpt.tensors, strict=True)
+            self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"checkpoint does not fit this model: {exc}") from exc
-        if self.scaler and ckpt["scaler"]:
-            self.scaler.load_state_dict(ckpt["scaler"])
-        mine = ckpt["ranks"][self.dist.rank]
+            raise CheckpointError(f"checkpoint does not fit this model: {first_sentence(str(exc))}") from exc
+        if self.scaler and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        mine = state["ranks"][self.dist.rank]
         restore_rng(mine, self.dist)
         self.state = TrainState(
-            step=ckpt["step"],
-            epoch=ckpt["epoch"],
-            micro=ckpt["micro"],
+            step=ckpt.step or 0,
+            epoch=state["epoch"],
+            micro=state["micro"],
             cursors=restored_cursors(mine, self.state.cursors, self.cfg),
-            nonfinite_total=ckpt["nonfinite"]["total"],
-            nonfinite_streak=ckpt["nonfinite"]["streak"],
+            nonfinite_total=state["nonfinite"]["total"],
+            nonfinite_streak=state["nonfinite"]["streak"],
         )
 
     def save(self) -> None:

@@ -2,7 +2,8 @@
 the checks before a run continues from one.
 
 Each checkpoint holds the model, optimizer and scaler, the resolved config (a plain dict) and, per rank, the
-RNG states and the loader cursors, so a resumed run draws the same masks and reads the same batches.
+RNG states and the loader cursors, so a resumed run draws the same masks and reads the same batches (the
+payload and its reader: `trainer.engine.checkpoint`).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from typing import Any
 
 import torch
 
-from trainer.config import PretrainConfig, config_to_dict
+from trainer.config import FinetuneConfig, PretrainConfig, config_to_dict
 from trainer.data.loader import Cursor
+from trainer.engine.checkpoint import Checkpoint
 from trainer.engine.distributed import DistInfo
 from trainer.engine.run import fresh_cursors
 from trainer.errors import CheckpointError
@@ -50,16 +52,19 @@ def restored_cursors(mine: dict[str, Any], current: list[Cursor], cfg: Any) -> l
 _MUST_MATCH = ("model.", "task.", "data.batch_size", "optim.accum_steps", "train.seed")
 
 
-def check_compatible(ckpt: dict[str, Any], cfg: PretrainConfig, dist: DistInfo) -> None:
-    """Refuse to resume a checkpoint whose model, batch layout or seed differ from this run's."""
-    theirs, ours = _flatten(ckpt.get("config", {})), _flatten(config_to_dict(cfg))
+def check_compatible(ckpt: Checkpoint, cfg: PretrainConfig | FinetuneConfig, dist: DistInfo) -> None:
+    """Refuse to resume a checkpoint without the training state, or whose model, batch layout or seed differ
+    from this run's."""
+    if not ckpt.resumable:
+        raise CheckpointError(f"{ckpt.source} holds no training state (optimizer, RNG, loader position) to resume")
+    theirs, ours = _flatten(config_to_dict(ckpt.config)), _flatten(config_to_dict(cfg))
     for key in sorted(set(theirs) | set(ours)):
         if key.startswith(_MUST_MATCH) and theirs.get(key) != ours.get(key):
             raise CheckpointError(
                 f"checkpoint is from another config: {key} is {theirs.get(key)!r} there, {ours.get(key)!r} here"
             )
-    if ckpt.get("world_size") != dist.world:
-        raise CheckpointError(f"checkpoint was written by {ckpt.get('world_size')} ranks; this run has {dist.world}")
+    if ckpt.extra["world_size"] != dist.world:
+        raise CheckpointError(f"checkpoint was written by {ckpt.extra['world_size']} ranks; this run has {dist.world}")
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

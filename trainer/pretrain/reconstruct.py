@@ -9,8 +9,8 @@ Input: a sample of a dataset (`OUT:SHARD/KEY`) or an image, labelled on the fly 
 dataset's manifest names (`--labels-from OUT`; without it only rgb is known and the other inputs are fully
 masked). The image is centre-cropped to a square and resized like the loader does. Masks: seeded Dirichlet
 budgets (as in pretraining), per-modality token counts (`--keep rgb=98 --keep depth=0`; modalities not named
-get none), or an `.npz` file with one 0/1 array per modality (1 = masked). Checkpoints: ours
-(`checkpoint-*.pt`, its config inside) or an official MultiMAE one (same state-dict layout; ViT-B assumed).
+get none), or an `.npz` file with one 0/1 array per modality (1 = masked). Checkpoints: our pretraining ones
+(`checkpoint-*.pt`, its config inside) or an official pretrained one (same state-dict layout; ViT-B assumed).
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ from pipeline.format.schema import ConfigError
 from pipeline.format.stores import location
 from pipeline.pictures.figures import MASKED, Grid, colormap, fit_tile, palette_rgb, png_bytes
 from pipeline.verify.docs import DatasetDocs, NotADatasetError, check_documents, checked_documents
-from trainer.config import ModelConfig, config_from_dict
+from trainer.config import ModelConfig
 from trainer.data.augment import augment, center_square
-from trainer.engine.checkpoint import load_checkpoint
+from trainer.engine.checkpoint import first_sentence, read_checkpoint
 from trainer.errors import CheckpointError, DataError
 from trainer.model.masking import draw_masks, random_mask
 from trainer.model.modalities import MODALITIES, TASKS
@@ -74,15 +74,15 @@ class Reconstruction:
 
 
 def load_model(path: Path, device: str = "cpu") -> MultiMAE:
-    """Our checkpoint (its model config inside) or an official MultiMAE one (ViT-B), loaded strictly."""
-    payload = load_checkpoint(Path(path))
-    raw = payload.get("config", {}).get("model") if isinstance(payload.get("config"), dict) else None
-    cfg = config_from_dict({"model": raw}).model if isinstance(raw, dict) else ModelConfig()
+    """Our pretraining checkpoint (its model config inside) or an official pretrained one (ViT-B), loaded strictly."""
+    ckpt = read_checkpoint(path).require("pretrain-run", "official-pretrained", use="reconstruct")
+    cfg = ckpt.model_config
     model = MultiMAE(cfg)
     try:
-        model.load_state_dict(payload["model"], strict=True)
+        model.load_state_dict(ckpt.tensors, strict=True)
     except RuntimeError as err:
-        raise CheckpointError(f"{path} does not fit MultiMAE {cfg.dim}x{cfg.depth}: {str(err)[:400]}") from None
+        why = first_sentence(str(err))
+        raise CheckpointError(f"{path} does not fit MultiMAE {cfg.dim}x{cfg.depth}: {why}") from None
     return model.to(device).eval()
 
 

@@ -23,6 +23,8 @@ from safetensors.torch import save
 from torch import Tensor
 
 from pipeline.format import fs
+from trainer.config import ModelConfig
+from trainer.engine.checkpoint import Kind, read_checkpoint
 
 MISSING_IN_MULTIMAE = ("norm.weight", "norm.bias", "head.weight", "head.bias")
 
@@ -52,23 +54,15 @@ def export_timm(state: Mapping[str, Tensor], path: Path) -> Path:
     return path
 
 
-def encoder_state(path: Path) -> tuple[dict[str, Tensor], dict[str, int | float], str]:
-    """(encoder tensors in MultiMAE names, ViT shape, kind) of our pretraining or fine-tuning checkpoint or an
-    official MultiMAE one (ViT-B assumed without a config of ours)."""
-    from trainer.engine.checkpoint import load_checkpoint
-
-    payload = load_checkpoint(Path(path))
-    config = payload.get("config") if isinstance(payload.get("config"), dict) else {}
-    model = config.get("model", {}) if isinstance(config, dict) else {}
-    shape = {k: model.get(k, v) for k, v in _VIT_B.items()}
-    kind = "finetune" if isinstance(config, dict) and "task" in config else "pretrain"
-    return dict(payload["model"]), shape, kind
+def encoder_state(path: Path) -> tuple[dict[str, Tensor], ModelConfig, Kind]:
+    """(tensors in MultiMAE names, the model's shape, kind) of our pretraining or fine-tuning checkpoint or an
+    official MultiMAE one (ViT-B without a config of ours: `Checkpoint.model_config`)."""
+    kinds: tuple[Kind, ...] = ("pretrain-run", "finetune-run", "official-pretrained", "official-finetuned")
+    ckpt = read_checkpoint(path).require(*kinds, use="export")
+    return ckpt.tensors, ckpt.model_config, ckpt.kind
 
 
-_VIT_B = {"image_size": 224, "patch_size": 16, "dim": 768, "depth": 12, "heads": 12, "mlp_ratio": 4.0}
-
-
-def export_timm_folder(state: Mapping[str, Tensor], shape: Mapping[str, int | float], out: Path) -> Path:
+def export_timm_folder(state: Mapping[str, Tensor], shape: ModelConfig, out: Path) -> Path:
     """A folder timm loads strictly: `timm.create_model("local-dir:OUT", pretrained=True)`.
 
     config.json names a timm ViT with this encoder's shape (no final norm, as pretrained; class token = the
@@ -80,19 +74,19 @@ def export_timm_folder(state: Mapping[str, Tensor], shape: Mapping[str, int | fl
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    size = int(shape["image_size"])
+    size = shape.image_size
     config = {
         "architecture": "vit_base_patch16_224",
         "num_classes": 0,
-        "num_features": int(shape["dim"]),
+        "num_features": shape.dim,
         "global_pool": "token",
         "model_args": {
             "img_size": size,
-            "patch_size": int(shape["patch_size"]),
-            "embed_dim": int(shape["dim"]),
-            "depth": int(shape["depth"]),
-            "num_heads": int(shape["heads"]),
-            "mlp_ratio": float(shape["mlp_ratio"]),
+            "patch_size": shape.patch_size,
+            "embed_dim": shape.dim,
+            "depth": shape.depth,
+            "num_heads": shape.heads,
+            "mlp_ratio": float(shape.mlp_ratio),
             "num_classes": 0,
             "global_pool": "token",
             "final_norm": False,

@@ -29,7 +29,7 @@ from pipeline.format.wds import read_samples
 from trainer.data.augment import augment, center_square, resample, sample_crop
 from trainer.data.dataset import DatasetInfo, load_dataset
 from trainer.data.loader import EpochPlan, ShardStream, check_arrays
-from trainer.engine.checkpoint import atomic_save, load_checkpoint
+from trainer.engine.checkpoint import atomic_save, first_sentence, payload, read_checkpoint
 from trainer.engine.optim import layer_decay_groups
 from trainer.engine.run import RunOptions, RunSummary, RunView
 from trainer.errors import CheckpointError, DataError
@@ -222,22 +222,10 @@ class FinetuneJob:
             t.log.announce(f"step {t.state.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in result.items()))
         if self.best is None or main > self.best:
             self.best = main
-            atomic_save(_payload(t, result), t.run_dir / BEST)
+            atomic_save(payload(t.cfg, step=t.state.step, model=t.model.state_dict(), metrics=result), t.run_dir / BEST)
 
     def finish(self, t: RunView) -> Path | None:
         return (t.run_dir / BEST) if (t.run_dir / BEST).exists() else None
-
-
-def _payload(t: RunView, metrics: dict[str, float]) -> dict[str, Any]:
-    from trainer.config import config_to_dict
-
-    return {
-        "format": 1,
-        "step": t.state.step,
-        "config": config_to_dict(t.cfg),
-        "model": t.model.state_dict(),
-        "metrics": metrics,
-    }
 
 
 # ------------------------------------------------------------------------------------------------ commands
@@ -259,22 +247,15 @@ class EvalResult:
 
 def load_finetuned(path: Path, device: str = "cpu") -> MultiViT:
     """A fine-tuning checkpoint of ours (`checkpoint-*.pt`, `checkpoint-best.pt`) with its config."""
-    from pipeline.format.schema import ConfigError, load
-
-    payload = load_checkpoint(Path(path))
-    raw = payload.get("config")
-    if not isinstance(raw, dict) or "task" not in raw:
-        raise CheckpointError(f"{path} is not a fine-tuning checkpoint (no task in its config)")
-    try:
-        cfg = load(FinetuneConfig, raw)
-    except ConfigError as err:
-        raise CheckpointError(f"{path}: its config does not load: {err}") from None
-    head = payload["model"].get(_class_key(cfg))
+    ckpt = read_checkpoint(path).require("finetune-run", use="evaluate")
+    cfg = ckpt.config
+    assert isinstance(cfg, FinetuneConfig)  # what a fine-tuning checkpoint holds
+    head = ckpt.tensors.get(_class_key(cfg))
     model = MultiViT(cfg, int(head.shape[0]) if head is not None else 0)
     try:
-        model.load_state_dict(payload["model"], strict=True)
+        model.load_state_dict(ckpt.tensors, strict=True)
     except RuntimeError as err:
-        raise CheckpointError(f"{path}: {str(err)[:300]}") from None
+        raise CheckpointError(f"{path}: {first_sentence(str(err))}") from None
     return model.to(device).eval()
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from trainer.engine.checkpoint import load_checkpoint
+from trainer.engine.checkpoint import read_checkpoint
 from trainer.errors import CheckpointError
 from trainer.transfer.model import MultiViT
 
@@ -70,20 +70,14 @@ def timm_to_multimae(state: dict[str, Tensor], rgb: str = "rgb") -> dict[str, Te
 
 
 def read_weights(path: Path) -> tuple[dict[str, Tensor], str]:
-    """(state dict in MultiMAE names, kind) from a checkpoint file or a timm export."""
-    path = Path(path)
-    files = [path / "model.safetensors"] if path.is_dir() else [path]
-    if files[0].suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        if not files[0].is_file():
-            raise CheckpointError(f"{path}: no model.safetensors (a timm export folder holds one)")
-        try:
-            return timm_to_multimae(load_file(str(files[0]))), "timm"
-        except (KeyError, OSError, ValueError) as err:
-            raise CheckpointError(f"{files[0]} is not a timm ViT export of this project: {err}") from None
-    payload = load_checkpoint(path)
-    return dict(payload["model"]), "checkpoint"
+    """(state dict in MultiMAE names, "checkpoint" or "timm") from a checkpoint of any kind."""
+    ckpt = read_checkpoint(path)
+    if ckpt.kind != "timm-export":
+        return ckpt.tensors, "checkpoint"
+    try:
+        return timm_to_multimae(ckpt.tensors), "timm"
+    except (KeyError, RuntimeError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a timm ViT export of this project: {err}") from None
 
 
 def adapt(state: dict[str, Tensor], model: MultiViT, report: InitReport) -> dict[str, Tensor]:
