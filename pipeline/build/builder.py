@@ -14,15 +14,15 @@ from pathlib import Path
 
 from labelers import check_labeler
 from labelers.weights import WeightsUnavailableError
-from pipeline.format import fs, ownership, stores
-from pipeline.build.recipe import BuildConfig, ConfigError
-from pipeline.format.contract import DatasetPaths, DocumentError, Manifest, ShardStats, document_name, read_stats
 from pipeline.build.dataset_files import write_dataset_files
 from pipeline.build.executors import Callbacks, init_ray, run_local, run_ray
 from pipeline.build.label_files import check_root, is_files
 from pipeline.build.plan import Plan, ShardSpec, load_plan, make_plan, save_plan, source_fingerprint
 from pipeline.build.progress import BuildProgress
+from pipeline.build.recipe import BuildConfig, ConfigError
 from pipeline.build.shard import ShardContext
+from pipeline.format import fs, ownership, stores
+from pipeline.format.contract import DatasetPaths, DocumentError, Manifest, ShardStats, document_name, read_stats
 
 
 @dataclass(frozen=True)

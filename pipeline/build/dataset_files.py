@@ -1,5 +1,6 @@
 """The dataset-level documents written by the driver at the end of a build: index.json, the wids index and
-manifest.json (typed in `pipeline.format.contract`). Built from the shards' stats, the record of what each shard holds."""
+manifest.json (typed in `pipeline.format.contract`). Built from the shards' stats, the record of what each
+shard holds."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from importlib import metadata
 
 from labelers import LabelerSpec
 from labelers.classes import class_table, palette_for
+from pipeline.build.plan import Plan
+from pipeline.build.recipe import Recipe, to_dict
 from pipeline.format import contract
 from pipeline.format.codecs import CODECS, IGNORE_ID
-from pipeline.build.recipe import Recipe, to_dict
 from pipeline.format.contract import (
     DatasetPaths,
     Index,
@@ -26,7 +28,6 @@ from pipeline.format.contract import (
     WidsIndex,
     WidsShard,
 )
-from pipeline.build.plan import Plan
 
 _PACKAGES = ("multimae-forge", "torch", "transformers", "pillow", "numpy", "webdataset", "ray")
 

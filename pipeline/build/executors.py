@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 
 from labelers import LabelerSpec, build_labeler
-from pipeline.build.recipe import RuntimeConfig
-from pipeline.format.contract import ShardStats
 from pipeline.build.plan import ShardSpec
+from pipeline.build.recipe import RuntimeConfig
 from pipeline.build.shard import Labels, ShardContext, Submit, local_submit, process_shard
+from pipeline.format.contract import ShardStats
 
 
 @dataclass

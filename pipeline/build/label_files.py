@@ -30,8 +30,8 @@ from PIL import Image
 
 from labelers import LabelerSpec
 from labelers.standards import IGNORE_ID
-from pipeline.format.codecs import CODECS
 from pipeline.build.images import DecodedImage, read_source
+from pipeline.format.codecs import CODECS
 from pipeline.format.schema import ConfigError, load, setting
 
 NAME = "files"

@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.format import contract, fs, stores
 from pipeline.build.recipe import ConfigError, SourceConfig
+from pipeline.format import contract, fs, stores
 from pipeline.format.contract import DatasetPaths, PlanEntries, PlanHeader, PlanShard
 
 Found = list[tuple[str, int, int | str]]  # (relative path, size, mtime_ns or the store's object version)

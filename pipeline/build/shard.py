@@ -22,14 +22,14 @@ import numpy as np
 
 from labelers import LabelerSpec
 from labelers.classes import palette_for
-from pipeline.format import contract, stores
-from pipeline.format.codecs import CODECS, EncodeOptions, class_ids_problem, encode_cls, encode_json
-from pipeline.build.recipe import EncodingConfig, ImageConfig
-from pipeline.format.contract import DatasetPaths, Failure, ShardStats, sample_key
 from pipeline.build.images import DecodedImage, decode_image, read_source
 from pipeline.build.label_files import is_files, read_label
 from pipeline.build.plan import Entry, ShardSpec
+from pipeline.build.recipe import EncodingConfig, ImageConfig
 from pipeline.build.sink import ShardSink
+from pipeline.format import contract, stores
+from pipeline.format.codecs import CODECS, EncodeOptions, class_ids_problem, encode_cls, encode_json
+from pipeline.format.contract import DatasetPaths, Failure, ShardStats, sample_key
 
 _STORE_READERS = 16
 Labels = dict[str, list[np.ndarray]]  # modality -> one map per image
