@@ -1,7 +1,8 @@
 """Loading plugins: the modules a user's package names under multimae-forge's entry-point groups
-(`multimae_forge.codecs`, `multimae_forge.labelers`, `multimae_forge.modalities`); importing one registers
-its entries. Here, at the bottom of the import graph, so the codec table, the labeler registry and the
-trainer's modality registry load them the same way."""
+(`multimae_forge.codecs`, `multimae_forge.labelers`, `multimae_forge.modalities`,
+`multimae_forge.transfer_tasks`); importing one registers its entries. Here, at the bottom of the import graph,
+so the codec table, the labeler registry and the trainer's modality and transfer-task registries load them the
+same way."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """The CLI: its option set is pinned, and bad input gets one line on stderr, exit code 2, nothing written."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ def test_build_dataset_options_are_pinned():
         "address",
         "executor",
         "quiet",
+        "sets",
     }
 
 
@@ -91,6 +93,69 @@ def test_bad_recipes(tmp_path, recipe_text, fragment):
 def test_bad_flags(tmp_path, flags, fragment):
     out = tmp_path / "out"
     assert_refused(run(str(EXAMPLES), str(out), "--recipe", str(DEMO_RECIPE), *flags), out, fragment)
+
+
+@pytest.mark.parametrize(
+    ("sets", "fragment"),
+    [
+        (["shards.sizee=3"], "unknown key 'shards.sizee'; allowed here: size"),
+        (["shard.size=3"], "unknown recipe section(s): shard; allowed: recipe, labelers, source, image"),
+        (["image.jpeg_quality=101"], "options: image.jpeg_quality must be <= 100; got 101"),
+        (["runtime.precision=fp16x"], "--set runtime.precision: 'fp16x' is not a TOML value"),
+        (["shards.size"], "--set takes KEY=VALUE"),
+        (['shards.size="4"'], "shards.size must be an integer"),
+    ],
+)
+def test_bad_sets(tmp_path, sets, fragment):
+    out = tmp_path / "out"
+    args = [a for item in sets for a in ("--set", item)]
+    assert_refused(run(str(EXAMPLES), str(out), "--recipe", "demo", *args), out, fragment)
+
+
+def test_every_bad_set_and_flag_is_listed_at_once(tmp_path):
+    out = tmp_path / "out"
+    result = run(str(EXAMPLES), str(out), "--recipe", "demo", "--shard-size", "0", "--set", "encoding.png_level=10")
+    assert result.exit_code == 2 and not out.exists()
+    assert "options: 2 problems" in result.stderr
+    assert "shards.size must be >= 1; got 0" in result.stderr and "encoding.png_level must be <= 9" in result.stderr
+
+
+def test_unknown_recipe_name_lists_the_shipped_ones(tmp_path):
+    out = tmp_path / "out"
+    result = run(str(EXAMPLES), str(out), "--recipe", "dem")
+    assert_refused(result, out, "recipe dem is neither a file nor a shipped name; known names: ade20k, default, demo,")
+
+
+@pytest.mark.slow
+def test_recipe_by_name_and_sets_reach_the_manifest(tmp_path):
+    out = tmp_path / "out"
+    sets = ["--set", "image.jpeg_quality=80", "--set", 'source.split="val"']
+    result = run(str(EXAMPLES), str(out), "--recipe", "demo", "--executor", "local", "--quiet", *sets)
+    assert result.exit_code == 0, result.output
+    recipe = json.loads((out / "manifest.json").read_text())["recipe"]
+    assert recipe["name"] == "demo" and recipe["image"]["jpeg_quality"] == 80 and recipe["source"]["split"] == "val"
+    assert sorted(p.name for p in (out / "shards").glob("*.tar"))[0].startswith("val-")
+
+
+def test_list_names_every_shipped_recipe_and_config():
+    result = runner.invoke(app, ["list"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    recipes, configs = (
+        lines.index("recipes (build-dataset --recipe NAME):"),
+        lines.index("configs (pretrain, finetune, probe --config NAME):"),
+    )
+    listed = {line.split()[0] for line in lines[recipes + 1 : configs]}
+    assert listed == {p.stem for p in (EXAMPLES.parents[1] / "manifests").glob("*.toml")}
+    assert "  demo " in result.output and "Offline demo recipe: tiny random-weight models" in result.output
+    only = runner.invoke(app, ["list", "configs"])
+    assert only.exit_code == 0 and only.output.startswith("configs (") and "  smoke " in only.output
+    assert "recipes (" not in only.output
+
+
+def test_list_refuses_what_it_does_not_list():
+    result = runner.invoke(app, ["list", "labelers"])
+    assert result.exit_code == 2 and result.stderr.strip() == "error: list takes recipes or configs, got 'labelers'"
 
 
 def test_real_labelers_without_weights_stop_before_any_work(tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.format import contract
 from pipeline.format.contract import DatasetPaths, DocumentError, parse_doc
-from pipeline.format.schema import ConfigError, load, setting, to_plain
+from pipeline.format.schema import ConfigError, load, setting, to_plain, with_command_line
 from pipeline.synth.rectangles import write_dataset
 from pipeline.verify.verifier import VerifyConfig, verify_dataset
 from trainer.config import smoke_config
@@ -245,3 +245,21 @@ def test_one_loader_lists_every_problem_at_once() -> None:
     }
     with pytest.raises(ConfigError, match=r"part.n must be an integer, got true"):
         load(_Whole, {"part": {"n": True}})
+
+
+def test_the_command_line_changes_a_table_that_the_loader_then_checks() -> None:
+    table = {"part": {"n": 2, "pair": [0.1, 0.9]}}
+    sets = ["part.p=0.25", 'name="y"', "part.pair=[0.2, 0.3]", "part={mode = 'b'}"]
+    changed, problems = with_command_line(table, {"part.n": 5, "name": None}, sets)
+    assert problems == [] and table == {"part": {"n": 2, "pair": [0.1, 0.9]}}  # the given table is not changed
+    whole = load(_Whole, changed)
+    assert (whole.part.n, whole.part.p, whole.part.mode, whole.part.pair, whole.name) == (5, 0.25, "b", (0.2, 0.3), "y")
+    changed, problems = with_command_line(table, {}, ["part.n=three", "part", "part.pair.x=1", "name.x=1"])
+    assert problems == [
+        "--set part.n: 'three' is not a TOML value (a number, true or false, \"text\" in quotes, [a, list])",
+        "--set takes KEY=VALUE with a dotted KEY (e.g. optim.base_lr=3e-4), got 'part'",
+        "part.pair is a list, not a table: part.pair.x cannot be set",
+    ]
+    assert changed["name"] == {"x": 1}  # not a table in the file: the loader says what is wrong with it
+    with pytest.raises(ConfigError, match="name must be a string, got a table"):
+        load(_Whole, changed)

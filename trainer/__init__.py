@@ -1,8 +1,9 @@
 """MultiMAE pretraining and transfer from multimae-forge shards.
 
 Wings, read in this order (arrows run one way: model <- data <- engine <- pretrain, transfer):
-- `config` (the typed configs of pretraining and fine-tuning runs) and `errors` (the trainer's user errors),
-  shared by all.
+- `config` (the typed configs of pretraining and fine-tuning runs, and `load_run_config`, their one loader with
+  the command line's overrides), `options` (the command-line options of every run that trains, declared once)
+  and `errors` (the trainer's user errors), shared by all.
 - `model`: the modality registry (`modalities`), transformer `layers`, input/output `adapters`, the shared
   `encoder`, `masking`, `losses`, and MultiMAE itself (`multimae`).
 - `data`: the dataset folder checked before training (`dataset`), the shared augmentation (`augment`,

@@ -1,22 +1,37 @@
 """Keyword-only dataclass configs of a run, loaded from TOML with unknown keys refused.
 
 A run's config is a tree: `PretrainConfig(model=..., data=..., optim=..., train=...)`, or for fine-tuning and
-probing `FinetuneConfig` (the same parts plus `task`; read from TOML by `trainer.transfer.config`); each
-component receives only its own part. Paths (data folder, run folder) are options of the run, not of the
-recipe. Both live here because every wing reads them (a checkpoint holds one: `trainer.engine.checkpoint`).
+probing `FinetuneConfig` (the same parts plus `task`); each component receives only its own part. Paths (data
+folder, run folder) are options of the run, not of the recipe. Both live here because every wing reads them
+(a checkpoint holds one: `trainer.engine.checkpoint`). `load_run_config` reads the config of every run kind:
+a TOML file or a shipped name (`trainer/configs/`), then the command line's keys (`--steps`, `--set`), all
+checked by the one loader (`pipeline.format.schema`).
 """
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from labelers.standards import PRECISIONS
-from pipeline.format.schema import ConfigError, load, read_toml, setting, to_plain, validate
+from pipeline.format.schema import (
+    ConfigError,
+    load,
+    named_file,
+    read_toml,
+    setting,
+    to_plain,
+    with_command_line,
+)
+
+if TYPE_CHECKING:
+    from trainer.transfer.tasks import TransferTask
 
 __all__ = [
+    "CONFIGS",
+    "RUN_KINDS",
     "ConfigError",
     "DataConfig",
     "FinetuneConfig",
@@ -25,10 +40,10 @@ __all__ = [
     "PretrainConfig",
     "TaskConfig",
     "TrainConfig",
-    "apply_overrides",
     "config_from_dict",
     "config_to_dict",
     "load_config",
+    "load_run_config",
     "smoke_config",
 ]
 
@@ -156,14 +171,23 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-TASK_TARGETS = {"cls": "cls", "semseg": "semseg", "depth": "depth"}  # task -> the sample member it learns
+def transfer_task_names() -> tuple[str, ...]:
+    """The registered transfer tasks (`trainer.transfer.tasks`), read when a config is checked: the registry
+    imports torch and the heads, which loading this module must not."""
+    return tuple(_transfer_tasks())
+
+
+def _transfer_tasks() -> Mapping[str, TransferTask]:
+    from trainer.transfer.tasks import TRANSFER_TASKS
+
+    return TRANSFER_TASKS
 
 
 @dataclass(frozen=True, kw_only=True)
 class TaskConfig:
     """What is learnt and how: the head (as the official fine-tuning adapters), its loss and its lr decay."""
 
-    name: str = setting("cls", choices=tuple(TASK_TARGETS))
+    name: str = setting("cls", choices=transfer_task_names)  # a registered transfer task
     num_classes: int = setting(0, ge=0, le=255)  # 0: from the dataset's manifest (or the .cls class folders)
     main_input: str = "rgb"  # dense heads read this input's tokens (RGB-D semseg: rgb, as the paper)
     probe: bool = False  # linear probe: frozen encoder, BatchNorm (no affine) + Linear on mean-pooled tokens
@@ -182,16 +206,14 @@ class TaskConfig:
     depth_scale: float = setting(1.0, gt=0)  # depth target = decoded value x depth_scale (0.001: mm -> m)
     eval_every: int = setting(0, ge=0)  # evaluate on --val every N steps (0: at the end only)
 
-    @property
-    def target(self) -> str:
-        return TASK_TARGETS[self.name]
-
     def problems(self) -> list[str]:
-        found = []
-        if self.name == "depth" and (len(self.hooks) != 4 or len(self.layer_dims) != 4):
-            found.append("the depth head takes 4 hooks and 4 layer_dims")
-        if self.probe and self.name != "cls":
-            found.append("probe = true is a linear classification probe: task name must be cls")
+        spec = _transfer_tasks().get(self.name)  # an unknown name is the `choices` rule's problem
+        if spec is None:
+            return []
+        found = spec.config_problems(self)
+        if self.probe and spec.probe is None:
+            with_probe = ", ".join(name for name, t in _transfer_tasks().items() if t.probe is not None)
+            found.append(f"probe = true: the {self.name} task has no linear probe (tasks with one: {with_probe})")
         return found
 
 
@@ -205,19 +227,86 @@ class FinetuneConfig:
 
     def problems(self) -> list[str]:
         found = []
-        if self.task.name in ("semseg", "depth") and self.task.main_input not in self.model.inputs:
+        spec = _transfer_tasks().get(self.task.name)
+        if spec is not None and spec.reads_main_input and self.task.main_input not in self.model.inputs:
             found.append(
                 f"task.main_input {self.task.main_input!r} is not one of model.inputs {list(self.model.inputs)}"
             )
         bad = [h for h in self.task.hooks if not 0 <= h < self.model.depth]
-        if self.task.name == "depth" and bad:
+        if spec is not None and spec.hooked and bad:
             found.append(f"task.hooks {bad} are not blocks of a {self.model.depth}-block encoder")
         if self.data.augment_on == "device":
             found.append('data.augment_on = "device" is pretraining\'s; fine-tuning resamples in the workers ("auto")')
         return found
 
 
-SMOKE_CONFIG = Path(__file__).parent / "configs" / "smoke.toml"  # the one tiny flavour: demo, tests, benchmarks
+CONFIGS = Path(__file__).parent / "configs"  # the shipped configs (package data), by name: --config smoke
+SMOKE_CONFIG = CONFIGS / "smoke.toml"  # the one tiny flavour: demo, tests, benchmarks
+
+
+@dataclass(frozen=True)
+class RunKind:
+    """What a run kind reads: its config type, what its file is called in errors, the keys the kind fixes."""
+
+    config: type[PretrainConfig] | type[FinetuneConfig]
+    what: str
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+
+
+RUN_KINDS = {
+    "pretrain": RunKind(PretrainConfig, "trainer config"),
+    "finetune": RunKind(FinetuneConfig, "fine-tuning config"),
+    "probe": RunKind(FinetuneConfig, "fine-tuning config", {"task.name": "cls", "task.probe": True}),
+}
+
+
+@overload
+def load_run_config(
+    kind: Literal["pretrain"],
+    source: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    sets: Sequence[str] = (),
+) -> PretrainConfig: ...
+@overload
+def load_run_config(
+    kind: Literal["finetune", "probe"],
+    source: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    sets: Sequence[str] = (),
+) -> FinetuneConfig: ...
+@overload
+def load_run_config(
+    kind: str, source: str | Path | None = None, overrides: Mapping[str, Any] | None = None, sets: Sequence[str] = ()
+) -> PretrainConfig | FinetuneConfig: ...
+def load_run_config(
+    kind: str, source: str | Path | None = None, overrides: Mapping[str, Any] | None = None, sets: Sequence[str] = ()
+) -> PretrainConfig | FinetuneConfig:
+    """The config of a run of `kind` (pretrain, finetune, probe): the file `source` (a TOML path, or the name of
+    a shipped config: `smoke`; none: the defaults, ViT-B), then the kind's fixed keys, `overrides` (by dotted
+    key, None keeps the file's value: the options that stand for a key, `trainer.options.config_overrides`) and
+    the `--set KEY=VALUE` items `sets`. The file is checked alone first (its problems under its name); then
+    what the command line changed, by the same loader, every problem at once (under "options")."""
+    spec = RUN_KINDS.get(kind)
+    if spec is None:
+        raise ConfigError(f"unknown run kind {kind!r}; known: {', '.join(RUN_KINDS)}")
+    cfg = spec.config()
+    if source is not None:
+        path = named_file(source, CONFIGS, spec.what)
+        try:
+            cfg = load(spec.config, read_toml(path, spec.what))
+        except ConfigError as err:
+            raise ConfigError(err.problems, f"{spec.what} {path}") from None
+    table = to_plain(cfg)
+    changed, problems = with_command_line(table, {**spec.fixed, **(overrides or {})}, sets)
+    if changed == table and not problems:
+        return cfg
+    try:
+        cfg = load(spec.config, changed)
+    except ConfigError as err:
+        problems += err.problems
+    if problems:
+        raise ConfigError(problems, "options")
+    return cfg
 
 
 def smoke_config() -> PretrainConfig:
@@ -225,11 +314,9 @@ def smoke_config() -> PretrainConfig:
     return load_config(SMOKE_CONFIG)
 
 
-def load_config(path: Path | None) -> PretrainConfig:
-    """Read a TOML recipe; no path gives the defaults (the ViT-B 1600-epoch recipe)."""
-    if path is None:
-        return PretrainConfig()
-    return config_from_dict(read_toml(path, "trainer config"), f"trainer config {path}")
+def load_config(path: str | Path | None) -> PretrainConfig:
+    """A pretraining config: a TOML file or a shipped name; none gives the defaults (the ViT-B 1600-epoch recipe)."""
+    return load_run_config("pretrain", path)
 
 
 def config_from_dict(raw: dict[str, Any], heading: str = "trainer config") -> PretrainConfig:
@@ -243,23 +330,3 @@ def config_from_dict(raw: dict[str, Any], heading: str = "trainer config") -> Pr
 def config_to_dict(config: Any) -> dict[str, Any]:
     """Plain nested dict (tuples become lists) for JSON, TOML and checkpoints."""
     return to_plain(config)
-
-
-def apply_overrides(config: PretrainConfig, **overrides: Any) -> PretrainConfig:
-    """Command-line overrides: steps, epochs, batch_size, workers, tensorboard, wandb (None = keep the file's)."""
-    sections = {
-        "steps": "train",
-        "epochs": "train",
-        "batch_size": "data",
-        "workers": "data",
-        "tensorboard": "train",
-        "wandb": "train",
-    }
-    for key, value in overrides.items():
-        if key not in sections:
-            raise ConfigError(f"unknown override {key!r}")
-        if value is not None:
-            part = getattr(config, sections[key])
-            config = dataclasses.replace(config, **{sections[key]: dataclasses.replace(part, **{key: value})})
-    validate(config, "options")
-    return config

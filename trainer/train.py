@@ -1,7 +1,8 @@
 """Pretraining: `pretrain(config, options)`; under torchrun: `torchrun ... -m trainer.train ...`.
 
 Every command that trains (pretrain, finetune, probe) goes through `trainer.engine.loop.run(job, config,
-options)`; they differ only in their job.
+options)`; they differ only in their job. The torchrun entry's options are `trainer.options`' (argparse form),
+the same as `mmforge pretrain`'s.
 """
 
 from __future__ import annotations
@@ -9,16 +10,16 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.format.locations import local_location
 from pipeline.format.stores import location
-from trainer.config import PretrainConfig, apply_overrides, load_config
+from trainer.config import PretrainConfig, load_run_config
 from trainer.engine.loop import run
 from trainer.engine.run import RunOptions, RunSummary
 from trainer.errors import USER_ERRORS
+from trainer.options import TrainingOption, config_overrides, options_of
 
 log = logging.getLogger(__name__)
 
@@ -30,53 +31,50 @@ def pretrain(config: PretrainConfig, options: RunOptions) -> RunSummary:
     return run(PretrainJob(), config, options)
 
 
-def build_config(config: Path | None, **overrides: Any) -> PretrainConfig:
-    """The TOML recipe (defaults: ViT-B 1600 epochs) with command-line overrides applied."""
-    return apply_overrides(load_config(config), **overrides)
+def build_config(config: str | Path | None, **options: Any) -> PretrainConfig:
+    """The config (a TOML file or a shipped name; none: ViT-B 1600 epochs) with option values by name
+    (`steps=20`; None keeps the file's)."""
+    return load_run_config("pretrain", config, config_overrides(options))
+
+
+def run_options(values: Mapping[str, Any]) -> RunOptions:
+    """Where and how to run, from the command line's values (by option name)."""
+    return RunOptions(
+        data=location(values["data"]),
+        out=location(values["out"]),
+        resume=values["resume"],
+        device=values["device"],
+        allow_defects=values["allow_defects"],
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    """The torchrun entry's options: `mmforge pretrain`'s, made from the same declaration (`trainer.options`)."""
+    p = argparse.ArgumentParser(prog="python -m trainer.train", description="MultiMAE pretraining (torchrun)")
+    for option in options_of("pretrain"):
+        p.add_argument(option.flag, dest=option.name, help=option.help, **_argparse(option))
+    return p
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m trainer.train", description="MultiMAE pretraining (torchrun)")
-    p.add_argument(
-        "--data",
-        type=location,
-        required=True,
-        help="dataset folder or store prefix (index.json, manifest.json, shards/)",
-    )
-    p.add_argument("--config", type=local_location, default=None, help="TOML recipe, e.g. trainer/configs/smoke.toml")
-    p.add_argument(
-        "--out",
-        type=location,
-        required=True,
-        help="run folder or store prefix (checkpoints, metrics.jsonl, config.json)",
-    )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--allow-defects", action="store_true", help="train on a dataset that fails its checks")
-    p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None, help="TensorBoard logs")
-    p.add_argument("--wandb", action=argparse.BooleanOptionalAction, default=None, help="Weights & Biases logs")
-    for name in ("steps", "epochs", "batch-size", "workers"):
-        p.add_argument(f"--{name}", type=int, default=None)
-    return p.parse_args(argv)
+    return parser().parse_args(argv)
+
+
+def _argparse(option: TrainingOption) -> dict[str, Any]:
+    """How argparse takes `option`: as Typer does (bools as --flag/--no-flag, repeatable ones as lists)."""
+    if option.value is bool:
+        return {"action": argparse.BooleanOptionalAction, "default": option.default}
+    how = {"type": option.parse or option.value, "default": option.default, "metavar": option.metavar}
+    return {**how, "required": option.required, "action": "append" if option.repeat else "store"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    values = vars(args)
     try:
-        cfg = build_config(
-            args.config,
-            steps=args.steps,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            tensorboard=args.tensorboard,
-            wandb=args.wandb,
-        )
-        options = RunOptions(
-            data=args.data, out=args.out, resume=args.resume, device=args.device, allow_defects=args.allow_defects
-        )
-        pretrain(cfg, options)
+        cfg = load_run_config("pretrain", args.config, config_overrides(values), args.sets or ())
+        pretrain(cfg, run_options(values))
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,9 +1,10 @@
 """`build-dataset`: plan (or resume a plan), run the shards on a distributor, write the dataset files.
 
-An object-store OUT (`s3://bucket/out`) is built through a local stage folder that first mirrors the store's
-documents (`pipeline.format.stores.mirror`; shards are listed, not downloaded), so ownership, resume and the plan
-work exactly as for a folder. Each document is published after it is written in the stage (the plan's
-entries before its header, the manifest last); workers publish their shards themselves (`pipeline.build.sink`).
+OUT is built through its stage (`Location.stage`): a local folder is its own; an object-store OUT
+(`s3://bucket/out`) is a local folder that first copies the store's documents (shards are listed, not
+downloaded), so ownership, resume and the plan work exactly as for a folder. Each document is published after it
+is written in the stage (the plan's entries before its header, the manifest last; nothing to do on a folder);
+workers publish their shards themselves (`pipeline.build.sink`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from labelers import check_labeler
 from labelers.weights import WeightsUnavailableError
 from pipeline.build.dataset_files import write_dataset_files
 from pipeline.build.executors import Callbacks, init_ray, run_local, run_ray
-from pipeline.build.label_files import check_root, is_files
+from pipeline.build.label_files import LOCAL_ONLY, check_root, is_files
 from pipeline.build.plan import Plan, ShardSpec, load_plan, make_plan, save_plan, source_fingerprint
 from pipeline.build.progress import BuildProgress
 from pipeline.build.recipe import BuildConfig, ConfigError
@@ -38,18 +39,12 @@ class BuildResult:
 
 
 def _check_source(cfg: BuildConfig) -> None:
-    if stores.is_url(cfg.src) or stores.is_url(cfg.out):
-        src_url, out_url = str(cfg.src).rstrip("/"), str(cfg.out).rstrip("/")
-        if out_url == src_url or out_url.startswith(src_url + "/"):
-            raise ConfigError(f"output {cfg.out} must not be inside the source {cfg.src}")
-        if stores.is_url(cfg.src) and any(is_files(s) for s in cfg.recipe.labelers):
-            raise ConfigError("label files (labeler 'files') are read from a local source folder, not from a store")
-        return
-    src, out = Path(cfg.src), Path(cfg.out)
-    if not src.is_dir():
+    if not cfg.src.is_folder():
         raise ConfigError(f"source folder {cfg.src} does not exist or is not a folder")
-    if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
-        raise ConfigError(f"output {cfg.out} must not be inside the source folder {cfg.src}")
+    if cfg.out.inside(cfg.src):
+        raise ConfigError(f"output {cfg.out} must not be inside the source {cfg.src.noun} {cfg.src}")
+    if any(is_files(s) for s in cfg.recipe.labelers):
+        cfg.src.local_path(LOCAL_ONLY)
 
 
 def _check_weights(cfg: BuildConfig) -> None:
@@ -57,7 +52,7 @@ def _check_weights(cfg: BuildConfig) -> None:
     remote cluster: its workers load them)."""
     for spec in cfg.recipe.labelers:
         if is_files(spec):
-            check_root(spec, Path(cfg.src))
+            check_root(spec, cfg.src.local_path(LOCAL_ONLY))
             continue
         if cfg.address:
             continue
@@ -86,51 +81,48 @@ def _resume_plan(cfg: BuildConfig, paths: DatasetPaths) -> Plan | None:
 
 
 class _Publish:
-    """Publishes the driver's documents to an object-store OUT (does nothing for a local OUT)."""
+    """Publishes the driver's documents from OUT's stage (`Stage.publish`: nothing to do for a local OUT).
+    `listing`: what OUT holds beyond the stage (an object-store OUT's objects; nothing for a folder)."""
 
-    def __init__(self, paths: DatasetPaths, store: stores.Store | None, listing: dict[str, stores.Entry]) -> None:
-        self.paths, self.store, self.listing = paths, store, listing
+    def __init__(self, paths: DatasetPaths, stage: stores.Stage, listing: dict[str, stores.Entry]) -> None:
+        self.paths, self.stage, self.listing = paths, stage, listing
 
     def files(self, *files: Path) -> None:
-        if self.store is not None:
-            for path in files:
-                self.store.put_file(path, self.paths.rel(path))
+        self.stage.publish(*files)
 
     def plan(self, plan: Plan) -> None:
         """The plan's entries, then (entries of an unfinished earlier plan removed) its header: the header's
         presence means a whole plan, as the local plan folder's rename does."""
         entries = [self.paths.plan_entries(s.name) for s in plan.shards]
         self.files(*entries)
-        if self.store is not None:
-            ours = {self.paths.rel(p) for p in entries}
-            self._remove([r for r in self.listing if r.startswith("plan/") and r not in ours])
+        ours = {self.paths.rel(p) for p in entries}
+        self._remove([r for r in self.listing if r.startswith("plan/") and r not in ours])
         self.files(self.paths.plan_header)
 
     def remove_dataset(self, named: set[Path]) -> None:
         """`--overwrite` on a store: remove the objects the old documents name (the marker stays): shards first,
         the plan's header last but the dataset documents, so a killed removal leaves a prefix that is still
         ours to finish."""
-        if self.store is not None:
-            rels = {self.paths.rel(p) for p in named} - {self.paths.rel(self.paths.marker)}
-            header = self.paths.rel(self.paths.plan_header)
-            order = {"shards": 0, "plan": 1}
-            self._remove(
-                sorted(
-                    (r for r in rels if r in self.listing),
-                    key=lambda r: (order.get(r.split("/", 1)[0], 3) + (r == header), r),
-                )
+        rels = {self.paths.rel(p) for p in named} - {self.paths.rel(self.paths.marker)}
+        header = self.paths.rel(self.paths.plan_header)
+        order = {"shards": 0, "plan": 1}
+        self._remove(
+            sorted(
+                (r for r in rels if r in self.listing),
+                key=lambda r: (order.get(r.split("/", 1)[0], 3) + (r == header), r),
             )
+        )
 
     def _remove(self, rels: list[str]) -> None:
-        if self.store is not None and rels:
-            self.store.remove(rels)
+        if rels:
+            self.stage.remove(rels)
             self.listing = {r: e for r, e in self.listing.items() if r not in set(rels)}
 
     def tar_size(self, shard: str) -> int | None:
         tar = self.paths.shard_tar(shard)
-        if self.store is not None:
-            entry = self.listing.get(self.paths.rel(tar))
-            return entry.size if entry is not None else None
+        entry = self.listing.get(self.paths.rel(tar))
+        if entry is not None:
+            return entry.size
         return tar.stat().st_size if tar.is_file() else None
 
 
@@ -171,8 +163,8 @@ def _completed(paths: DatasetPaths, plan: Plan, publish: _Publish) -> dict[str, 
 def _context(cfg: BuildConfig, plan: Plan) -> ShardContext:
     r = cfg.recipe
     return ShardContext(
-        src=str(cfg.src) if stores.is_url(cfg.src) else str(Path(cfg.src).resolve()),
-        out=str(cfg.out) if stores.is_url(cfg.out) else str(Path(cfg.out).resolve()),
+        src=cfg.src.absolute(),
+        out=cfg.out.absolute(),
         classes=plan.classes,
         image=r.image,
         encoding=r.encoding,
@@ -196,49 +188,40 @@ def build_dataset(cfg: BuildConfig) -> BuildResult:
     """Build (or finish building) the dataset `cfg` describes. Raises ConfigError on bad input, before
     anything in OUT is changed."""
     _check_source(cfg)
-    if stores.is_url(cfg.out):
-        return _build_in_store(cfg)
-    out = Path(cfg.out)
-    paths = DatasetPaths(out)
-    ownership.check_ownership(paths)
+    cfg.out.check_writable()
+    stage = cfg.out.stage("datasets", "dataset")  # one build per OUT and machine: the stage's lock
+    paths = DatasetPaths(stage.root)
+    if stage.lock_root == stage.root:  # the lock file goes into OUT itself: OUT must be ours before it is written
+        ownership.check_ownership(paths)
     _check_weights(cfg)
-    created = not out.exists()
+    created = not paths.root.exists()
     ownership.create_folder(paths)
     try:
-        with ownership.BuildLock(paths):
-            ownership.check_ownership(paths)  # again, now that no other build can change OUT
-            return _build(cfg, paths, _Publish(paths, None, {}))
+        with ownership.BuildLock(DatasetPaths(stage.lock_root)):
+            return _build(cfg, paths, _claim(cfg, stage, paths))
     except ConfigError:
-        if created and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
+        if created and paths.root.is_dir() and not any(paths.root.iterdir()):
+            paths.root.rmdir()
         raise
 
 
-def _build_in_store(cfg: BuildConfig) -> BuildResult:
-    """Build into an object store through this machine's stage folder of OUT (one build per OUT and machine:
-    the stage's lock; builds of one OUT from two machines at once are not detected)."""
-    store = stores.open_store(str(cfg.out))
-    stores.check_writable(store)
-    _check_weights(cfg)
-    stage = stores.stage_dir(store.url, "datasets")
-    stage.mkdir(parents=True, exist_ok=True)
-    paths = DatasetPaths(stage / "dataset")
-    with ownership.BuildLock(DatasetPaths(stage)):
-        try:
-            listing = store.listing()
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"cannot read {cfg.out}: {err}") from None
-        ownership.check_names(listing, paths, str(cfg.out))  # before anything is downloaded
-        planned = paths.rel(paths.plan_header) in listing  # else plan entries are an unfinished plan's
-        try:
-            stores.mirror(
-                store, paths.root, lambda r: document_name(r) and (planned or r.split("/")[0] != "plan"), listing
-            )
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"cannot read {cfg.out}: {err}") from None
-        ownership.check_listed(paths, listing, str(cfg.out))
-        ownership.check_ownership(paths)
-        return _build(cfg, paths, _Publish(paths, store, listing))
+def _claim(cfg: BuildConfig, stage: stores.Stage, paths: DatasetPaths) -> _Publish:
+    """With the lock held: refuse an OUT that holds anything not ours (a store's objects from their listing,
+    before anything is downloaded), copy its documents into the stage, check them there (builds of one store
+    OUT from two machines at once are not detected)."""
+    try:
+        listing = stage.listing()
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot read {cfg.out}: {err}") from None
+    ownership.check_names(listing, paths, str(cfg.out))
+    planned = paths.rel(paths.plan_header) in listing  # else plan entries are an unfinished plan's
+    try:
+        stage.fetch(lambda r: document_name(r) and (planned or r.split("/")[0] != "plan"), listing)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot read {cfg.out}: {err}") from None
+    ownership.check_listed(paths, listing, str(cfg.out))
+    ownership.check_ownership(paths)  # again, now that no other build can change OUT
+    return _Publish(paths, stage, listing)
 
 
 def _build(cfg: BuildConfig, paths: DatasetPaths, publish: _Publish) -> BuildResult:

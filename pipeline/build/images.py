@@ -87,7 +87,7 @@ def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
 _SOURCE_BLOCK = 4 << 20  # a store object is read in blocks this size: most photos in one request, header included
 
 
-def read_source(path: Path | str, *, max_bytes: int, max_pixels: int) -> bytes:
+def read_source(path: stores.Location | Path | str, *, max_bytes: int, max_pixels: int) -> bytes:
     """The bytes of one source image, read only when safe: a regular file (links followed; a FIFO, socket
     or device raises NotRegularFileError) or a store object, at most `max_bytes`, and with an image header
     whose pixel count is within `max_pixels` (checked from the header before the rest of the file is read)."""

@@ -35,6 +35,7 @@ from pipeline.format.codecs import CODECS
 from pipeline.format.schema import ConfigError, load, setting
 
 NAME = "files"
+LOCAL_ONLY = "label files (labeler 'files') are read from a local source folder, not from a store"
 _TRANSPOSE = {  # EXIF orientation -> the Pillow transposition that ImageOps.exif_transpose applies
     2: [Image.Transpose.FLIP_LEFT_RIGHT],
     3: [Image.Transpose.ROTATE_180],

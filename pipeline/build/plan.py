@@ -14,8 +14,7 @@ from pathlib import Path
 from pipeline.build.recipe import ConfigError, SourceConfig
 from pipeline.format import contract, fs, stores
 from pipeline.format.contract import DatasetPaths, PlanEntries, PlanHeader, PlanShard
-
-Found = list[tuple[str, int, int | str]]  # (relative path, size, mtime_ns or the store's object version)
+from pipeline.format.locations import Found
 
 
 @dataclass(frozen=True)
@@ -74,56 +73,21 @@ def _skip(name: str) -> bool:
     return name.startswith(".") or name.startswith("._")
 
 
-def _unreadable(err: OSError) -> None:
-    """A folder that cannot be listed would hide its images: stop rather than lose them silently."""
-    raise ConfigError(f"cannot read folder {err.filename}: {err.strerror}")
-
-
 def walk_source(src: stores.Location | Path, extensions: tuple[str, ...]) -> Found:
     """Every image of a source folder or store prefix, sorted by relative path."""
-    if stores.is_url(src):
-        return walk_store(stores.open_store(str(src)), extensions)
-    return walk_images(Path(src), extensions)
-
-
-def walk_store(store: stores.Store, extensions: tuple[str, ...]) -> Found:
-    """(relative key, size, version) of every image below a store prefix, with the same rules as a folder:
-    case-insensitive extensions, hidden and `._*` names (at any depth) skipped."""
-    exts = {e.lower() for e in extensions}
-    found: Found = []
-    for rel, entry in store.listing().items():
-        parts = rel.split("/")
-        if any(_skip(p) for p in parts) or os.path.splitext(parts[-1])[1].lower() not in exts:
-            continue
-        found.append((rel, entry.size, entry.version))
-    found.sort()
-    return found
+    return _images(stores.location(src).walk(_skip), extensions)
 
 
 def walk_images(root: Path, extensions: tuple[str, ...]) -> Found:
-    """(relative path, size, mtime_ns) of every image under root: case-insensitive extensions, hidden and
-    `._*` files skipped, symlinked folders followed once (loops cut by device+inode)."""
+    """(relative path, size, mtime_ns) of every image under a local folder: case-insensitive extensions, hidden
+    and `._*` files skipped, symlinked folders followed once (`LocalPath.walk`)."""
+    return walk_source(root, extensions)
+
+
+def _images(files: Found, extensions: tuple[str, ...]) -> Found:
+    """The files with one of `extensions` (in any case), sorted."""
     exts = {e.lower() for e in extensions}
-    seen: set[tuple[int, int]] = set()
-    found: Found = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=_unreadable):
-        st = os.stat(dirpath)
-        if (st.st_dev, st.st_ino) in seen:
-            dirnames[:] = []
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        dirnames[:] = sorted(d for d in dirnames if not _skip(d))
-        for name in filenames:
-            if _skip(name) or os.path.splitext(name)[1].lower() not in exts:
-                continue
-            full = os.path.join(dirpath, name)
-            try:
-                fst = os.stat(full)
-            except OSError:  # dangling symlink: not an image we can read; still listed so it is accounted for
-                fst = os.lstat(full)
-            found.append((Path(full).relative_to(root).as_posix(), fst.st_size, fst.st_mtime_ns))
-    found.sort()
-    return found
+    return sorted(f for f in files if os.path.splitext(f[0].rsplit("/", 1)[-1])[1].lower() in exts)
 
 
 def fingerprint(files: Found) -> str:

@@ -1,4 +1,5 @@
-"""Typed configs of `build-dataset`: a recipe (TOML, versioned in manifests/) plus the run's own options.
+"""Typed configs of `build-dataset`: a recipe (TOML, versioned in manifests/, each one named by its file name:
+`--recipe demo`) plus the run's own options.
 
 Each part is a small keyword-only dataclass; unknown keys anywhere in a recipe are errors, never ignored.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,13 +19,34 @@ from labelers.spec import OUTPUT_MEMBER_KIND
 from labelers.standards import PRECISIONS
 from pipeline.build import label_files
 from pipeline.format.codecs import CODECS
-from pipeline.format.schema import ConfigError, load, problems_of, read_toml, setting, to_plain
-from pipeline.format.stores import Location
+from pipeline.format.schema import (
+    ConfigError,
+    load,
+    named_file,
+    problems_of,
+    read_toml,
+    setting,
+    to_plain,
+    with_command_line,
+)
+from pipeline.format.stores import Location, location
 
-__all__ = ["BuildConfig", "ConfigError", "Recipe", "load_recipe", "recipe_from_dict", "to_dict", "with_overrides"]
+__all__ = [
+    "RECIPES",
+    "BuildConfig",
+    "ConfigError",
+    "Recipe",
+    "load_recipe",
+    "recipe_from_dict",
+    "to_dict",
+    "with_overrides",
+]
 
 DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".gif")
 MAX_SHARD_SIZE = 99_999  # keys are shard * 10^5 + position
+# The shipped recipes, by name (--recipe demo): manifests/ of the checkout, through the link recipes ->
+# ../../manifests; a wheel or sdist holds the files themselves here (package data).
+RECIPES = Path(__file__).parent / "recipes"
 to_dict = to_plain
 
 
@@ -180,10 +203,28 @@ def recipe_from_dict(data: dict[str, Any], heading: str = "recipe") -> Recipe:
     return Recipe(name=header.name, description=header.description, **parts, labelers=labelers)
 
 
-def load_recipe(path: Path | None) -> Recipe:
-    if path is None:
-        return recipe_from_dict({})
-    return recipe_from_dict(read_toml(path, "recipe"), f"recipe {path}")
+def load_recipe(
+    source: str | Path | None, overrides: Mapping[str, Any] | None = None, sets: Sequence[str] = ()
+) -> Recipe:
+    """A recipe: a TOML file, or the name of a shipped one (`demo` is manifests/demo.toml); none is the default
+    (the real labelers). Then the command line's keys: `overrides` by dotted key (`{"shards.size": 8}`, None
+    keeps the file's) and `--set KEY=VALUE` items. The file is checked alone first (its problems under its
+    name), then what the command line changed, every problem at once (under "options")."""
+    raw, heading = {"labelers": DEFAULT_LABELERS}, "recipe"
+    if source is not None:
+        path = named_file(source, RECIPES, "recipe")
+        raw, heading = {**raw, **read_toml(path, "recipe")}, f"recipe {path}"
+    recipe = recipe_from_dict(raw, heading)
+    changed, problems = with_command_line(raw, overrides or {}, sets)
+    if changed == raw and not problems:
+        return recipe
+    try:
+        recipe = recipe_from_dict(changed, "options")
+    except ConfigError as err:
+        problems += err.problems
+    if problems:
+        raise ConfigError(problems, "options")
+    return recipe
 
 
 def validate(recipe: Recipe) -> None:
@@ -208,10 +249,14 @@ def with_overrides(
 
 @dataclass(frozen=True, kw_only=True)
 class BuildConfig:
-    src: Location  # a folder or a store prefix (pipeline.format.stores)
+    src: Location  # a folder or a store prefix (a str or Path is resolved by pipeline.format.stores.location)
     out: Location
     recipe: Recipe
     overwrite: bool = False
     address: str | None = None
     executor: str = "ray"  # ray | local (in-process, no Ray: debugging and tests)
     quiet: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "src", location(self.src))
+        object.__setattr__(self, "out", location(self.out))

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import socket
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,23 +21,23 @@ import numpy as np
 from labelers import LabelerSpec
 from labelers.classes import palette_for
 from pipeline.build.images import DecodedImage, decode_image, read_source
-from pipeline.build.label_files import is_files, read_label
+from pipeline.build.label_files import LOCAL_ONLY, is_files, read_label
 from pipeline.build.plan import Entry, ShardSpec
 from pipeline.build.recipe import EncodingConfig, ImageConfig
 from pipeline.build.sink import ShardSink
-from pipeline.format import contract, stores
+from pipeline.format import contract
 from pipeline.format.codecs import CODECS, EncodeOptions, class_ids_problem, encode_cls, encode_json
 from pipeline.format.contract import DatasetPaths, Failure, ShardStats, sample_key
+from pipeline.format.stores import Location
 
-_STORE_READERS = 16
 Labels = dict[str, list[np.ndarray]]  # modality -> one map per image
 Submit = Callable[[list[np.ndarray]], Callable[[], Labels]]  # start labelling; call the result to wait
 
 
 @dataclass(frozen=True, kw_only=True)
 class ShardContext:
-    src: str
-    out: str
+    src: Location  # absolute: a shard task may run in another folder or on another machine
+    out: Location
     classes: tuple[str, ...] | None
     image: ImageConfig
     encoding: EncodingConfig
@@ -92,18 +90,19 @@ def _failure(entry: Entry, err: BaseException, stage: str) -> Failure:
 
 
 def _fetch(entries: list[Entry], ctx: ShardContext, limits: dict[str, int]) -> list[bytes | Exception]:
-    """Each source's bytes (or why not). From a store, `_STORE_READERS` requests at a time: one object read
-    after another would leave a store's per-request latency (tens of ms) between every two images."""
+    """Each source's bytes (or why not), `Location.parallel_reads` at a time: from a store, one object read
+    after another would leave its per-request latency (tens of ms) between every two images."""
 
     def one(entry: Entry) -> bytes | Exception:
         try:
-            return read_source(stores.join(ctx.src, entry.path), **limits)
+            return read_source(ctx.src.join(entry.path), **limits)
         except Exception as err:  # a bad image is data: recorded by the caller
             return err
 
-    if not stores.is_url(ctx.src) or len(entries) < 2:
+    readers = min(ctx.src.parallel_reads, len(entries))
+    if readers < 2:
         return [one(e) for e in entries]
-    with ThreadPoolExecutor(min(_STORE_READERS, len(entries))) as pool:
+    with ThreadPoolExecutor(readers) as pool:
         return list(pool.map(one, entries))
 
 
@@ -126,7 +125,10 @@ def _read(
             tally.failures.append(_failure(entry, err, "read"))
             continue
         try:
-            given = {s.modality: read_label(s, Path(ctx.src), entry.path, img, **limits) for s in ctx.file_labelers}
+            given = {
+                s.modality: read_label(s, ctx.src.local_path(LOCAL_ONLY), entry.path, img, **limits)
+                for s in ctx.file_labelers
+            }
         except Exception as err:
             tally.failures.append(_failure(entry, err, "label"))
             continue
@@ -250,19 +252,15 @@ def process_shard(
 
     `isolate` (the last attempt): images that fail labelling are recorded one by one instead of failing the
     shard. A source or output folder this worker cannot see fails the shard, never its images. An object-store
-    OUT is written through a local temp folder of this worker: nothing of it needs to be shared.
+    OUT is written through a temp stage of this worker (`Location.scratch`): nothing of it needs to be shared.
     """
-    with ExitStack() as stack:
-        store = stores.open_store(ctx.out) if stores.is_url(ctx.out) else None
-        staged = store is not None
-        out = stack.enter_context(tempfile.TemporaryDirectory(prefix="mmforge-shard-")) if staged else ctx.out
-        paths = DatasetPaths(Path(out))
-        if store is not None:
-            paths.shards_dir.mkdir()
-        for folder in ([] if stores.is_url(ctx.src) else [Path(ctx.src)]) + [paths.shards_dir]:
-            if not folder.is_dir():
+    with ctx.out.scratch("mmforge-shard-") as stage:
+        paths = DatasetPaths(stage.root)
+        shards = stage.folder(paths.rel(paths.shards_dir))
+        for folder, visible in ((ctx.src, ctx.src.is_folder()), (shards, shards.is_dir())):
+            if not visible:
                 raise FileNotFoundError(f"{folder} is not visible on this worker (a cluster needs a shared filesystem)")
-        return _process(shard, ctx, submit, progress, isolate, ShardSink(paths, shard.name, store))
+        return _process(shard, ctx, submit, progress, isolate, ShardSink(paths, shard.name, stage))
 
 
 def _process(

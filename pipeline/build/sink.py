@@ -4,7 +4,8 @@ Samples stream into a hidden temp file beside the shard's final name, hashed and
 written, as a deterministic tar (USTAR headers, fixed mtime/uid/gid/mode, members in the order given, members
 of a sample adjacent); on success the file is fsynced and renamed to `shards/{shard}.tar`, and only then may
 the stats marker be written (`mark_done`), whose presence says the shard is complete. A killed writer leaves
-only a temp file, never a tar that looks finished.
+only a temp file, never a tar that looks finished. Both are written in OUT's stage and published from it
+(`Stage.publish`: one upload each to an object store, the local copy dropped; nothing to do on a folder).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from types import TracebackType
 from typing import IO
 
 from pipeline.format import fs
-from pipeline.format.contract import DatasetPaths, ShardStats, doc_bytes, write_doc
-from pipeline.format.stores import Store
+from pipeline.format.contract import DatasetPaths, ShardStats, write_doc
+from pipeline.format.locations import Stage
 
 FIXED_MTIME = 946684800  # 2000-01-01T00:00:00Z: the same input gives byte-identical shards
 
@@ -41,8 +42,8 @@ class _HashingFile:
 class ShardSink:
     """`with ShardSink(paths, name) as sink: sink.add(key, members)`; then `sink.mark_done(stats)`."""
 
-    def __init__(self, paths: DatasetPaths, shard: str, store: Store | None = None) -> None:
-        self.paths, self.shard, self.store = paths, shard, store
+    def __init__(self, paths: DatasetPaths, shard: str, stage: Stage) -> None:
+        self.paths, self.shard, self.stage = paths, shard, stage
         self.samples, self.bytes, self.sha256 = 0, 0, ""
         self._stack = ExitStack()
         self._published = False
@@ -73,13 +74,9 @@ class ShardSink:
         except BaseException as close_err:
             self._stack.__exit__(type(close_err), close_err, close_err.__traceback__)  # the temp file goes
             raise
-        self._stack.__exit__(kind, err, tb)  # publishes on success, removes the temp file otherwise
-        if kind is None and self.store is not None:
-            tar = self.paths.shard_tar(self.shard)
-            try:
-                self.store.put_file(tar, self.paths.rel(tar))
-            finally:
-                tar.unlink(missing_ok=True)
+        self._stack.__exit__(kind, err, tb)  # renames on success, removes the temp file otherwise
+        if kind is None:
+            self.stage.publish(self.paths.shard_tar(self.shard), keep=False)
         self._published = kind is None
 
     def mark_done(self, stats: ShardStats) -> None:
@@ -87,7 +84,5 @@ class ShardSink:
         if not self._published or (stats.bytes, stats.sha256) != (self.bytes, self.sha256):
             raise RuntimeError(f"shard {self.shard}: stats marker for a shard that was not published as described")
         marker = self.paths.shard_stats(self.shard)
-        if self.store is not None:
-            self.store.put_bytes(self.paths.rel(marker), doc_bytes(stats))
-        else:
-            write_doc(marker, stats)
+        write_doc(marker, stats)
+        self.stage.publish(marker, keep=False)

@@ -6,13 +6,13 @@ import os
 from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 import typer
 
-from pipeline.format import stores
+from pipeline.cli import options as opts
 from pipeline.format.locations import local_location
-from pipeline.format.stores import Location, fetched, location, published
+from pipeline.format.stores import Location, location
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -68,12 +68,8 @@ def build_dataset_cmd(
             help="Output dataset folder or store prefix (shards/, plan/, manifest.json, index.json).",
         ),
     ],
-    recipe: Annotated[
-        Path | None,
-        typer.Option(
-            parser=local_location, metavar="PATH", help="Recipe TOML (see manifests/); default: the real labelers."
-        ),
-    ] = None,
+    recipe: opts.Recipe = None,
+    sets: opts.RecipeSets = None,
     shard_size: Annotated[int | None, typer.Option(help="Samples per shard (overrides the recipe).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per labeler batch (overrides the recipe).")] = None,
     split: Annotated[
@@ -88,12 +84,13 @@ def build_dataset_cmd(
 ) -> None:
     """Label every image in SRC with depth and semantic segmentation and write aligned shards to OUT."""
     from pipeline.build.builder import build_dataset, describe, summary
-    from pipeline.build.recipe import BuildConfig, ConfigError, load_recipe, with_overrides
+    from pipeline.build.recipe import BuildConfig, ConfigError, load_recipe
 
     try:
         if executor not in ("ray", "local"):
             raise ConfigError(f"--executor must be 'ray' or 'local', got {executor!r}")
-        resolved = with_overrides(load_recipe(recipe), shard_size=shard_size, batch_size=batch_size, split=split)
+        flags = {"shards.size": shard_size, "runtime.batch_size": batch_size, "source.split": split}
+        resolved = load_recipe(recipe, flags, sets or ())
         cfg = BuildConfig(
             src=location(src),
             out=location(out),
@@ -212,62 +209,93 @@ def preview_cmd(
 
 @app.command("pretrain")
 def pretrain_cmd(
-    data: Annotated[
-        str,
-        typer.Option(
-            parser=location,
-            metavar="LOCATION",
-            help="Dataset folder or store prefix from build-dataset (index.json, manifest.json, shards/).",
-        ),
-    ],
-    out: Annotated[
-        str,
-        typer.Option(
-            parser=location,
-            metavar="LOCATION",
-            help="Run folder or store prefix: checkpoints, metrics.jsonl, config.json, timm export.",
-        ),
-    ],
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            parser=local_location, help="Trainer recipe TOML (trainer/configs/); default: ViT-B, 1600 epochs."
-        ),
-    ] = None,
-    device: Annotated[str, typer.Option(help="auto (GPU when present), cpu, cuda or cuda:N.")] = "auto",
-    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint-last.pt when there is one.")] = True,
-    steps: Annotated[int | None, typer.Option(help="Total optimizer steps (overrides epochs).")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs (overrides the recipe).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Samples per rank per micro-batch.")] = None,
-    workers: Annotated[int | None, typer.Option(help="Loader worker processes per rank.")] = None,
-    allow_defects: Annotated[
-        bool, typer.Option(help="Train on a dataset that fails its checks or is incomplete (warned, not refused).")
-    ] = False,
-    tensorboard: Annotated[
-        bool | None, typer.Option("--tensorboard/--no-tensorboard", help="TensorBoard scalars and figures.")
-    ] = None,
-    wandb: Annotated[
-        bool | None, typer.Option("--wandb/--no-wandb", help="Weights & Biases logs (the wandb extra).")
-    ] = None,
+    ctx: typer.Context,
+    data: opts.Data,
+    out: opts.Out,
+    config: opts.Config = None,
+    sets: opts.Sets = None,
+    device: opts.Device = "auto",
+    resume: opts.Resume = True,
+    steps: opts.Steps = None,
+    epochs: opts.Epochs = None,
+    batch_size: opts.BatchSize = None,
+    workers: opts.Workers = None,
+    allow_defects: opts.AllowDefects = False,
+    tensorboard: opts.Tensorboard = None,
+    wandb: opts.Wandb = None,
 ) -> None:
     """Pretrain MultiMAE on a dataset's shards. Several GPUs: torchrun ... -m trainer.train (same options)."""
+    _train("pretrain", ctx.params)
+
+
+@app.command("finetune")
+def finetune_cmd(
+    ctx: typer.Context,
+    data: opts.Data,
+    out: opts.Out,
+    task: opts.Task = None,
+    init: opts.Init = None,
+    val: opts.Val = None,
+    config: opts.Config = None,
+    sets: opts.Sets = None,
+    inputs: opts.Inputs = None,
+    device: opts.Device = "auto",
+    resume: opts.Resume = True,
+    steps: opts.Steps = None,
+    epochs: opts.Epochs = None,
+    batch_size: opts.BatchSize = None,
+    workers: opts.Workers = None,
+    allow_defects: opts.AllowDefects = False,
+    tensorboard: opts.Tensorboard = None,
+    wandb: opts.Wandb = None,
+) -> None:
+    """Fine-tune a pretrained MultiMAE on classification, semantic segmentation or depth, from RGB or RGB-D."""
+    _train("finetune", ctx.params)
+
+
+@app.command("probe")
+def probe_cmd(
+    ctx: typer.Context,
+    data: opts.Data,
+    out: opts.Out,
+    init: opts.Init = None,
+    val: opts.Val = None,
+    config: opts.Config = None,
+    sets: opts.Sets = None,
+    device: opts.Device = "auto",
+    resume: opts.Resume = True,
+    steps: opts.Steps = None,
+    epochs: opts.Epochs = None,
+    batch_size: opts.BatchSize = None,
+    workers: opts.Workers = None,
+    allow_defects: opts.AllowDefects = False,
+    tensorboard: opts.Tensorboard = None,
+    wandb: opts.Wandb = None,
+) -> None:
+    """Linear probe (frozen encoder, BatchNorm + Linear): a fast signal of what pretraining learnt."""
+    _train("probe", ctx.params)
+
+
+def _train(kind: Literal["pretrain", "finetune", "probe"], values: Mapping[str, Any]) -> None:
+    """pretrain / finetune / probe: the option values (by name, as parsed: `ctx.params`) -> the typed config and
+    the run options -> one library call (the shared loop); one summary, one-line errors with exit 2."""
+    from trainer.config import load_run_config
     from trainer.errors import USER_ERRORS
-    from trainer.train import RunOptions, build_config, pretrain
+    from trainer.options import config_overrides
+    from trainer.train import pretrain, run_options
 
     try:
-        cfg = build_config(
-            config,
-            steps=steps,
-            epochs=epochs,
-            batch_size=batch_size,
-            workers=workers,
-            tensorboard=tensorboard,
-            wandb=wandb,
-        )
-        options = RunOptions(
-            data=location(data), out=location(out), resume=resume, device=device, allow_defects=allow_defects
-        )
-        result = pretrain(cfg, options)
+        overrides, sets = config_overrides(values), values["sets"] or ()
+        if kind == "pretrain":
+            result = pretrain(load_run_config(kind, values["config"], overrides, sets), run_options(values))
+        else:
+            from trainer.transfer.finetune import finetune
+
+            cfg, run = load_run_config(kind, values["config"], overrides, sets), run_options(values)
+            with ExitStack() as stack:
+                init = values["init"]
+                weights = stack.enter_context(location(init).fetched()) if init is not None else None
+                result = finetune(cfg, run, weights, _maybe(values["val"]))
     except USER_ERRORS as err:
         raise fail(str(err)) from None
     typer.echo(result.text())
@@ -277,125 +305,31 @@ def _maybe(value: str | None) -> Location | None:
     return None if value is None else location(value)
 
 
-def _transfer(
-    kind: str,
-    data: str,
-    out: str,
-    config: Path | None,
-    init: str | None,
-    val: str | None,
-    options: Mapping[str, object],
+@app.command("list")
+def list_cmd(
+    what: Annotated[
+        str | None, typer.Argument(metavar="[recipes|configs]", help="What to list; both when left out.")
+    ] = None,
 ) -> None:
-    """finetune / probe: one library call (the shared loop), one summary, one-line errors with exit 2."""
-    from trainer.engine.run import RunOptions
-    from trainer.errors import USER_ERRORS
-    from trainer.transfer.finetune import build_finetune_config, finetune
+    """The shipped recipes (build-dataset --recipe NAME) and run configs (pretrain, finetune, probe --config NAME),
+    each with the first line of its description."""
+    from pipeline.build.recipe import RECIPES
+    from pipeline.format.schema import opening_line, shipped_files
+    from trainer.config import CONFIGS
 
-    run_keys = ("resume", "device", "allow_defects")
-    try:
-        overrides: dict[str, object] = {k: v for k, v in options.items() if k not in run_keys}
-        if kind == "probe":
-            overrides.update(probe=True, task="cls")
-        cfg = build_finetune_config(config, **overrides)
-        run = RunOptions(data=location(data), out=location(out), **{k: options[k] for k in run_keys})  # type: ignore[arg-type]
-        with ExitStack() as stack:
-            weights = stack.enter_context(fetched(location(init))) if init is not None else None
-            result = finetune(cfg, run, weights, _maybe(val))
-    except USER_ERRORS as err:
-        raise fail(str(err)) from None
-    typer.echo(result.text())
-
-
-_INPUTS_HELP = "Input modalities, comma-separated (rgb, or rgb,depth ...); default: the config's."
-
-
-@app.command("finetune")
-def finetune_cmd(
-    data: Annotated[
-        str,
-        typer.Option(
-            parser=location, metavar="LOCATION", help="Training shards (a dataset folder or prefix from build-dataset)."
-        ),
-    ],
-    out: Annotated[
-        str,
-        typer.Option(
-            parser=location,
-            metavar="LOCATION",
-            help="Run folder or prefix: checkpoints, metrics.jsonl, val.jsonl, config.json.",
-        ),
-    ],
-    task: Annotated[str | None, typer.Option(help="cls, semseg or depth; default: the config's.")] = None,
-    init: Annotated[
-        str | None,
-        typer.Option(
-            parser=location,
-            metavar="LOCATION",
-            help="Pretrained weights: our or an official checkpoint (a file or store object).",
-        ),
-    ] = None,
-    val: Annotated[
-        str | None,
-        typer.Option(
-            parser=location,
-            metavar="LOCATION",
-            help="Validation shards: evaluated at the end (and every eval_every).",
-        ),
-    ] = None,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            parser=local_location, metavar="PATH", help="Fine-tuning recipe TOML (trainer/configs/finetune-*.toml)."
-        ),
-    ] = None,
-    inputs: Annotated[str | None, typer.Option(help=_INPUTS_HELP)] = None,
-    device: Annotated[str, typer.Option(help="auto (GPU when present), cpu, cuda or cuda:N.")] = "auto",
-    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint-last.pt when there is one.")] = True,
-    steps: Annotated[int | None, typer.Option(help="Total optimizer steps (overrides epochs).")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs (overrides the recipe).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Samples per rank per micro-batch.")] = None,
-    workers: Annotated[int | None, typer.Option(help="Loader worker processes per rank.")] = None,
-    allow_defects: Annotated[bool, typer.Option(help="Train on a dataset that fails its checks.")] = False,
-    tensorboard: Annotated[bool | None, typer.Option("--tensorboard/--no-tensorboard", help="TensorBoard.")] = None,
-    wandb: Annotated[bool | None, typer.Option("--wandb/--no-wandb", help="Weights & Biases.")] = None,
-) -> None:
-    """Fine-tune a pretrained MultiMAE on classification, semantic segmentation or depth, from RGB or RGB-D."""
-    names = tuple(n.strip() for n in inputs.split(",") if n.strip()) if inputs else None
-    options = dict(task=task, inputs=names, device=device, resume=resume, steps=steps, epochs=epochs)
-    options.update(batch_size=batch_size, workers=workers, allow_defects=allow_defects)
-    options.update(tensorboard=tensorboard, wandb=wandb)
-    _transfer("finetune", data, out, config, init, val, options)
-
-
-@app.command("probe")
-def probe_cmd(
-    data: Annotated[
-        str, typer.Option(parser=location, metavar="LOCATION", help="Training shards with class folders (.cls).")
-    ],
-    out: Annotated[str, typer.Option(parser=location, metavar="LOCATION", help="Run folder or prefix.")],
-    init: Annotated[
-        str | None,
-        typer.Option(parser=location, metavar="LOCATION", help="Pretrained weights (none: a random-init baseline)."),
-    ] = None,
-    val: Annotated[str | None, typer.Option(parser=location, metavar="LOCATION", help="Validation shards.")] = None,
-    config: Annotated[
-        Path | None,
-        typer.Option(parser=local_location, metavar="PATH", help="Recipe TOML (trainer/configs/probe-*.toml)."),
-    ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint-last.pt.")] = True,
-    steps: Annotated[int | None, typer.Option(help="Total optimizer steps.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Samples per rank per micro-batch.")] = None,
-    workers: Annotated[int | None, typer.Option(help="Loader worker processes per rank.")] = None,
-    allow_defects: Annotated[bool, typer.Option(help="Train on a dataset that fails its checks.")] = False,
-    tensorboard: Annotated[bool | None, typer.Option("--tensorboard/--no-tensorboard", help="TensorBoard.")] = None,
-    wandb: Annotated[bool | None, typer.Option("--wandb/--no-wandb", help="Weights & Biases.")] = None,
-) -> None:
-    """Linear probe (frozen encoder, BatchNorm + Linear): a fast signal of what pretraining learnt."""
-    options = dict(device=device, resume=resume, steps=steps, epochs=epochs, batch_size=batch_size)
-    options.update(workers=workers, allow_defects=allow_defects, tensorboard=tensorboard, wandb=wandb)
-    _transfer("probe", data, out, config, init, val, options)
+    folders = {
+        "recipes (build-dataset --recipe NAME)": RECIPES,
+        "configs (pretrain, finetune, probe --config NAME)": CONFIGS,
+    }
+    if what not in (None, "recipes", "configs"):
+        raise fail(f"list takes recipes or configs, got {what!r}")
+    for heading, folder in folders.items():
+        if what is None or heading.startswith(what):
+            shipped = shipped_files(folder)
+            width = max(map(len, shipped), default=0)
+            typer.echo(f"{heading}:")
+            for name, path in shipped.items():
+                typer.echo(f"  {name:<{width}}  {opening_line(path)}")
 
 
 @app.command("evaluate")
@@ -419,7 +353,7 @@ def evaluate_cmd(
     from trainer.transfer.finetune import evaluate
 
     try:
-        with fetched(location(checkpoint)) as weights:
+        with location(checkpoint).fetched() as weights:
             result = evaluate(weights, location(data), json_path, device, batch_size, source=str(checkpoint))
     except USER_ERRORS as err:
         raise fail(str(err)) from None
@@ -452,15 +386,18 @@ def export_cmd(
     try:
         if format not in ("timm", "official"):
             raise ConfigError(f"--format must be timm or official, got {format!r}")
-        if stores.exists(location(out), folder=format == "timm"):
+        target = location(out)
+        if target.exists(folder=format == "timm"):
             raise ConfigError(f"{out} exists; export writes a new {'file' if format == 'official' else 'folder'}")
-        with fetched(location(checkpoint)) as weights, published(location(out)) as target:
+        with location(checkpoint).fetched() as weights, target.published() as local:
             state, shape, _ = encoder_state(weights)
-            written = export_timm_folder(state, shape, target) if format == "timm" else export_official(state, target)
-        path = out if stores.is_url(out) else written
+            if format == "timm":
+                export_timm_folder(state, shape, local)
+            else:
+                export_official(state, local)
     except (*USER_ERRORS, KeyError) as err:
         raise fail(f"cannot export {checkpoint}: {err}") from None
-    typer.echo(f"wrote {path}")
+    typer.echo(f"wrote {target}")
 
 
 def _keep_counts(keep: list[str]) -> dict[str, int]:
@@ -515,8 +452,8 @@ def reconstruct_cmd(
     try:
         stack = ExitStack()
         cfg = ReconstructConfig(
-            checkpoint=stack.enter_context(fetched(location(checkpoint))),
-            out=stack.enter_context(published(location(out))),
+            checkpoint=stack.enter_context(location(checkpoint).fetched()),
+            out=stack.enter_context(location(out).published()),
             image=image,
             sample=sample,
             labels_from=labels_from,
@@ -533,9 +470,7 @@ def reconstruct_cmd(
     except (*USER_ERRORS, ConfigError) as err:
         raise fail(str(err)) from None
     shown = ", ".join(f"{n}={v}" for n, v in result.visible.items())
-    typer.echo(
-        f"wrote {out if stores.is_url(out) else result.out} ({len(result.rows)} modalities; visible tokens {shown})"
-    )
+    typer.echo(f"wrote {location(out)} ({len(result.rows)} modalities; visible tokens {shown})")
 
 
 @app.command("convert-weights")

@@ -4,9 +4,14 @@ of a table at once.
 
 - Types come from the annotations: `int`, `float` (an int is accepted), `str`, `bool`, `X | None`,
   `tuple[X, ...]`, `tuple[X, Y]`, `list[X]`, `dict[str, X]`, `Any` and nested dataclasses.
-- Ranges and choices come from `setting(default, ge=..., le=..., choices=..., pattern=...)`.
+- Ranges and choices come from `setting(default, ge=..., le=..., choices=..., pattern=...)`; `choices` may be
+  a function, called when a value is checked (the names of a registry that plugins fill).
 - Cross-field rules come from the class's own `problems() -> list[str]` method.
 - Unknown keys are problems, never ignored.
+- The command line changes a file's table before it is loaded (`with_command_line`: an option by its dotted key,
+  `--set KEY=VALUE` with a TOML value), so a value typed there is checked exactly as one in the file.
+- A shipped TOML file (a recipe of `manifests/`, a config of `trainer/configs/`) is named by its file name less
+  `.toml` (`named_file`, `shipped_files`, `opening_line`).
 
 `ConfigError` is the one error of bad user input (recipe, trainer config, options, paths) in pipeline and
 trainer alike: the CLI prints it and exits 2, and nothing has been written.
@@ -20,7 +25,7 @@ import re
 import tomllib
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -49,11 +54,12 @@ def setting(
     gt: float | None = None,
     le: float | None = None,
     lt: float | None = None,
-    choices: Sequence[Any] | None = None,
+    choices: Sequence[Any] | Callable[[], Sequence[Any]] | None = None,
     pattern: str | None = None,
 ) -> Any:
     """A dataclass field with its allowed values (checked by `load` and `problems_of`)."""
-    rules = {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": tuple(choices) if choices else None, "pattern": pattern}
+    allowed = choices if callable(choices) else (tuple(choices) if choices else None)
+    rules = {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": allowed, "pattern": pattern}
     meta = {"rules": {k: v for k, v in rules.items() if v is not None}}
     if default_factory is not _MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
@@ -121,11 +127,98 @@ def to_plain(obj: Any) -> Any:
     return obj
 
 
+def with_command_line(
+    table: Mapping[str, Any], overrides: Mapping[str, Any], sets: Sequence[str]
+) -> tuple[dict[str, Any], list[str]]:
+    """`table` (a file's, or a config's `to_plain`) with the command line's values set, for `load` to check as it
+    checks a file: `overrides` by dotted key (`{"train.steps": 3}`; None keeps the table's value), then each
+    `--set KEY=VALUE` in order (VALUE a TOML value: `3e-4`, `8`, `true`, `"text"`, `[1, 2]`; a table value is
+    merged key by key). Returns the new table and the problems of the `--set` items themselves."""
+    pairs, problems = _assignments(sets)
+    changed = dict(table)
+    for key, value in [*((k, v) for k, v in overrides.items() if v is not None), *pairs]:
+        changed = _set_key(changed, key.split("."), value, "", problems)
+    return changed, problems
+
+
+def named_file(value: str | Path, folder: Path, what: str) -> Path:
+    """`value` as a path when it is a file, else as the name of a TOML file shipped in `folder` (`smoke` is
+    `folder/smoke.toml`); neither is a ConfigError that lists the shipped names."""
+    if Path(value).is_file():
+        return Path(value)
+    shipped = shipped_files(folder)
+    if str(value) in shipped:
+        return shipped[str(value)]
+    raise ConfigError(f"{what} {value} is neither a file nor a shipped name; known names: {', '.join(shipped)}")
+
+
+def shipped_files(folder: Path) -> dict[str, Path]:
+    """The TOML files of `folder` by name (the file name less `.toml`), in name order."""
+    return {p.stem: p.resolve() for p in sorted(folder.glob("*.toml"), key=lambda p: p.stem)}
+
+
+def opening_line(path: Path) -> str:
+    """The first line of a TOML file's opening comment: its one-line description ("" without one)."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            return line.strip().removeprefix("#").strip() if line.lstrip().startswith("#") else ""
+    return ""
+
+
 # ------------------------------------------------------------------------------------------- internals
 
 
 def _join(where: str, name: str) -> str:
     return f"{where}.{name}" if where else name
+
+
+_KEY = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")  # a dotted key of bare TOML names: optim.base_lr
+_NOT_TOML = object()
+
+
+def _assignments(items: Sequence[str]) -> tuple[list[tuple[str, Any]], list[str]]:
+    """`KEY=VALUE` items -> (key, value) pairs, and a problem for each item that is not one."""
+    pairs: list[tuple[str, Any]] = []
+    problems: list[str] = []
+    for item in items:
+        key, sep, text = (part.strip() for part in item.partition("="))
+        if not sep or not _KEY.fullmatch(key):
+            problems.append(f"--set takes KEY=VALUE with a dotted KEY (e.g. optim.base_lr=3e-4), got {item!r}")
+            continue
+        value = _toml_value(text)
+        if value is _NOT_TOML:
+            problems.append(
+                f'--set {key}: {text!r} is not a TOML value (a number, true or false, "text" in quotes, [a, list])'
+            )
+            continue
+        pairs.append((key, value))
+    return pairs, problems
+
+
+def _toml_value(text: str) -> Any:
+    try:
+        parsed = tomllib.loads(f"value = {text}")
+    except tomllib.TOMLDecodeError:
+        return _NOT_TOML
+    return parsed["value"] if list(parsed) == ["value"] else _NOT_TOML
+
+
+def _set_key(table: dict[str, Any], parts: list[str], value: Any, where: str, problems: list[str]) -> dict[str, Any]:
+    """A copy of `table` with `parts` (a dotted key) set; the tables on the way are copied, never changed."""
+    head, rest = parts[0], parts[1:]
+    name, old = _join(where, head), table.get(head)
+    if not rest and not (isinstance(old, dict) and isinstance(value, dict)):
+        return {**table, head: value}
+    if old is not None and not isinstance(old, dict):
+        problems.append(f"{name} is {_kind(old)}, not a table: {_join(name, '.'.join(rest))} cannot be set")
+        return table
+    child = dict(old or {})
+    if rest:
+        child = _set_key(child, rest, value, name, problems)
+    else:  # a table set on a table: merged key by key
+        for key, item in value.items():
+            child = _set_key(child, [key], item, name, problems)
+    return {**table, head: child}
 
 
 def _dataclass(cls: type, raw: Any, where: str, problems: list[str]) -> Any:
@@ -216,8 +309,10 @@ def _rule_problems(where: str, value: Any, rules: dict[str, Any]) -> list[str]:
     if value is None or not rules:
         return []
     found = []
-    if "choices" in rules and value not in rules["choices"]:
-        found.append(f"{where} must be one of {', '.join(map(str, rules['choices']))}; got {value!r}")
+    if "choices" in rules:
+        choices = rules["choices"]() if callable(rules["choices"]) else rules["choices"]
+        if value not in choices:
+            found.append(f"{where} must be one of {', '.join(map(str, choices))}; got {value!r}")
     if "pattern" in rules and not (isinstance(value, str) and re.fullmatch(rules["pattern"], value)):
         found.append(f"{where} must match {rules['pattern']}; got {value!r}")
     if isinstance(value, int | float) and not isinstance(value, bool):

@@ -1,10 +1,12 @@
-"""Object stores: fsspec URLs (`s3://`, `gs://`, `az://`: `OBJECT_STORES`) as sources, datasets and run folders.
+"""Object stores: fsspec URLs (`s3://`, `gs://`, `az://`: `OBJECT_STORES`) as sources, datasets and run folders,
+and `location`, which resolves what the user typed into a `Location` once: a `LocalPath` or a `StorePath`.
 
 Nothing is ever written in place on a store. Files are made locally, exactly as for a local folder, and
 then published: one PUT of the whole object (an upload that dies midway leaves no visible object: a single
 PUT is all or nothing, and an unfinished multipart upload is never listed), the done marker only after
 the object it vouches for. Documents are read back the same way: `mirror` downloads what a command needs
-into a local stage folder, so every check that runs on a local dataset runs unchanged on its copy.
+into a local stage folder, so every check that runs on a local dataset runs unchanged on its copy. Both are
+what `StorePath` and its `StoreStage` do behind the operations every `Location` has.
 
 Credentials and endpoints come from each store's own environment and config files (for S3: AWS_* variables,
 ~/.aws/config, instance roles; `AWS_ENDPOINT_URL` or fsspec's `FSSPEC_S3_ENDPOINT_URL` for a private
@@ -18,40 +20,46 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from pipeline.format import fs
-from pipeline.format.locations import LocationError, local_location, protocol_problem, scheme_of
+from pipeline.format.locations import (
+    Entry,
+    Found,
+    LocalPath,
+    Location,
+    LocationError,
+    Stage,
+    local_location,
+    protocol_problem,
+    scheme_of,
+)
 from pipeline.format.schema import ConfigError
+
+__all__ = ["OBJECT_STORES", "Entry", "LocalPath", "Location", "Stage", "Store", "StorePath", "location", "open_input"]
 
 # object stores whose single PUT (or completed multipart upload) makes an object appear whole or not at all
 OBJECT_STORES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
 
 
-class RemoteURL(str):
-    """A location on an object store, as the user spelled it less a trailing slash (`s3://bucket/prefix`)."""
-
-
-Location = Path | RemoteURL
-
-
-def location(value: str | Path) -> Location:
-    """A command-line location: a local path, or a URL of an installed fsspec protocol (LocationError else)."""
-    if isinstance(value, RemoteURL):  # already checked
+def location(value: str | Path | Location) -> Location:
+    """A command-line location: a local path, or a URL of an installed fsspec protocol (LocationError else).
+    A `Location` is returned as it is: resolve once, then pass the object on."""
+    if isinstance(value, Location):
         return value
-    if not is_url(value):
-        return local_location(value)
-    open_store(str(value))  # the protocol must be installed and the URL well formed
-    return RemoteURL(str(value).rstrip("/"))
+    if isinstance(value, Path) or scheme_of(value) in (None, "file"):
+        return LocalPath(local_location(value))
+    return StorePath(open_store(value))  # the protocol must be installed and the URL well formed
 
 
-@dataclass(frozen=True)
-class Entry:
-    size: int
-    version: str  # what changes when the object does (ETag, generation or mtime)
+@contextmanager
+def open_input(path: str | Path | Location, block_size: int = 8 << 20) -> Iterator[tuple[IO[bytes], int]]:
+    """A file or object opened for streaming reads, with its size (`Location.reading` of `location(path)`)."""
+    with location(path).reading(block_size) as opened:
+        yield opened
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,9 @@ class Store:
 
     def url_of(self, rel: str) -> str:
         return f"{self.url}/{rel}" if rel else self.url
+
+    def below(self, rel: str) -> Store:
+        return Store(url=self.url_of(rel), fs=self.fs, root=self.path(rel))
 
     def listing(self) -> dict[str, Entry]:
         """Every object below the prefix (fresh: no cached listing), by relative name."""
@@ -131,6 +142,128 @@ def open_store(url: str) -> Store:
     return Store(url=clean, fs=filesystem, root=root)
 
 
+class StorePath(Location):
+    """A prefix or an object of an object store; sent to another process as its URL (resolved again there)."""
+
+    noun = "prefix"
+    parallel_reads = 16  # one object read after another would leave a request's latency between every two
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def __str__(self) -> str:
+        return self.store.url
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return location, (self.store.url,)
+
+    def join(self, rel: str) -> StorePath:
+        return StorePath(self.store.below(rel))
+
+    def absolute(self) -> StorePath:
+        return self
+
+    def inside(self, other: Location) -> bool:
+        return isinstance(other, StorePath) and (str(self) == str(other) or str(self).startswith(f"{other}/"))
+
+    def is_folder(self) -> bool:
+        return True  # a store has no folders: every prefix can be listed
+
+    def exists(self, *, folder: bool) -> bool:
+        return bool(self.store.listing()) or bool(self.store.fs.exists(self.store.root))
+
+    def walk(self, skip: Callable[[str], bool]) -> Found:
+        return [
+            (rel, e.size, e.version)
+            for rel, e in self.store.listing().items()
+            if not any(skip(part) for part in rel.split("/"))
+        ]
+
+    @contextmanager
+    def reading(self, block_size: int = 8 << 20) -> Iterator[tuple[IO[bytes], int]]:
+        with self.store.fs.open(self.store.root, "rb", block_size=block_size) as f:
+            yield f, int(f.size)
+
+    @contextmanager
+    def fetched(self) -> Iterator[Path]:
+        store = self.store
+        with tempfile.TemporaryDirectory(prefix="mmforge-in-", dir=_stage_root()) as tmp:
+            local = Path(tmp) / _name(store)
+            try:
+                with fs.atomic_open(local) as f, store.fs.open(store.root, "rb") as src:
+                    shutil.copyfileobj(src, f, 1 << 20)
+            except OSError as err:
+                raise ConfigError(f"cannot read {self}: {err.strerror or err}") from None
+            yield local
+
+    @contextmanager
+    def published(self) -> Iterator[Path]:
+        store = self.store
+        with tempfile.TemporaryDirectory(prefix="mmforge-out-", dir=_stage_root()) as tmp:
+            local = Path(tmp) / _name(store)
+            yield local
+            if local.is_dir():
+                for path in sorted(p for p in local.rglob("*") if p.is_file()):
+                    store.put_file(path, path.relative_to(local).as_posix())
+            elif local.is_file():
+                store.fs.put_file(str(local), store.root)
+
+    def stage(self, kind: str, part: str) -> Stage:
+        home = stage_dir(self.store.url, kind)
+        return StoreStage(self.store, home / part, lock_root=home)
+
+    def scratch(self, prefix: str) -> AbstractContextManager[Stage]:
+        return _scratch(self.store, prefix)
+
+    def check_writable(self) -> None:
+        check_writable(self.store)
+
+    def local_path(self, refusal: str) -> Path:
+        raise ConfigError(refusal)
+
+
+class StoreStage(Stage):
+    """A copy of a store prefix on this machine: documents fetched into it, finished files published from it."""
+
+    def __init__(self, store: Store, root: Path, *, lock_root: Path) -> None:
+        self.store, self.root, self.lock_root = store, root, lock_root
+        self.published_to = store.url
+
+    def listing(self) -> dict[str, Entry]:
+        return self.store.listing()
+
+    def fetch(self, want: Callable[[str], bool], listing: dict[str, Entry]) -> None:
+        mirror(self.store, self.root, want, listing)
+
+    def publish(self, *files: Path, keep: bool = True) -> None:
+        for path in files:
+            try:
+                self.store.put_file(path, path.relative_to(self.root).as_posix())
+            finally:
+                if not keep:
+                    path.unlink(missing_ok=True)
+
+    def remove(self, rels: list[str]) -> None:
+        self.store.remove(rels)
+
+    def folder(self, rel: str) -> Path:
+        made = self.root / rel
+        made.mkdir(parents=True, exist_ok=True)
+        return made
+
+
+@contextmanager
+def _scratch(store: Store, prefix: str) -> Iterator[Stage]:
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=_stage_root()) as tmp:
+        root = Path(tmp) / "copy"
+        root.mkdir()
+        yield StoreStage(store, root, lock_root=Path(tmp))
+
+
+def _name(store: Store) -> str:
+    return store.root.rsplit("/", 1)[-1]
+
+
 def _stage_root() -> Path:
     cache = os.environ.get("MMFORGE_CACHE") or os.path.join(Path.home(), ".cache", "multimae-forge")
     root = Path(cache) / "stage"
@@ -168,86 +301,3 @@ def mirror(store: Store, stage: Path, want: Callable[[str], bool], listing: dict
         parts = rel.split("/")
         if want(rel) and "" not in parts and ".." not in parts:
             store.get_file(rel, stage / rel)
-
-
-def join(base: str | Path, rel: str) -> str | Path:
-    """`rel` (POSIX) below a local folder or a store URL."""
-    return f"{str(base).rstrip('/')}/{rel}" if is_url(base) else Path(base) / rel
-
-
-def is_url(value: str | Path) -> bool:
-    if isinstance(value, Path):
-        return False
-    scheme = scheme_of(value)
-    return scheme is not None and scheme != "file"
-
-
-def exists(where: Location, *, folder: bool) -> bool:
-    """Whether writing `where` would replace something: a file (or, for a `folder`, a non-empty folder), or
-    any object at or below the store path."""
-    if is_url(where):
-        store = open_store(str(where))
-        return bool(store.listing()) or bool(store.fs.exists(store.root))
-    path = Path(where)
-    return path.exists() and (not folder or not path.is_dir() or any(path.iterdir()))
-
-
-@contextmanager
-def fetched(where: Location) -> Iterator[Path]:
-    """A local path holding the file `where`: itself, or a private download of the object (removed after)."""
-    if not is_url(where):
-        yield Path(where)
-        return
-    store = open_store(str(where))
-    name = store.root.rsplit("/", 1)[-1]
-    with tempfile.TemporaryDirectory(prefix="mmforge-in-", dir=_stage_root()) as tmp:
-        local = Path(tmp) / name
-        try:
-            with fs.atomic_open(local) as f, store.fs.open(store.root, "rb") as src:
-                shutil.copyfileobj(src, f, 1 << 20)
-        except OSError as err:
-            raise ConfigError(f"cannot read {where}: {err.strerror or err}") from None
-        yield local
-
-
-@contextmanager
-def published(where: Location) -> Iterator[Path]:
-    """A local path to write the file or folder `where` at: itself, or a temp path whose file (or every file
-    below it) is uploaded, one upload each, once the block succeeds."""
-    if not is_url(where):
-        yield Path(where)
-        return
-    store = open_store(str(where))
-    with tempfile.TemporaryDirectory(prefix="mmforge-out-", dir=_stage_root()) as tmp:
-        local = Path(tmp) / store.root.rsplit("/", 1)[-1]
-        yield local
-        if local.is_dir():
-            for path in sorted(p for p in local.rglob("*") if p.is_file()):
-                store.put_file(path, path.relative_to(local).as_posix())
-        elif local.is_file():
-            store.fs.put_file(str(local), store.root)
-
-
-@contextmanager
-def staged_documents(url: str, want: Callable[[str], bool]) -> Iterator[tuple[Path, dict[str, int]]]:
-    """A private local copy of the objects of a store prefix that `want` (a dataset's documents; removed
-    afterwards), and the name and size of every other object, which stays on the store:
-    `(folder, {"shards/x.tar": size, ...})`."""
-    store = open_store(url)
-    with tempfile.TemporaryDirectory(prefix="mmforge-docs-", dir=_stage_root()) as tmp:
-        listing = store.listing()
-        mirror(store, Path(tmp) / "dataset", want, listing)
-        yield Path(tmp) / "dataset", {rel: e.size for rel, e in listing.items() if not want(rel)}
-
-
-@contextmanager
-def open_input(path: str | Path, block_size: int = 8 << 20) -> Iterator[tuple[IO[bytes], int]]:
-    """A file or object opened for streaming reads, with its size: a local path (regular files only, see
-    `fs.open_regular`) or a store URL."""
-    if not is_url(path):
-        with fs.open_regular(local_location(path)) as (f, size):
-            yield f, size
-        return
-    store = open_store(str(path))
-    with store.fs.open(store.root, "rb", block_size=block_size) as f:
-        yield f, int(f.size)

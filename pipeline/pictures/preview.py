@@ -24,11 +24,11 @@ import numpy as np
 from PIL import Image
 
 from labelers.classes import full_palette
-from pipeline.format import fs, stores
+from pipeline.format import fs
 from pipeline.format.codecs import BY_SUFFIX, CODECS, dequantize_depth, dequantize_normal
 from pipeline.format.contract import IndexEntry, ModalityInfo, url_problem
 from pipeline.format.schema import ConfigError, setting
-from pipeline.format.stores import Location
+from pipeline.format.stores import Location, location
 from pipeline.format.wds import read_samples
 from pipeline.pictures.figures import (
     Grid,
@@ -57,6 +57,12 @@ class PreviewConfig:
     html: Location | None = None  # a folder (or prefix) for index.html
     tile: int = setting(160, ge=32, le=1024)  # pixels per tile
     stats_samples: int = setting(256, ge=1)  # samples behind the class shares and the depth histogram
+
+    def __post_init__(self) -> None:  # a str or Path is resolved to its Location
+        object.__setattr__(self, "data", location(self.data))
+        for name in ("out", "html"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, location(getattr(self, name)))
 
 
 @dataclass(kw_only=True)
@@ -215,16 +221,16 @@ def preview(cfg: PreviewConfig) -> PreviewResult:
             raise ConfigError(f"{cfg.data}: no readable shard with samples to preview")
         samples = read_chosen(docs, choose(entries, cfg.n, cfg.seed))
         _, image = render_grid(cols, samples, cfg.tile)
-        out = cfg.out if cfg.out is not None or cfg.html is not None else Path("preview.png")
+        out = cfg.out if cfg.out is not None or cfg.html is not None else location("preview.png")
         if out is not None:
-            with stores.published(out) as local:
+            with out.published() as local:
                 fs.write_bytes_atomic(local, png_bytes(image))
         page: Location | None = None
         if cfg.html is not None:
             more = read_chosen(docs, choose(entries, max(cfg.stats_samples, cfg.n), cfg.seed + 1))
-            with stores.published(cfg.html) as folder:
+            with cfg.html.published() as folder:
                 written = write_html(folder, docs, cols, image, more)
-            page = written if not stores.is_url(cfg.html) else stores.RemoteURL(f"{cfg.html}/index.html")
+            page = cfg.html.join(written.name)
     keys = [s["__key__"].decode() for s in samples]
     return PreviewResult(
         png=out, html=page, rows=len(samples), columns=tuple(c.name for c in cols), size=image.size, keys=keys

@@ -26,6 +26,7 @@ from pipeline.build.recipe import Recipe
 from pipeline.build.shard import Labels, ShardContext, process_shard
 from pipeline.format import ownership
 from pipeline.format.contract import DatasetPaths
+from pipeline.format.stores import location
 
 NUM_CLASSES = 133
 CLASSES = ("synthetic",)
@@ -103,8 +104,8 @@ def _write(root: Path, src: Path, plan: Plan, labels: deque[dict[str, np.ndarray
     paths.shards_dir.mkdir(exist_ok=True)
     save_plan(plan, paths)
     ctx = ShardContext(
-        src=str(src),
-        out=str(root),
+        src=location(src),
+        out=location(root),
         classes=plan.classes,
         image=RECIPE.image,
         encoding=RECIPE.encoding,

@@ -6,8 +6,9 @@ Trusts nothing but the plan: every index url must be this dataset's own shard in
 stats markers, index, wids index and manifest must name the same plan (`plan_id`, fingerprints, classes,
 counts); a document that does not parse or validate is a `bad_document` defect, never a traceback.
 
-A dataset on an object store is checked on a local copy of its documents (`pipeline.format.stores.mirror`); its
-shards are not downloaded but taken from the store's listing (`DatasetDocs.listed`: name and size of each).
+A dataset on an object store is checked on a local copy of its documents (`Location.scratch`, then
+`Stage.fetch`); its shards are not downloaded but taken from the store's listing (`DatasetDocs.listed`: name and
+size of each).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pipeline.format import fs, ownership, stores
+from pipeline.format import fs, ownership
 from pipeline.format.contract import (
     DatasetPaths,
     DocumentError,
@@ -35,7 +36,7 @@ from pipeline.format.contract import (
     read_doc,
     url_problem,
 )
-from pipeline.format.stores import Location
+from pipeline.format.stores import Location, location
 from pipeline.verify.sample import Defect
 
 T = TypeVar("T")
@@ -50,6 +51,7 @@ class DatasetDocs:
     """The documents of one dataset folder as read (None where missing or invalid) and the defects found."""
 
     paths: DatasetPaths
+    where: Location  # the dataset (a store dataset's documents are a local copy in `paths.root`)
     marker: Marker | None = None
     plan: PlanHeader | None = None
     manifest: Manifest | None = None
@@ -59,14 +61,11 @@ class DatasetDocs:
     stats: dict[str, ShardStats] = field(default_factory=dict)
     present: list[str] = field(default_factory=list)  # planned shards whose tar is present
     defects: list[Defect] = field(default_factory=list)
-    base: str = ""  # a store dataset's URL (its documents are a local copy in `paths.root`)
     listed: dict[str, int] = field(default_factory=dict)  # store objects not copied (shards/*.tar): name -> size
 
     def shard_location(self, shard: str) -> str:
         """Where a shard's bytes are read: the local tar, or the store object."""
-        if self.base:
-            return f"{self.base}/{self.paths.url(shard)}"
-        return str(self.paths.shard_tar(shard))
+        return str(self.where.join(self.paths.url(shard)))
 
     def shard_size(self, shard: str) -> int:
         rel = self.paths.url(shard)
@@ -105,18 +104,18 @@ def _read(docs: DatasetDocs, cls: type[T], path: Path) -> T | None:
         return None
 
 
-def open_dataset(out: Path, base: str = "", listed: dict[str, int] | None = None) -> DatasetDocs:
-    """Read the dataset-level documents; NotADatasetError when OUT holds no dataset at all. `base` and
-    `listed`: OUT is the local copy of the documents of the store dataset `base` (see DatasetDocs)."""
-    paths, where = DatasetPaths(Path(out)), base or out
+def open_dataset(out: Path, where: Location | None = None, listed: dict[str, int] | None = None) -> DatasetDocs:
+    """Read the dataset-level documents; NotADatasetError when OUT holds no dataset at all. `where` and
+    `listed`: OUT is the local copy of the documents of the dataset `where` (see DatasetDocs)."""
+    paths = DatasetPaths(Path(out))
+    where = location(paths.root) if where is None else where
     if not paths.root.is_dir():
         raise NotADatasetError(f"{where} does not exist or is not a folder")
     if not any(p.is_file() for p in (paths.marker, paths.plan_header, paths.manifest, paths.index)):
         raise NotADatasetError(
-            f"{where} is not a dataset {'prefix' if base else 'folder'} (no mmforge.json, plan/plan.json, "
-            "manifest.json or index.json)"
+            f"{where} is not a dataset {where.noun} (no mmforge.json, plan/plan.json, manifest.json or index.json)"
         )
-    docs = DatasetDocs(paths, base=base, listed=dict(listed or {}))
+    docs = DatasetDocs(paths, where, listed=dict(listed or {}))
     docs.plan = _read(docs, PlanHeader, paths.plan_header)
     if paths.marker.exists() or (docs.plan is not None and docs.plan.format >= 2):
         docs.marker = _read(docs, Marker, paths.marker)
@@ -127,19 +126,21 @@ def open_dataset(out: Path, base: str = "", listed: dict[str, int] | None = None
 
 
 @contextmanager
-def checked_documents(out: Location) -> Iterator[DatasetDocs]:
+def checked_documents(out: Location | Path) -> Iterator[DatasetDocs]:
     """`check_documents` of a folder, or of a store dataset (on a private copy of its documents, removed when
     the block ends; its shards stay on the store, `DatasetDocs.shard_location`)."""
-    if not stores.is_url(out):
-        yield check_documents(Path(out))
-        return
-    with stores.staged_documents(str(out), document_name) as (stage, listed):
-        yield check_documents(stage, str(out).rstrip("/"), listed)
+    where = location(out)
+    with where.scratch("mmforge-docs-") as stage:
+        listing = stage.listing()
+        stage.fetch(document_name, listing)
+        shards = {rel: entry.size for rel, entry in listing.items() if not document_name(rel)}
+        yield check_documents(stage.root, where, shards)
 
 
-def check_documents(out: Path, base: str = "", listed: dict[str, int] | None = None) -> DatasetDocs:
-    """Every document-level check (no shard bytes read); the defects are in the result."""
-    docs = open_dataset(out, base, listed)
+def check_documents(out: Path, where: Location | None = None, listed: dict[str, int] | None = None) -> DatasetDocs:
+    """Every document-level check (no shard bytes read); the defects are in the result. `where`: the dataset
+    whose documents `out` holds (OUT itself when not given)."""
+    docs = open_dataset(out, where, listed)
     holder = ownership.lock_holder(docs.paths)
     if holder:
         docs.add("build_in_progress", f"a build is writing this dataset now ({holder})")

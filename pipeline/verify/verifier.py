@@ -227,7 +227,7 @@ def _failures(docs: DatasetDocs) -> list[dict[str, Any]]:
 
 def _report(docs: DatasetDocs, results: list[ShardResult], cfg: VerifyConfig) -> VerifyReport:
     report = VerifyReport(
-        out=docs.base or str(docs.paths.root),
+        out=str(docs.where),
         deep=cfg.deep,
         shards_expected=len(docs.planned),
         shards_checked=len(results),

@@ -44,10 +44,12 @@ class DatasetInfo:
     manifest: Manifest | None
 
 
-def load_dataset(root: stores.Location, *, verify_checksums: bool = False, allow_defects: bool = False) -> DatasetInfo:
+def load_dataset(
+    root: stores.Location | Path, *, verify_checksums: bool = False, allow_defects: bool = False
+) -> DatasetInfo:
     """Check the dataset's documents and shard sizes; DataError on a dataset that cannot be trusted."""
-    root = root if stores.is_url(root) else Path(root)
-    if isinstance(root, Path) and not root.is_dir():
+    root = stores.location(root)
+    if not root.is_folder():
         raise DataError(f"data folder not found: {root}")
     try:
         with checked_documents(root) as docs:

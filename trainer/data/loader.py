@@ -18,13 +18,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import group_by_keys, tar_file_expander, tarfile_samples
+from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from pipeline.format import stores
 from pipeline.format.codecs import CODECS, class_ids_problem, decode_member
@@ -188,13 +189,19 @@ class ShardStream(IterableDataset):
 
 def shard_samples(where: str, handler: Any) -> Iterator[dict[str, Any]]:
     """The samples of one shard, a local tar or a store object (streamed, never downloaded whole)."""
-    if not stores.is_url(where):
-        return tarfile_samples([{"url": where}], handler=handler)
-    return group_by_keys(tar_file_expander(_opened(where), handler=handler), handler=handler)
+    return group_by_keys(tar_file_expander(_opened(where, handler), handler=handler), handler=handler)
 
 
-def _opened(where: str) -> Iterator[dict[str, Any]]:
-    with stores.open_input(where) as (stream, _):
+def _opened(where: str, handler: Any) -> Iterator[dict[str, Any]]:
+    """The shard opened for reading (`Location.reading`), as WebDataset's own opener does with a url: one that
+    cannot be opened goes to `handler` (which counts it, or raises)."""
+    with ExitStack() as stack:
+        try:
+            stream, _ = stack.enter_context(stores.open_input(where))
+        except Exception as exn:
+            exn.args = (*exn.args, where)
+            handler(exn)
+            return
         yield {"url": where, "stream": stream}
 
 

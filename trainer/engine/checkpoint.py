@@ -163,10 +163,8 @@ def numbered_checkpoints(run_dir: Path) -> list[Path]:
 def read_checkpoint(where: str | Path) -> Checkpoint:
     """The checkpoint at `where` (a file, a timm export folder, or an object on a store), typed; one-line
     CheckpointError for anything that is not one of the five kinds."""
-    if stores.is_url(where):
-        with stores.fetched(stores.location(str(where))) as local:
-            return _read(local, str(where))
-    return _read(Path(where), str(where))
+    with stores.location(where).fetched() as local:  # a file here is itself; an object, a private download
+        return _read(local, str(where))
 
 
 def _read(path: Path, source: str) -> Checkpoint:

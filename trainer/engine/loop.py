@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from pipeline.format import fs, stores
+from pipeline.format import fs
 from trainer.config import config_to_dict
 from trainer.data import batch_resize
 from trainer.data.dataset import DatasetInfo, load_dataset
@@ -45,7 +45,7 @@ from trainer.engine.logs import RunLog
 from trainer.engine.optim import build_optimizer, lr_at, set_lr
 from trainer.engine.resume import check_compatible, rank_state, restore_rng, restored_cursors
 from trainer.engine.run import Job, RunOptions, RunSummary, Schedule, TrainState, fresh_cursors, precision
-from trainer.engine.run_folder import StoreRunFolder
+from trainer.engine.run_folder import RunFolder
 from trainer.errors import CheckpointError, DataError, NonFiniteLossError, PretrainError
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class Trainer:
     losses: list[float] = field(default_factory=list)
     task_losses: dict[str, list[float]] = field(default_factory=dict)
     started: float = 0.0
-    store_folder: StoreRunFolder | None = None  # `--out` on an object store: run_dir is this rank's stage
+    store_folder: RunFolder | None = None  # `--out` (on an object store, run_dir is this rank's stage of it)
 
     # ------------------------------------------------------------------------------------------ start
 
@@ -383,24 +383,22 @@ class Trainer:
             checkpoint=self.run_dir / LAST if (self.run_dir / LAST).exists() else None,
             verb=getattr(self.job, "verb", "pretrained"),
             export_label=getattr(self.job, "export_label", "timm export"),
-            published=self.store_folder.store.url if self.store_folder is not None else "",
+            published=self.store_folder.published_to if self.store_folder is not None else "",
         )
 
 
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def prepare_run_dir(options: RunOptions, dist: DistInfo) -> tuple[Path, StoreRunFolder | None]:
-    """Create the run folder (rank 0); refuse one with checkpoints unless resuming. On an object store, the
-    run folder is this rank's stage, holding the store's last checkpoint (see trainer.engine.run_folder)."""
-    store_folder = None
-    if stores.is_url(options.out):
-        store_folder = StoreRunFolder(str(options.out), dist.rank)
-        try:
-            store_folder.pull()
-        except OSError as err:
-            raise CheckpointError(f"cannot read the run folder {options.out}: {err}") from None
-    run_dir = store_folder.local if store_folder is not None else Path(options.out)
+def prepare_run_dir(options: RunOptions, dist: DistInfo) -> tuple[Path, RunFolder]:
+    """Create the run folder (rank 0); refuse one with checkpoints unless resuming. The run folder is this
+    rank's stage of `--out`: on an object store, holding the store's last checkpoint (trainer.engine.run_folder)."""
+    store_folder = RunFolder(options.out, dist.rank)
+    try:
+        store_folder.pull()
+    except OSError as err:
+        raise CheckpointError(f"cannot read the run folder {options.out}: {err}") from None
+    run_dir = store_folder.local
     if not options.resume and (run_dir / LAST).exists():
         raise CheckpointError(f"{options.out} already holds checkpoints; pass --resume or choose another --out")
     if dist.is_main:

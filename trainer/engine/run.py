@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from labelers.standards import torch_dtype
-from pipeline.format.stores import Location
+from pipeline.format.stores import Location, location
 from trainer.config import PretrainConfig
 from trainer.data.dataset import DatasetInfo
 from trainer.data.loader import Cursor
@@ -53,11 +53,15 @@ class Job(Protocol):
 class RunOptions:
     """Where to read and write, and how: the parts of a run that are not the recipe."""
 
-    data: Location  # a dataset folder or store prefix
+    data: Location  # a dataset folder or store prefix (a str or Path is resolved by `location`)
     out: Location  # a run folder or store prefix
     resume: bool = True
     device: str = "auto"
     allow_defects: bool = False  # train on a dataset that fails its document checks (warned, not refused)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data", location(self.data))
+        object.__setattr__(self, "out", location(self.out))
 
 
 @dataclass(frozen=True, kw_only=True)

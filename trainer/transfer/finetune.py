@@ -2,11 +2,12 @@
 loop of `trainer.train` (DDP, step-exact resume, atomic checkpoints, non-finite handling, metrics, progress).
 
 Data are shards too: the inputs (`model.inputs`) and the task's target member (`.cls`, a class map, a depth
-map), with the pretraining loader's shared crop and flip for training and a centre square crop for
-evaluation. Targets are resampled with nearest-exact (class maps and depth alike: no label is blended with
-an invalid pixel); depth targets are the decoded values (the sample json's encoding) x `task.depth_scale`,
-0 = invalid. Evaluation runs over the whole split on rank 0 (`metrics.py`: summed over the split, not
-averaged over batches); `checkpoint-best.pt` keeps the best main metric (top-1, mIoU or delta1).
+map: the task's registry entry, `trainer.transfer.tasks`, names it and prepares it), with the pretraining
+loader's shared crop and flip for training and a centre square crop for evaluation. The built-in map targets
+are resampled with nearest-exact (class maps and depth alike: no label is blended with an invalid pixel);
+depth targets are the decoded values (the sample json's encoding) x `task.depth_scale`, 0 = invalid.
+Evaluation runs over the whole split on rank 0 (`metrics.py`: summed over the split, not averaged over
+batches); `checkpoint-best.pt` keeps the best main metric (top-1, mIoU, delta1: the task's).
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.format import fs
-from pipeline.format.codecs import CODECS, decode_json, decode_member, dequantize_depth
+from pipeline.format.codecs import CODECS, decode_member
 from pipeline.format.stores import Location
 from pipeline.format.wds import read_samples
-from trainer.data.augment import augment, center_square, resample, sample_crop
+from trainer.data.augment import Crop, augment, center_square, sample_crop
 from trainer.data.dataset import DatasetInfo, load_dataset
 from trainer.data.loader import EpochPlan, ShardStream, check_arrays
 from trainer.engine.checkpoint import atomic_save, first_sentence, payload, read_checkpoint
@@ -34,50 +35,37 @@ from trainer.engine.optim import layer_decay_groups
 from trainer.engine.run import RunOptions, RunSummary, RunView
 from trainer.errors import CheckpointError, DataError
 from trainer.model.modalities import MODALITIES
-from trainer.transfer.config import FinetuneConfig, load_finetune_config
+from trainer.transfer.config import FinetuneConfig
 from trainer.transfer.init_weights import initialise
-from trainer.transfer.metrics import MAIN_METRIC, metrics_for
 from trainer.transfer.model import FinetuneObjective, MultiViT, make_mixup, predict
+from trainer.transfer.tasks import TargetSample, TransferTask, transfer_task
 
 log = logging.getLogger(__name__)
 BEST = "checkpoint-best.pt"
 
 
 def num_classes_of(info: DatasetInfo, cfg: FinetuneConfig) -> int:
-    """The task's classes: the config's, else the manifest's class map or class folders."""
-    t, manifest = cfg.task, info.manifest
+    """The task's classes: the config's, else found in the manifest as the task says (class folders, a class
+    map's table); 0 for a task without classes."""
+    t, manifest, spec = cfg.task, info.manifest, transfer_task(cfg.task.name)
     if t.num_classes:
         return t.num_classes
     if manifest is None:
         raise DataError(f"{info.root}: no manifest to take the number of classes from; set task.num_classes")
-    if t.name == "cls":
-        if not manifest.classes:
-            raise DataError(f"{info.root} has no class folders (.cls); a classification task needs them")
-        return len(manifest.classes)
-    if t.name == "semseg":
-        info_map = manifest.modalities.get(t.target)
-        if info_map is None or not info_map.num_classes:
-            raise DataError(f"{info.root} has no {t.target!r} class map to learn")
-        return info_map.num_classes
-    return 0
+    return 0 if spec.class_count is None else spec.class_count(manifest, f"{info.root}", spec.target)
 
 
 # ------------------------------------------------------------------------------------------------ data
 
 
-def _target(sample: dict[str, Any], cfg: FinetuneConfig, crop: Any, size: int) -> Tensor:
-    t = cfg.task
-    if t.name == "cls":
-        return torch.tensor(decode_member(CODECS["cls"].suffix, sample[CODECS["cls"].suffix]), dtype=torch.long)
-    suffix = CODECS[MODALITIES[t.target].codec].suffix
-    raw = decode_member(suffix, sample[suffix])
-    if t.name == "semseg":
-        ids = torch.from_numpy(np.array(raw, dtype=np.uint8)).float().unsqueeze(0)
-        return resample(ids, crop, size, "nearest-exact")[0].long()
-    meta = decode_json(sample[CODECS["json"].suffix])
-    values = dequantize_depth(raw, meta[t.target]) * t.depth_scale if t.target in meta else raw.astype(np.float32)
-    depth = torch.from_numpy(np.asarray(values, dtype=np.float32)).unsqueeze(0)
-    return resample(depth, crop, size, "nearest-exact")[0].clamp_min(0)
+def _target(sample: dict[str, Any], spec: TransferTask, cfg: FinetuneConfig, crop: Crop) -> Tensor:
+    """The task's member, decoded by its codec and prepared as the task says."""
+    suffix = CODECS[spec.codec].suffix
+    value = decode_member(suffix, sample[suffix])
+    size = cfg.model.image_size
+    return spec.prepare_target(
+        TargetSample(member=spec.target, value=value, sample=sample, crop=crop, size=size, task=cfg.task)
+    )
 
 
 def decode_sample(sample: dict[str, Any], cfg: FinetuneConfig, num_classes: int, rng: Any) -> dict[str, Tensor]:
@@ -92,12 +80,13 @@ def decode_sample(sample: dict[str, Any], cfg: FinetuneConfig, num_classes: int,
     d = cfg.data
     crop = sample_crop(h, w, rng, d.crop_scale, d.crop_ratio, d.hflip) if rng is not None else center_square(h, w)
     out = augment(arrays, crop, cfg.model.image_size)
-    target = _target(sample, cfg, crop, cfg.model.image_size)
-    if cfg.task.name != "depth" and target.numel():
+    spec = transfer_task(cfg.task.name)
+    target = _target(sample, spec, cfg, crop)
+    if spec.has_classes and target.numel():
         top = int(target[target != cfg.task.ignore_id].max()) if (target != cfg.task.ignore_id).any() else -1
         if top >= num_classes:
             raise ValueError(f"target class {top} >= the task's {num_classes} classes")
-    out[cfg.task.target] = target
+    out[spec.target] = target
     return out
 
 
@@ -127,14 +116,14 @@ def eval_batches(info: DatasetInfo, cfg: FinetuneConfig, num_classes: int, batch
 
 def evaluate_model(model: MultiViT, info: DatasetInfo, batch: int, device: torch.device) -> dict[str, float]:
     """The task's metrics over the whole split."""
-    cfg, t = model.cfg, model.cfg.task
-    metric = metrics_for(t.name, model.num_classes, t.ignore_id)
+    cfg, spec = model.cfg, model.spec
+    metric = spec.metrics(model.num_classes, cfg.task)
     was_training = model.training
     model.eval()
     try:
         for b in eval_batches(info, cfg, model.num_classes, batch):
             b = {k: v.to(device) for k, v in b.items()}
-            metric.update(predict(model, b).cpu(), b[t.target].cpu())  # type: ignore[arg-type]
+            metric.update(predict(model, b).cpu(), b[spec.target].cpu())
     finally:
         model.train(was_training)
     return metric.result()
@@ -157,9 +146,7 @@ class FinetuneJob:
         self.num_classes = num_classes_of(info, cfg)
         members = set(info.manifest.members) if info.manifest else set()
         needed = [CODECS[MODALITIES[n].codec].suffix for n in cfg.model.inputs]
-        needed.append(
-            CODECS["cls"].suffix if cfg.task.name == "cls" else CODECS[MODALITIES[cfg.task.target].codec].suffix
-        )
+        needed.append(CODECS[transfer_task(cfg.task.name).codec].suffix)
         missing = [m for m in needed if members and m not in members]
         if missing:
             raise DataError(f"dataset {info.root} lacks the members {missing} this task needs")
@@ -214,13 +201,13 @@ class FinetuneJob:
             return
         assert isinstance(t.model, MultiViT)
         result = evaluate_model(t.model, self.val_info, t.cfg.data.batch_size, t.dist.device)
-        main = result[MAIN_METRIC[t.cfg.task.name]]
+        main = result[t.model.spec.main_metric]
         record = {"step": t.state.step, "val": result}
         with (t.run_dir / "val.jsonl").open("a") as f:
             f.write(json.dumps(record) + "\n")
         if t.log is not None:
             t.log.announce(f"step {t.state.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in result.items()))
-        if self.best is None or main > self.best:
+        if t.model.spec.improves(main, self.best):
             self.best = main
             atomic_save(payload(t.cfg, step=t.state.step, model=t.model.state_dict(), metrics=result), t.run_dir / BEST)
 
@@ -250,7 +237,8 @@ def load_finetuned(path: Path, device: str = "cpu") -> MultiViT:
     ckpt = read_checkpoint(path).require("finetune-run", use="evaluate")
     cfg = ckpt.config
     assert isinstance(cfg, FinetuneConfig)  # what a fine-tuning checkpoint holds
-    head = ckpt.tensors.get(_class_key(cfg))
+    key = _class_key(cfg)
+    head = ckpt.tensors.get(key) if key is not None else None
     model = MultiViT(cfg, int(head.shape[0]) if head is not None else 0)
     try:
         model.load_state_dict(ckpt.tensors, strict=True)
@@ -259,11 +247,10 @@ def load_finetuned(path: Path, device: str = "cpu") -> MultiViT:
     return model.to(device).eval()
 
 
-def _class_key(cfg: FinetuneConfig) -> str:
-    t = cfg.task
-    if t.name == "semseg":
-        return "output_adapters.semseg.final_layer.bias"
-    return f"output_adapters.{t.name}.head.bias"
+def _class_key(cfg: FinetuneConfig) -> str | None:
+    """The head tensor whose rows are the task's classes (None: a task without classes)."""
+    spec = transfer_task(cfg.task.name)
+    return None if spec.class_tensor is None else f"output_adapters.{spec.name}.{spec.class_tensor}"
 
 
 def evaluate(
@@ -284,7 +271,3 @@ def evaluate(
         doc = {"checkpoint": source or str(checkpoint), "data": str(data), "task": result.task, "metrics": metrics}
         fs.write_json_atomic(Path(json_path), doc)
     return result
-
-
-def build_finetune_config(path: Path | None, **overrides: Any) -> FinetuneConfig:
-    return load_finetune_config(path, **overrides)

@@ -2,6 +2,7 @@
 official fine-tuned weights load both ways (`tests/data/multimae-b-finetune-*-state-dict.tsv`).
 
 - `LinearHead` (classification, `cls`): mean of all tokens (the global token included) -> LayerNorm -> Linear.
+- `ProbeHead` (the linear probe, as MAE's): mean of all tokens -> BatchNorm without affine -> Linear.
 - `ConvNeXtHead` (semantic segmentation): the main input's patch tokens -> Linear to `preds_per_patch` x C
   values per patch (4 x 4 sub-patches of C = embed_dim / 16 channels) -> `depth` ConvNeXt blocks at 1/4
   resolution -> 1x1 conv to the classes -> bilinear upsampling to the image size.
@@ -33,6 +34,20 @@ class LinearHead(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         return self.head(self.norm(tokens.mean(dim=1)))
+
+
+class ProbeHead(nn.Module):
+    """tokens (B, N, D) -> logits (B, classes): BatchNorm1d without affine on the mean token, then Linear."""
+
+    def __init__(self, dim: int, classes: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(dim, affine=False, eps=1e-6)
+        self.head = nn.Linear(dim, classes)
+        nn.init.trunc_normal_(self.head.weight, std=0.01)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.head(self.bn(tokens.mean(dim=1)))
 
 
 class ConvNeXtBlock(nn.Module):

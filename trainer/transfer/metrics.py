@@ -1,4 +1,5 @@
-"""Evaluation metrics, accumulated over a whole split (sums, never means of per-batch means).
+"""Evaluation metrics, accumulated over a whole split (sums, never means of per-batch means); each transfer
+task names its own and the main one (`trainer.transfer.tasks`).
 
 - classification: top-1 and top-5 accuracy (%).
 - semantic segmentation: a confusion matrix summed over the split; mIoU = mean over the classes that occur
@@ -78,16 +79,3 @@ class DepthMetrics:
             "absrel": self.sums["absrel"] / n,
             "pixels": float(self.n),
         }
-
-
-MAIN_METRIC = {"cls": "top1", "semseg": "miou", "depth": "delta1"}  # higher is better for each
-
-
-def metrics_for(
-    task: str, num_classes: int, ignore_id: int
-) -> ClassificationMetrics | SegmentationMetrics | DepthMetrics:
-    if task == "cls":
-        return ClassificationMetrics()
-    if task == "semseg":
-        return SegmentationMetrics(num_classes, ignore_id)
-    return DepthMetrics()

@@ -1,16 +1,16 @@
 """The fine-tuning model: the pretraining encoder (`trainer.model.encoder.MultiModalEncoder`, the class MultiMAE
 builds on) without masking, plus one task head (as the official MultiViT).
 
-Reads top to bottom: `build_head` -> `MultiViT`: every token of every chosen input (plus the global token, last)
--> the encoder blocks (with stochastic depth) -> the head: `cls` (mean of all tokens, LayerNorm, Linear),
-`semseg` (ConvNeXt head on the main input's tokens), `depth` (DPT head on the main input's tokens after the
-hooked blocks), or the linear probe (BatchNorm without affine + Linear on the mean token, the encoder frozen).
-The state dict has the official names: `global_tokens`, `input_adapters.*`, `output_adapters.<task>.*`,
+Reads top to bottom: `MultiViT`: every token of every chosen input (plus the global token, last) -> the
+encoder blocks (with stochastic depth; the outputs of the hooked blocks kept for tasks that read them) -> the
+task's head, built and read as its registry entry says (`trainer.transfer.tasks`: `cls` mean-pools all tokens,
+`semseg` and `depth` read the main input's tokens), or the task's linear probe with the encoder frozen. The
+state dict has the official names: `global_tokens`, `input_adapters.*`, `output_adapters.<task>.*`,
 `encoder.N.*`.
 
-`FinetuneObjective` wraps it for the shared loop: batch -> (loss, {task: loss}), the loss as the paper's
-recipes (soft-target cross-entropy under mixup / cutmix, else label smoothing; cross-entropy with the ignore
-id; berHu on valid depth).
+`FinetuneObjective` wraps it for the shared loop: batch -> (loss, {task: loss}), the task's loss (the paper's
+recipes: cross-entropy with label smoothing, or the ignore id; berHu on valid depth), or the soft-target
+cross-entropy under mixup / cutmix for tasks whose batches may be mixed.
 """
 
 from __future__ import annotations
@@ -25,35 +25,16 @@ from torch import Tensor, nn
 from trainer.model.encoder import MultiModalEncoder
 from trainer.model.modalities import MODALITIES
 from trainer.transfer.config import FinetuneConfig
-from trainer.transfer.heads import ConvNeXtHead, DPTHead, LinearHead, berhu
-
-
-class ProbeHead(nn.Module):
-    """Linear probe as MAE: BatchNorm1d without affine on the mean token, then Linear."""
-
-    def __init__(self, dim: int, classes: int) -> None:
-        super().__init__()
-        self.bn = nn.BatchNorm1d(dim, affine=False, eps=1e-6)
-        self.head = nn.Linear(dim, classes)
-        nn.init.trunc_normal_(self.head.weight, std=0.01)
-        nn.init.zeros_(self.head.bias)
-
-    def forward(self, tokens: Tensor) -> Tensor:
-        return self.head(self.bn(tokens.mean(dim=1)))
+from trainer.transfer.tasks import Encoded, MainInput, transfer_task
 
 
 def build_head(cfg: FinetuneConfig, classes: int) -> nn.Module:
-    """The task's head: the linear probe, `cls` (LinearHead), `semseg` (ConvNeXtHead) or `depth` (DPTHead)."""
-    m, t = cfg.model, cfg.task
-    if t.probe:
-        return ProbeHead(m.dim, classes)
-    if t.name == "cls":
-        return LinearHead(m.dim, classes)
-    if t.name == "semseg":
-        return ConvNeXtHead(
-            m.dim, classes, embed_dim=t.head_embed_dim, preds_per_patch=t.preds_per_patch, depth=t.head_depth
-        )
-    return DPTHead(m.dim, hooks=t.hooks, layer_dims=t.layer_dims, features=t.features)
+    """The task's head, or its linear probe's (the config refuses a probe of a task without one)."""
+    spec = transfer_task(cfg.task.name)
+    factory = spec.probe if cfg.task.probe else spec.head
+    if factory is None:
+        raise ValueError(f"the {spec.name} task has no linear probe")
+    return factory(cfg, classes)
 
 
 class MultiViT(MultiModalEncoder):
@@ -64,7 +45,7 @@ class MultiViT(MultiModalEncoder):
             lambda: nn.ModuleDict({task.name: build_head(cfg, num_classes)}),
             drop_path=0.0 if task.probe else task.drop_path,
         )
-        self.cfg, self.num_classes = cfg, num_classes
+        self.cfg, self.num_classes, self.spec = cfg, num_classes, transfer_task(task.name)
         if task.probe:
             for name, p in self.named_parameters():
                 p.requires_grad_(name.startswith("output_adapters."))
@@ -83,49 +64,43 @@ class MultiViT(MultiModalEncoder):
 
     def forward_encoder(self, inputs: Mapping[str, Tensor]) -> tuple[Tensor, list[Tensor], dict[str, slice]]:
         """inputs -> (tokens after the last block (B, N + G, D), outputs of the hooked blocks, token spans)."""
-        hooks = self.cfg.task.hooks if self.cfg.task.name == "depth" else ()
+        hooks = self.cfg.task.hooks if self.spec.hooked else ()
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.task.probe):
             tokens, spans = self.tokenize({n: inputs[n] for n in self.cfg.model.inputs})  # every token, no mask
             x, hooked = self.encode(tokens, hooks)
         return x, hooked, spans
 
     def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
-        """inputs: modality -> (B, C, H, W) or (B, h, w) ids. Returns logits (B, K), (B, K, H, W) or (B, 1, H, W)."""
-        m, t = self.cfg.model, self.cfg.task
+        """inputs: modality -> (B, C, H, W) or (B, h, w) ids. Returns the head's output: logits (B, K),
+        (B, K, H, W) or a (B, 1, H, W) map for the built-in tasks."""
         x, hooked, spans = self.forward_encoder(inputs)
-        if t.name == "cls":
-            return self.head(x)
-        main = inputs[t.main_input]
-        grid = (main.shape[-2] * MODALITIES[t.main_input].stride // m.patch_size,) * 2
-        size = (main.shape[-2] * MODALITIES[t.main_input].stride, main.shape[-1] * MODALITIES[t.main_input].stride)
-        own = spans[t.main_input]
-        if t.name == "semseg":
-            return self.head(x[:, own], grid, size)
-        return self.head([h[:, own] for h in hooked], grid)
+        main = self._main_input(inputs, spans) if self.spec.reads_main_input else None
+        return self.spec.readout(self.head, Encoded(tokens=x, hooked=hooked, main=main))
+
+    def _main_input(self, inputs: Mapping[str, Tensor], spans: Mapping[str, slice]) -> MainInput:
+        name = self.cfg.task.main_input
+        side, stride = inputs[name], MODALITIES[name].stride
+        grid = (side.shape[-2] * stride // self.cfg.model.patch_size,) * 2
+        return MainInput(span=spans[name], grid=grid, size=(side.shape[-2] * stride, side.shape[-1] * stride))
 
 
 class FinetuneObjective(nn.Module):
-    """batch -> (loss, {task: loss}) for the shared loop; `mixup` (timm's Mixup) is applied to cls batches."""
+    """batch -> (loss, {task: loss}) for the shared loop; `mixup` (timm's Mixup, made only for tasks whose
+    batches may be mixed) is applied in training."""
 
     def __init__(self, model: MultiViT, mixup: Any = None) -> None:
         super().__init__()
         self.model, self.mixup = model, mixup
 
     def forward(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        t = self.model.cfg.task
+        t, spec = self.model.cfg.task, self.model.spec
         inputs = {n: batch[n] for n in self.model.cfg.model.inputs}
-        target = batch[t.target]
-        if t.name == "cls" and self.mixup is not None and self.model.training:
+        target = batch[spec.target]
+        if self.mixup is not None and self.model.training:
             inputs, soft = self._mix(inputs, target)
             loss = torch.sum(-soft * F.log_softmax(self.model(inputs).float(), dim=-1), dim=-1).mean()
-        elif t.name == "cls":
-            smoothing = t.label_smoothing if self.model.training else 0.0
-            loss = F.cross_entropy(self.model(inputs).float(), target, label_smoothing=smoothing)
-        elif t.name == "semseg":
-            loss = F.cross_entropy(self.model(inputs).float(), target, ignore_index=t.ignore_id)
         else:
-            pred = self.model(inputs).float()[:, 0]
-            loss = berhu(pred, target, target > 0)
+            loss = spec.loss(self.model(inputs).float(), target, t, self.model.training)
         return loss, {t.name: loss.detach()}
 
     def _mix(self, inputs: dict[str, Tensor], target: Tensor) -> tuple[dict[str, Tensor], Tensor]:
@@ -145,9 +120,10 @@ class FinetuneObjective(nn.Module):
 
 
 def make_mixup(cfg: FinetuneConfig, num_classes: int) -> Any:
-    """timm's Mixup with the recipe's mixup / cutmix alphas and label smoothing (None when both are 0)."""
+    """timm's Mixup with the recipe's mixup / cutmix alphas and label smoothing (None when both are 0, or when
+    the task's batches are not mixed)."""
     t = cfg.task
-    if t.name != "cls" or (t.mixup <= 0 and t.cutmix <= 0):
+    if not transfer_task(t.name).mixup or (t.mixup <= 0 and t.cutmix <= 0):
         return None
     from timm.data import Mixup
 
@@ -155,7 +131,8 @@ def make_mixup(cfg: FinetuneConfig, num_classes: int) -> Any:
 
 
 def predict(model: MultiViT, batch: Mapping[str, Tensor]) -> Tensor:
-    """Evaluation forward (no grad): logits, class maps' logits, or depth (B, H, W)."""
+    """Evaluation forward (no grad) -> what the task's metrics score: logits (B, K), classes (B, H, W) or
+    depth (B, H, W) for the built-in tasks."""
     with torch.no_grad():
         out = model({n: batch[n] for n in model.cfg.model.inputs}).float()
-    return out[:, 0] if model.cfg.task.name == "depth" else out
+    return model.spec.predict(out)

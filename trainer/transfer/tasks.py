@@ -1,0 +1,411 @@
+"""The transfer-task registry: everything fine-tuning, probing and evaluation need to know about each task.
+
+A `TransferTask` is a dataclass of builders (as torchtitan's `TrainSpec`): the sample member it learns, how
+that member becomes a training target, how many classes it has and where that count is found, its head (and
+the linear probe's, where a probe means something), how the head reads the encoder, its loss, its metrics
+with the main one, and what a prediction is. `trainer.transfer` looks tasks up here and never names them;
+the config checks a task's name against this table when it is validated.
+
+Built in (the official fine-tuning recipes of MultiMAE):
+- `cls`: the `.cls` class index; mean of all tokens -> LayerNorm -> Linear; cross-entropy with label smoothing
+  (soft targets under mixup / cutmix); top-1 / top-5; classes from the dataset's class folders; the linear
+  probe (BatchNorm without affine + Linear, frozen encoder).
+- `semseg`: the class map; ConvNeXt head on the main input's tokens; cross-entropy with the ignore id; mIoU
+  and pixel accuracy; classes from the manifest's class table of the map.
+- `depth`: metric depth (the sample json's encoding x `task.depth_scale`, 0 = invalid); DPT head on the main
+  input's tokens after the hooked blocks; berHu over valid pixels; delta1-3, RMSE, AbsRel.
+
+A package of your own adds a task without editing this one: expose a module under the entry-point group
+`multimae_forge.transfer_tasks` whose import calls `register_transfer_task(...)` (its target member comes
+from a `multimae_forge.codecs` entry point, and a map's modality from `multimae_forge.modalities`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from labelers.plugins import load_entry_points
+from pipeline.format.codecs import CODECS, decode_json, dequantize_depth
+from pipeline.format.contract import Manifest
+from trainer.data.augment import Crop, resample
+from trainer.errors import DataError
+from trainer.model.modalities import MODALITIES, ModelShape
+from trainer.transfer.heads import ConvNeXtHead, DPTHead, LinearHead, ProbeHead, berhu
+from trainer.transfer.metrics import ClassificationMetrics, DepthMetrics, SegmentationMetrics
+
+ENTRY_POINT_GROUP = "multimae_forge.transfer_tasks"
+
+
+class TaskSettings(Protocol):
+    """What the registry reads of a task's config (`trainer.config.TaskConfig` is one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def main_input(self) -> str: ...
+
+    @property
+    def probe(self) -> bool: ...
+
+    @property
+    def ignore_id(self) -> int: ...
+
+    @property
+    def label_smoothing(self) -> float: ...
+
+    @property
+    def head_embed_dim(self) -> int: ...
+
+    @property
+    def preds_per_patch(self) -> int: ...
+
+    @property
+    def head_depth(self) -> int: ...
+
+    @property
+    def hooks(self) -> tuple[int, ...]: ...
+
+    @property
+    def layer_dims(self) -> tuple[int, ...]: ...
+
+    @property
+    def features(self) -> int: ...
+
+    @property
+    def depth_scale(self) -> float: ...
+
+
+class FinetuneShape(Protocol):
+    """What a head factory reads of a run's config (`trainer.config.FinetuneConfig` is one)."""
+
+    @property
+    def model(self) -> ModelShape: ...
+
+    @property
+    def task(self) -> TaskSettings: ...
+
+
+class Metrics(Protocol):
+    """Metrics summed over a whole split: `update` per batch of predictions, `result` once at the end."""
+
+    def update(self, pred: Tensor, target: Tensor) -> None: ...
+
+    def result(self) -> dict[str, float]: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class MainInput:
+    """Where the main input (`task.main_input`) sits in the encoder's output."""
+
+    span: slice  # its patch tokens in `Encoded.tokens`
+    grid: tuple[int, int]  # its token grid (rows, columns)
+    size: tuple[int, int]  # its size in pixels: a dense prediction's size
+
+
+@dataclass(frozen=True, kw_only=True)
+class Encoded:
+    """What the encoder hands a task's head (`TransferTask.readout`)."""
+
+    tokens: Tensor  # (B, N + G, D) after the last block: every input's patch tokens, the global tokens last
+    hooked: list[Tensor]  # the same after each block of `task.hooks` (tasks with `hooked`; else empty)
+    main: MainInput | None  # tasks with `reads_main_input`; else None
+
+    def main_input(self) -> MainInput:
+        if self.main is None:
+            raise ValueError("this task's head reads no main input (TransferTask.reads_main_input is false)")
+        return self.main
+
+
+@dataclass(frozen=True, kw_only=True)
+class TargetSample:
+    """One sample's target member on its way to a training target (`TransferTask.prepare_target`)."""
+
+    member: str  # the task's target: the batch key, and the key of its encoding in the sample json
+    value: Any  # the member as its codec decodes it
+    sample: Mapping[str, bytes]  # the whole raw sample (its json member holds the encodings)
+    crop: Crop  # the inputs' crop (and flip)
+    size: int  # the model's image size: the side the crop is resampled to
+    task: TaskSettings
+
+
+HeadFactory = Callable[[FinetuneShape, int], nn.Module]  # (config, classes) -> head
+Readout = Callable[[nn.Module, Encoded], Tensor]  # (head, encoder output) -> the model's output
+TaskLoss = Callable[[Tensor, Tensor, TaskSettings, bool], Tensor]  # (fp32 output, target, task, training)
+ClassCount = Callable[[Manifest, str, str], int]  # (manifest, dataset shown in errors, target) -> classes
+
+
+def no_problems(task: TaskSettings) -> list[str]:
+    return []
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransferTask:
+    """One fine-tuning task, from the shard member it learns to the metric that picks the best checkpoint.
+
+    target: the sample member it learns, also its batch key (a modality's name for a map); codec: that
+    member's codec (`pipeline.format.codecs.CODECS`). prepare_target: the decoded member -> the training
+    target under the inputs' crop. class_count: how the number of classes is found when `task.num_classes` is
+    0 (`class_folders`, `class_map_classes`), None for a task without classes (then no class-id check);
+    class_tensor: the head's tensor whose rows are the classes (read back from a checkpoint), with
+    class_count or neither. head: (config, classes) -> the head, stored at `output_adapters.<name>`;
+    readout: how it reads the encoder (`Encoded`); reads_main_input: the head reads `task.main_input`'s tokens
+    (which must then be an input); hooked: it reads the blocks `task.hooks` too. loss: on the model's fp32
+    output; mixup: its batches may be mixed (mixup / cutmix, class-index targets; the loss is then the
+    soft-target cross-entropy). predict: the model's fp32 output -> what `metrics` scores (logits, classes,
+    depth); metrics: (classes, task) -> whole-split metrics, main_metric the one the best checkpoint keeps,
+    higher_is_better its direction. probe: the linear probe's head (frozen encoder, called as `head` is),
+    None where a probe means nothing. config_problems: the task's rules on its config.
+    """
+
+    name: str
+    target: str
+    codec: str
+    prepare_target: Callable[[TargetSample], Tensor]
+    head: HeadFactory
+    readout: Readout
+    loss: TaskLoss
+    predict: Callable[[Tensor], Tensor]
+    metrics: Callable[[int, TaskSettings], Metrics]
+    main_metric: str
+    higher_is_better: bool = True
+    class_count: ClassCount | None = None
+    class_tensor: str | None = None
+    reads_main_input: bool = False
+    hooked: bool = False
+    mixup: bool = False
+    probe: HeadFactory | None = None
+    config_problems: Callable[[TaskSettings], list[str]] = field(default=no_problems)
+
+    def __post_init__(self) -> None:
+        if (self.class_count is None) != (self.class_tensor is None):
+            raise ValueError(f"transfer task {self.name}: class_count and class_tensor go together")
+        if not self.main_metric:
+            raise ValueError(f"transfer task {self.name}: main_metric must name one of its metrics")
+
+    @property
+    def has_classes(self) -> bool:
+        return self.class_count is not None
+
+    def improves(self, value: float, best: float | None) -> bool:
+        """Whether `value` of the main metric beats `best` (None: nothing yet)."""
+        return best is None or (value > best if self.higher_is_better else value < best)
+
+
+# ------------------------------------------------------------------------------------------------ targets
+
+
+def class_index(s: TargetSample) -> Tensor:
+    return torch.tensor(s.value, dtype=torch.long)  # () class id
+
+
+def class_map(s: TargetSample) -> Tensor:
+    """Class ids resampled nearest-exact (no label is blended): (size, size) long."""
+    ids = torch.from_numpy(np.array(s.value, dtype=np.uint8)).float().unsqueeze(0)
+    return resample(ids, s.crop, s.size, "nearest-exact")[0].long()
+
+
+def metric_depth(s: TargetSample) -> Tensor:
+    """The decoded depth (the sample json's encoding) x `task.depth_scale`, nearest-exact, 0 = invalid."""
+    raw, meta = s.value, decode_json(s.sample[CODECS["json"].suffix])
+    values = dequantize_depth(raw, meta[s.member]) * s.task.depth_scale if s.member in meta else raw.astype(np.float32)
+    depth = torch.from_numpy(np.asarray(values, dtype=np.float32)).unsqueeze(0)
+    return resample(depth, s.crop, s.size, "nearest-exact")[0].clamp_min(0)
+
+
+# ------------------------------------------------------------------------------------------------ classes
+
+
+def class_folders(manifest: Manifest, where: str, target: str) -> int:
+    if not manifest.classes:
+        raise DataError(f"{where} has no class folders (.cls); a classification task needs them")
+    return len(manifest.classes)
+
+
+def class_map_classes(manifest: Manifest, where: str, target: str) -> int:
+    info = manifest.modalities.get(target)
+    if info is None or not info.num_classes:
+        raise DataError(f"{where} has no {target!r} class map to learn")
+    return info.num_classes
+
+
+# ------------------------------------------------------------------------------------------------ heads
+
+
+def linear_head(cfg: FinetuneShape, classes: int) -> nn.Module:
+    return LinearHead(cfg.model.dim, classes)
+
+
+def probe_head(cfg: FinetuneShape, classes: int) -> nn.Module:
+    return ProbeHead(cfg.model.dim, classes)
+
+
+def convnext_head(cfg: FinetuneShape, classes: int) -> nn.Module:
+    t = cfg.task
+    return ConvNeXtHead(
+        cfg.model.dim, classes, embed_dim=t.head_embed_dim, preds_per_patch=t.preds_per_patch, depth=t.head_depth
+    )
+
+
+def dpt_head(cfg: FinetuneShape, classes: int) -> nn.Module:
+    t = cfg.task
+    return DPTHead(cfg.model.dim, hooks=t.hooks, layer_dims=t.layer_dims, features=t.features)
+
+
+def all_tokens(head: nn.Module, e: Encoded) -> Tensor:
+    return head(e.tokens)  # the head pools them
+
+
+def main_tokens(head: nn.Module, e: Encoded) -> Tensor:
+    main = e.main_input()
+    return head(e.tokens[:, main.span], main.grid, main.size)
+
+
+def hooked_main_tokens(head: nn.Module, e: Encoded) -> Tensor:
+    main = e.main_input()
+    return head([h[:, main.span] for h in e.hooked], main.grid)
+
+
+def dpt_problems(t: TaskSettings) -> list[str]:
+    return [] if len(t.hooks) == 4 and len(t.layer_dims) == 4 else ["the depth head takes 4 hooks and 4 layer_dims"]
+
+
+# ------------------------------------------------------------------------------------------------ losses
+
+
+def classification_loss(out: Tensor, target: Tensor, t: TaskSettings, training: bool) -> Tensor:
+    return F.cross_entropy(out, target, label_smoothing=t.label_smoothing if training else 0.0)
+
+
+def segmentation_loss(out: Tensor, target: Tensor, t: TaskSettings, training: bool) -> Tensor:
+    return F.cross_entropy(out, target, ignore_index=t.ignore_id)
+
+
+def depth_loss(out: Tensor, target: Tensor, t: TaskSettings, training: bool) -> Tensor:
+    return berhu(out[:, 0], target, target > 0)
+
+
+# ------------------------------------------------------------------------------------------------ predictions
+
+
+def scores(out: Tensor) -> Tensor:
+    return out  # top-k reads the scores
+
+
+def class_ids(out: Tensor) -> Tensor:
+    return out.argmax(dim=1)  # (B, K, H, W) -> (B, H, W)
+
+
+def first_channel(out: Tensor) -> Tensor:
+    return out[:, 0]  # (B, 1, H, W) -> (B, H, W)
+
+
+def classification_metrics(classes: int, t: TaskSettings) -> Metrics:
+    return ClassificationMetrics()
+
+
+def segmentation_metrics(classes: int, t: TaskSettings) -> Metrics:
+    return SegmentationMetrics(classes, t.ignore_id)
+
+
+def depth_metrics(classes: int, t: TaskSettings) -> Metrics:
+    return DepthMetrics()
+
+
+# ------------------------------------------------------------------------------------------------ the table
+
+_BUILT_IN = (
+    TransferTask(
+        name="cls",
+        target="cls",
+        codec="cls",
+        prepare_target=class_index,
+        class_count=class_folders,
+        class_tensor="head.bias",  # the probe's head names it alike
+        head=linear_head,
+        readout=all_tokens,
+        loss=classification_loss,
+        mixup=True,
+        predict=scores,
+        metrics=classification_metrics,
+        main_metric="top1",
+        probe=probe_head,
+    ),
+    TransferTask(
+        name="semseg",
+        target="semseg",
+        codec="semseg",
+        prepare_target=class_map,
+        class_count=class_map_classes,
+        class_tensor="final_layer.bias",
+        head=convnext_head,
+        readout=main_tokens,
+        reads_main_input=True,
+        loss=segmentation_loss,
+        predict=class_ids,
+        metrics=segmentation_metrics,
+        main_metric="miou",
+    ),
+    TransferTask(
+        name="depth",
+        target="depth",
+        codec="depth",
+        prepare_target=metric_depth,
+        head=dpt_head,
+        readout=hooked_main_tokens,
+        reads_main_input=True,
+        hooked=True,
+        loss=depth_loss,
+        predict=first_channel,
+        metrics=depth_metrics,
+        main_metric="delta1",
+        config_problems=dpt_problems,
+    ),
+)
+
+_TABLE: dict[str, TransferTask] = {t.name: t for t in _BUILT_IN}
+TRANSFER_TASKS: Mapping[str, TransferTask] = MappingProxyType(_TABLE)
+
+
+def register_transfer_task(task: TransferTask) -> TransferTask:
+    """Add a task (a plugin's); its target's codec (and a map's modality) must be registered first."""
+    if task.name in _TABLE and _TABLE[task.name] is not task:
+        raise ValueError(f"transfer task {task.name!r} is registered twice")
+    problems = target_problems(task)
+    if problems:
+        raise ValueError(f"transfer task {task.name!r}: {'; '.join(problems)}")
+    _TABLE[task.name] = task
+    return task
+
+
+def target_problems(task: TransferTask) -> list[str]:
+    """The target must be a registered member: its codec exists, and a modality's target uses that codec."""
+    if task.codec not in CODECS:
+        return [f"codec {task.codec!r} is not registered"]
+    modality = MODALITIES.get(task.target)
+    if modality is not None and modality.codec != task.codec:
+        return [f"target {task.target!r} is the modality of codec {modality.codec!r}, not {task.codec!r}"]
+    return []
+
+
+def transfer_task(name: str) -> TransferTask:
+    """The registered task `name` (a config is checked against this table before it gets here)."""
+    try:
+        return TRANSFER_TASKS[name]
+    except KeyError:
+        raise KeyError(f"unknown transfer task {name!r}; known: {', '.join(TRANSFER_TASKS)}") from None
+
+
+def _load_plugins() -> None:
+    load_entry_points(ENTRY_POINT_GROUP)
+
+
+_load_plugins()
