@@ -36,7 +36,7 @@ from PIL import Image
 
 from labelers.standards import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.format.codecs import decode_member
-from pipeline.format.wds import read_samples
+from pipeline.format.samples import read_samples
 from pipeline.synth.rectangles import write_dataset
 from trainer.config import DataConfig, ModelConfig
 from trainer.data.batch_resize import to_device

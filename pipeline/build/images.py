@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from pipeline.format import stores
-from pipeline.format.codecs import decode_rgb, encode_rgb
+from pipeline.format.codecs import CODECS, encode_rgb
 
 _ORIENTATION = 0x0112
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
@@ -128,6 +128,6 @@ def decode_image(data: bytes, *, max_pixels: int, max_side: int = 0, jpeg_qualit
     jpeg = data
     if not safe:  # the labelers must see exactly the pixels the stored JPEG decodes to
         jpeg = encode_rgb(rgb, quality=jpeg_quality)
-        rgb = decode_rgb(jpeg)
+        rgb = CODECS["rgb"].decode(jpeg)
     orientation = int(tag or 1)
     return DecodedImage(rgb, jpeg, safe, hashlib.sha256(data).hexdigest(), mode, fmt, size, orientation)

@@ -11,18 +11,17 @@ levels. Never decode `depth.png` / `semseg.png` with them. Nor enable the defaul
     wds.WebDataset(urls, shardshuffle=False).map(decode_sample)        # or whole samples
     wids.ShardListDataset("OUT/wids-index.json", transformations=[decode_sample])
     ray.data.read_webdataset(paths, decoder=decode_sample)
+
+This project's own readers take samples from `pipeline.format.samples.read_samples` instead.
 """
 
 from __future__ import annotations
 
 import io
-import tarfile
-from collections.abc import Collection, Iterator, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
-from pipeline.format import stores
-from pipeline.format.codecs import BY_SUFFIX, decode_member, split_member
+from pipeline.format.codecs import BY_SUFFIX, decode_member
 
 
 def _suffix(key: str) -> str:
@@ -61,31 +60,3 @@ def decode_sample(sample: Mapping[str, Any]) -> dict[str, Any]:
         else:
             raise ValueError(f"member {key!r} is not in the codec table; allowed: {sorted(BY_SUFFIX)}")
     return out
-
-
-def read_samples(path: str | Path, ordinals: Collection[int] | None = None) -> Iterator[tuple[int, dict[str, bytes]]]:
-    """(ordinal, {suffix: bytes, "__key__": key}) of one shard's samples in tar order, read as a stream with
-    tarfile; only the members of the codec table, and only the samples at `ordinals` when given (reading
-    stops after the last of them)."""
-    wanted = set(ordinals) if ordinals is not None else None
-    if wanted is not None and not wanted:
-        return
-    last = max(wanted) if wanted is not None else None
-    current, ordinal, sample = None, -1, {}  # type: tuple[str | None, int, dict[str, bytes]]
-    with stores.open_input(path) as (stream, _), tarfile.open(fileobj=stream, mode="r|") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, suffix = split_member(member.name)
-            if key != current:
-                if sample:
-                    yield ordinal, sample
-                current, ordinal, sample = key, ordinal + 1, {}
-                if last is not None and ordinal > last:
-                    return
-            if (wanted is None or ordinal in wanted) and suffix in BY_SUFFIX:
-                f = tar.extractfile(member)
-                sample["__key__"] = key.encode()
-                sample[suffix] = f.read() if f is not None else b""
-    if sample:
-        yield ordinal, sample

@@ -1,7 +1,10 @@
 """Pictures of samples, shared by `mmforge preview`, `mmforge reconstruct` and the pretraining figures.
 
-Every member is shown by its codec kind: images as they are, value maps (depth) through a perceptual colour
-map normalised per tile, class maps through the class palette. A figure is a grid of equal square tiles
+Every member is drawn by one function, `picture(value, kind)`, by its codec's kind (`DRAWINGS`, one entry per
+kind of `pipeline.format.codecs.KINDS` but metadata; a plugin's member is drawn by the kind its codec
+declares): images as they are, value maps (depth) through a perceptual colour map over their 2-98 % range,
+class maps through the class palette (the ignore id black), unit vectors as they are stored (Omnidata's
+[-1, 1] -> 0..255). `fit_picture` puts it in a tile. A figure is a grid of equal square tiles
 with a title row and a label strip per row, composed with Pillow so its pixel size is exact:
 `width = label + columns x tile`, `height = title + rows x tile (+ legend)`. Charts use matplotlib (Agg).
 """
@@ -9,11 +12,14 @@ with a title row and a label strip per row, composed with Pillow so its pixel si
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from labelers.classes import full_palette
+from pipeline.format.codecs import IGNORE_ID
 
 DEPTH_CMAP = "magma"  # perceptually uniform; bright = larger value
 TITLE_H = 22
@@ -40,12 +46,71 @@ def colormap(values: np.ndarray, valid: np.ndarray | None = None, cmap: str = DE
     return (colormaps[cmap](scaled)[..., :3] * 255).astype(np.uint8)
 
 
-def palette_rgb(ids: np.ndarray, palette: Sequence[int]) -> np.ndarray:
-    """uint8 H x W class ids -> uint8 H x W x 3 with a flat 256 x RGB palette (ids beyond it are black)."""
+def class_colours(palette: Sequence[int]) -> np.ndarray:
+    """A flat 256 x RGB palette as a (256, 3) uint8 table: ids beyond it and the ignore id are black."""
     table = np.zeros((256, 3), np.uint8)
     flat = np.asarray(list(palette)[: 256 * 3], np.uint8)
     table[: len(flat) // 3] = flat[: len(flat) // 3 * 3].reshape(-1, 3)
-    return table[ids]
+    table[IGNORE_ID] = 0
+    return table
+
+
+def palette_rgb(ids: np.ndarray, palette: Sequence[int]) -> np.ndarray:
+    """uint8 H x W class ids -> uint8 H x W x 3 through `class_colours(palette)`."""
+    return class_colours(palette)[ids]
+
+
+def _draw_image(value: np.ndarray, palette: Sequence[int] | None) -> np.ndarray:
+    """uint8 as it is; floats in [0, 1] (a model's output, un-normalised) to 0..255; one channel as grey."""
+    rgb = value if value.dtype == np.uint8 else (np.clip(value, 0, 1) * 255).astype(np.uint8)
+    return rgb if rgb.ndim == 3 else np.repeat(rgb[..., None], 3, axis=2)
+
+
+def _draw_values(value: np.ndarray, palette: Sequence[int] | None) -> np.ndarray:
+    """Through the colour map over the 2-98 % of the values (the first channel of a multi-channel map)."""
+    return colormap(value if value.ndim == 2 else value[..., 0])
+
+
+def _draw_classes(value: np.ndarray, palette: Sequence[int] | None) -> np.ndarray:
+    """Through the palette (the generated one without a palette); the ignore id black."""
+    return palette_rgb(value, full_palette(None) if palette is None else palette)
+
+
+def _draw_vectors(value: np.ndarray, palette: Sequence[int] | None) -> np.ndarray:
+    """As stored: uint8 as it is; float vectors in [-1, 1] (a model's output) to 0..255 as the codec stores them."""
+    if value.dtype == np.uint8:
+        return value
+    return np.rint((np.clip(value, -1, 1) + 1) * 127.5).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class Drawing:
+    """How a codec kind becomes a picture: `draw(value, palette)` -> uint8 H x W x 3; `sharp`: fitted to a tile
+    with nearest resampling (class ids never blend into colours of other classes)."""
+
+    draw: Callable[[np.ndarray, Sequence[int] | None], np.ndarray]
+    sharp: bool = False
+
+
+DRAWINGS: dict[str, Drawing] = {
+    "image": Drawing(_draw_image),
+    "value_map": Drawing(_draw_values),
+    "class_map": Drawing(_draw_classes, sharp=True),
+    "vector_map": Drawing(_draw_vectors),
+}
+
+
+def picture(value: np.ndarray, kind: str, palette: Sequence[int] | None = None) -> np.ndarray:
+    """A member's array (as its codec decodes it, or a model's output of the same kind) as an RGB picture
+    (uint8 H x W x 3), drawn by its codec `kind`; `palette` (a flat 256 x RGB list) for class maps."""
+    if kind not in DRAWINGS:
+        raise ValueError(f"a {kind} member is not drawn as a picture (drawn kinds: {', '.join(DRAWINGS)})")
+    return DRAWINGS[kind].draw(value, palette)
+
+
+def fit_picture(rgb: np.ndarray, kind: str, tile: int) -> Image.Image:
+    """A `picture` of a `kind` member fitted to a tile x tile square (nearest for sharp kinds)."""
+    return fit_tile(rgb, tile, nearest=DRAWINGS[kind].sharp)
 
 
 def fit_tile(rgb: np.ndarray, tile: int, nearest: bool = False) -> Image.Image:

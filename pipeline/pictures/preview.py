@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -25,26 +26,26 @@ from PIL import Image
 
 from labelers.classes import full_palette
 from pipeline.format import fs
-from pipeline.format.codecs import BY_SUFFIX, CODECS, dequantize_depth, dequantize_normal
+from pipeline.format.codecs import BY_SUFFIX, CODECS, decode_member, dequantize_depth, dequantize_normal
 from pipeline.format.contract import IndexEntry, ModalityInfo, url_problem
+from pipeline.format.samples import read_samples
 from pipeline.format.schema import ConfigError, setting
 from pipeline.format.stores import Location, location
-from pipeline.format.wds import read_samples
 from pipeline.pictures.figures import (
     Grid,
     caption,
     chart_png,
+    class_colours,
     class_legend,
     colorbar,
-    colormap,
-    fit_tile,
-    palette_rgb,
+    fit_picture,
+    picture,
     png_bytes,
     stack,
 )
 from pipeline.verify.docs import DatasetDocs, NotADatasetError, checked_documents
 
-Sample = dict[str, bytes]  # member suffix -> bytes, plus "__key__"
+Sample = tuple[str, dict[str, bytes]]  # (key, {member suffix: bytes}), as the shard reader hands it over
 _MAX_LEGEND_CLASSES = 48
 
 
@@ -84,6 +85,13 @@ class _Column:
     @property
     def kind(self) -> str:
         return CODECS[BY_SUFFIX[self.member]].kind
+
+    @cached_property
+    def palette(self) -> list[int] | None:
+        """The colours of a class map's ids (None for other kinds)."""
+        if self.kind != "class_map" or self.info is None:
+            return None
+        return full_palette(self.info.palette, self.info.num_classes or 255)
 
     @property
     def title(self) -> str:
@@ -137,32 +145,25 @@ def choose(entries: list[IndexEntry], n: int, seed: int) -> dict[str, list[int]]
 
 
 def read_chosen(docs: DatasetDocs, chosen: dict[str, list[int]]) -> list[Sample]:
-    return [s for shard, ordinals in chosen.items() for _, s in read_samples(docs.shard_location(shard), ordinals)]
+    """The chosen samples, shard by shard, each read once up to its last chosen sample."""
+    return [s for shard, picked in chosen.items() for s in read_samples(docs.shard_location(shard), ordinals=picked)]
 
 
 def _decode(sample: Sample, suffix: str) -> Any:
-    return CODECS[BY_SUFFIX[suffix]].decode(sample[suffix]) if suffix in sample else None
-
-
-def _palette(info: ModalityInfo) -> list[int]:
-    return full_palette(info.palette, info.num_classes or 255)
+    members = sample[1]
+    return decode_member(suffix, members[suffix]) if suffix in members else None
 
 
 def _tile(col: _Column, sample: Sample, size: int) -> Image.Image:
     value = _decode(sample, col.member)
     if value is None:
         return Image.new("RGB", (size, size), (230, 230, 230))
-    if col.kind == "class_map":
-        assert col.info is not None
-        return fit_tile(palette_rgb(value, _palette(col.info)), size, nearest=True)
-    if col.kind == "value_map":
-        return fit_tile(colormap(value.astype(np.float64) if value.ndim == 2 else value[..., 0]), size)
-    return fit_tile(value if value.ndim == 3 else np.repeat(value[..., None], 3, axis=2), size)
+    return fit_picture(picture(value, col.kind, col.palette), col.kind, size)
 
 
 def _label(sample: Sample) -> str:
     meta = _decode(sample, "json") or {}
-    return f"{sample['__key__'].decode()}  {meta.get('source', '?')}"
+    return f"{sample[0]}  {meta.get('source', '?')}"
 
 
 def _legend(cols: list[_Column], samples: list[Sample], width: int) -> Image.Image | None:
@@ -179,12 +180,12 @@ def _legend(cols: list[_Column], samples: list[Sample], width: int) -> Image.Ima
             parts.append(caption(f"{col.name}: unit normals as stored: R, G, B = x, y, z, [-1, 1] -> 0..255", width))
         if col.kind == "class_map" and col.info is not None:
             counts = _class_pixels(col, samples)
-            names, pal = col.info.classes or (), _palette(col.info)
+            names, colours = col.info.classes or (), class_colours(col.palette or ())
             shown = [
                 (
                     c,
                     names[c] if c < len(names) else ("ignore" if c == col.info.ignore_id else f"class {c}"),
-                    tuple(pal[3 * c : 3 * c + 3]),
+                    tuple(colours[c].tolist()),
                 )
                 for c, _ in counts.most_common(_MAX_LEGEND_CLASSES)
             ]
@@ -231,7 +232,7 @@ def preview(cfg: PreviewConfig) -> PreviewResult:
             with cfg.html.published() as folder:
                 written = write_html(folder, docs, cols, image, more)
             page = cfg.html.join(written.name)
-    keys = [s["__key__"].decode() for s in samples]
+    keys = [key for key, _ in samples]
     return PreviewResult(
         png=out, html=page, rows=len(samples), columns=tuple(c.name for c in cols), size=image.size, keys=keys
     )

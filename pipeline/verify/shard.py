@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from pipeline.format import stores
-from pipeline.format.codecs import BY_SUFFIX, CODECS, decode_json, split_member
+from pipeline.format.codecs import BY_SUFFIX, CODECS, decode_member, split_member
 from pipeline.format.contract import key_position
 from pipeline.verify.sample import Defect, MapSpec, check_sample
 from pipeline.verify.tar import TarMember, TarScan, scan_tar
@@ -135,7 +135,7 @@ def _sample_problem(expect: ShardExpect, pos: int, data: bytes | None) -> str | 
     if data is None:
         return None
     try:
-        meta = decode_json(data)
+        meta = decode_member(JSON, data)
     except ValueError as err:
         return f"sample json unreadable: {err}"
     assert expect.sources is not None

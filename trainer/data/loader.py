@@ -7,10 +7,12 @@ over its shards (reshuffled per pass) through a sample shuffle buffer until it h
 Everything random is seeded from (seed, epoch, rank, worker, position), so a worker's stream is a pure
 function of its cursor (raw samples read, batches and corrupt samples so far); the trainer saves the
 cursors with each checkpoint and a resumed run reads exactly the batches the interrupted one would have.
-Members are decoded with `pipeline.format.codecs` only (no pickle, no 8-bit image decoders); a corrupt sample is
-counted and skipped, and the worker stops with a `DataError` past `DataConfig.max_corrupt`. A class map is
-corrupt by `verify`'s rule (`codecs.class_ids_problem`); its ignore id (255) is data, kept through the
-augmentation, left out of the loss (`trainer.model.losses`) and embedded as zeros (`trainer.model.adapters`).
+Shards are read by the one shard reader (`pipeline.format.samples.read_samples`, with this loader's
+corrupt-data policy as its `on_error`) and members decoded by the codec table only (`decode_modalities`: no
+pickle, no 8-bit image decoders); a corrupt sample or unreadable tar data is counted and skipped, and the
+worker stops with a `DataError` past `DataConfig.max_corrupt`. A class map is corrupt by `verify`'s rule
+(`codecs.class_ids_problem`); its ignore id (255) is data, kept through the augmentation, left out of the
+loss (`trainer.model.losses`) and embedded as zeros (`trainer.model.adapters`).
 """
 
 from __future__ import annotations
@@ -18,17 +20,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Iterable, Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from pipeline.format import stores
 from pipeline.format.codecs import CODECS, class_ids_problem, decode_member
+from pipeline.format.samples import Sample, read_samples
 from trainer.config import ConfigError, DataConfig, ModelConfig
 from trainer.data import batch_resize
 from trainer.data.augment import augment, sample_crop
@@ -38,6 +38,7 @@ from trainer.model.modalities import MODALITIES, used_modalities
 
 log = logging.getLogger(__name__)
 Batch = dict[str, Any]
+Keyed = tuple[str, Sample]  # a raw sample as the shard reader hands it over: (key, {suffix: bytes})
 CROP = "__crop__"  # on_device items: the sample's Crop
 
 
@@ -127,20 +128,20 @@ class ShardStream(IterableDataset):
                 if cursor.batches >= quota:
                     return
 
-    def _raw_stream(self, worker: int, cursor: Cursor) -> Iterator[dict[str, Any]]:
+    def _raw_stream(self, worker: int, cursor: Cursor) -> Iterator[Keyed]:
         rng = np.random.default_rng([self.plan.seed, self.plan.epoch, self.plan.rank, worker, 1])
         stream = shuffle(self._cycle(worker, cursor), self.data.shuffle_buffer, rng)
         for _ in range(cursor.raw):  # fast-forward on resume: raw tar members only, nothing decoded
             next(stream)
         return stream
 
-    def _cycle(self, worker: int, cursor: Cursor) -> Iterator[dict[str, Any]]:
+    def _cycle(self, worker: int, cursor: Cursor) -> Iterator[Keyed]:
         shards, plan = self.plan.shards(self.info.shards, worker), self.plan
         handler = self._tar_handler(cursor)
         for rounds in range(1 << 62):
             seeds = [plan.seed, plan.epoch, plan.rank, worker, 2, rounds]
             order = np.random.default_rng(seeds).permutation(len(shards))
-            streams = (shard_samples(shards[i].path, handler) for i in order)
+            streams = (read_samples(shards[i].path, on_error=handler) for i in order)
             count = 0
             for sample in interleave(streams, self.data.open_shards):
                 count += 1
@@ -149,18 +150,18 @@ class ShardStream(IterableDataset):
                 raise DataError(f"shards {[s.name for s in shards]} gave no samples (empty or unreadable tar files)")
 
     def _tar_handler(self, cursor: Cursor) -> Any:
-        def handle(exc: Exception) -> bool:
+        def handle(exc: Exception) -> None:
             self._count_corrupt(cursor, f"unreadable tar data: {exc!r}")
-            return True
 
         return handle
 
-    def _decode_or_count(self, sample: dict[str, Any], worker: int, cursor: Cursor) -> dict[str, Any] | None:
+    def _decode_or_count(self, sample: Keyed, worker: int, cursor: Cursor) -> dict[str, Any] | None:
         rng = np.random.default_rng([self.plan.seed, self.plan.epoch, self.plan.rank, worker, 3, cursor.raw])
+        key, members = sample
         try:
-            return self.decode(sample, rng)
+            return self.decode(members, rng)
         except Exception as exc:  # a bad sample is data, not a crash: counted, bounded by max_corrupt
-            self._count_corrupt(cursor, f"sample {sample.get('__key__')!r}: {type(exc).__name__}: {exc}")
+            self._count_corrupt(cursor, f"sample {key!r}: {type(exc).__name__}: {exc}")
             return None
 
     def _count_corrupt(self, cursor: Cursor, reason: str) -> None:
@@ -170,15 +171,10 @@ class ShardStream(IterableDataset):
         if cursor.corrupt > self.data.max_corrupt:
             raise DataError(f"more than {self.data.max_corrupt} corrupt samples in one loader worker; last: {reason}")
 
-    def decode(self, sample: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    def decode(self, sample: Sample, rng: np.random.Generator) -> dict[str, Any]:
         """Raw sample -> finished tensors of every used modality, with one shared crop and flip (on_device:
         the crop's windows, `batch_resize.windows`, and the crop under CROP)."""
-        arrays = {}
-        for name in self.modalities:
-            suffix = CODECS[MODALITIES[name].codec].suffix
-            if suffix not in sample:
-                raise KeyError(f"member {suffix!r} missing")
-            arrays[name] = decode_member(suffix, sample[suffix])
+        arrays = decode_modalities(sample, self.modalities)
         h, w = check_arrays(arrays, self.model)
         d = self.data
         crop = sample_crop(h, w, rng, d.crop_scale, d.crop_ratio, d.hflip)
@@ -187,22 +183,15 @@ class ShardStream(IterableDataset):
         return augment(arrays, crop, self.model.image_size)
 
 
-def shard_samples(where: str, handler: Any) -> Iterator[dict[str, Any]]:
-    """The samples of one shard, a local tar or a store object (streamed, never downloaded whole)."""
-    return group_by_keys(tar_file_expander(_opened(where, handler), handler=handler), handler=handler)
-
-
-def _opened(where: str, handler: Any) -> Iterator[dict[str, Any]]:
-    """The shard opened for reading (`Location.reading`), as WebDataset's own opener does with a url: one that
-    cannot be opened goes to `handler` (which counts it, or raises)."""
-    with ExitStack() as stack:
-        try:
-            stream, _ = stack.enter_context(stores.open_input(where))
-        except Exception as exn:
-            exn.args = (*exn.args, where)
-            handler(exn)
-            return
-        yield {"url": where, "stream": stream}
+def decode_modalities(sample: Sample, modalities: Iterable[str]) -> dict[str, np.ndarray]:
+    """The members of `modalities` in a raw sample, decoded by the codec table (KeyError: one is missing)."""
+    arrays = {}
+    for name in modalities:
+        suffix = CODECS[MODALITIES[name].codec].suffix
+        if suffix not in sample:
+            raise KeyError(f"member {suffix!r} missing")
+        arrays[name] = decode_member(suffix, sample[suffix])
+    return arrays
 
 
 def check_arrays(arrays: dict[str, np.ndarray], model: ModelConfig) -> tuple[int, int]:

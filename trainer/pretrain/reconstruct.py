@@ -15,7 +15,6 @@ get none), or an `.npz` file with one 0/1 array per modality (1 = masked). Check
 
 from __future__ import annotations
 
-import tarfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,13 +28,14 @@ from torch import Tensor
 from labelers.classes import full_palette
 from labelers.standards import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.build.images import decode_image, read_source
-from pipeline.format import fs, stores
-from pipeline.format.codecs import BY_SUFFIX, CODECS, split_member
+from pipeline.format import fs
+from pipeline.format.codecs import CODECS, decode_member
 from pipeline.format.contract import Manifest, url_problem
 from pipeline.format.locations import LocationError
+from pipeline.format.samples import Sample, read_samples
 from pipeline.format.schema import ConfigError
 from pipeline.format.stores import location
-from pipeline.pictures.figures import MASKED, Grid, colormap, fit_tile, palette_rgb, png_bytes
+from pipeline.pictures.figures import MASKED, Grid, fit_picture, picture, png_bytes
 from pipeline.verify.docs import DatasetDocs, NotADatasetError, check_documents, checked_documents
 from trainer.config import ModelConfig
 from trainer.data.augment import augment, center_square
@@ -114,37 +114,22 @@ def read_sample(spec: str) -> tuple[dict[str, np.ndarray], Manifest]:
             entry = {e.name: e for e in docs.index.shards}.get(shard)
             if entry is None or url_problem(docs.paths, entry.name, entry.url) or shard not in docs.present:
                 raise ConfigError(f"{folder} has no readable shard {shard!r}")
-            with stores.open_input(docs.shard_location(shard)) as (f, _):
-                _, members = _sample_members(f, key)
+            found = [members for _, members in read_samples(docs.shard_location(shard), keys=[key])]
             manifest = docs.manifest
     except (NotADatasetError, LocationError) as err:
         raise ConfigError(str(err)) from None
-    if not members:
+    if not found or not found[0]:
         raise ConfigError(f"shard {shard} of {folder} has no sample {key!r}")
-    return _decoded(members, manifest), manifest
+    return _decoded(found[0], manifest), manifest
 
 
-def _sample_members(f: Any, key: str | None) -> tuple[str | None, dict[str, bytes]]:
-    """The members of sample `key` (None: the first sample) of a tar stream, by suffix."""
-    members: dict[str, bytes] = {}
-    with tarfile.open(fileobj=f, mode="r|") as tar:
-        for m in tar:
-            k, suffix = split_member(m.name)
-            if not m.isfile():
-                continue
-            key = key or k
-            if k != key and members:
-                break  # a sample's members are adjacent
-            if k == key and suffix in BY_SUFFIX:
-                members[suffix] = tar.extractfile(m).read()  # type: ignore[union-attr]
-    return key, members
-
-
-def _decoded(members: dict[str, bytes], manifest: Manifest) -> dict[str, np.ndarray]:
-    arrays = {"rgb": CODECS["rgb"].decode(members[CODECS["rgb"].suffix])}
+def _decoded(members: Sample, manifest: Manifest) -> dict[str, np.ndarray]:
+    """rgb and the manifest's modalities of a raw sample, decoded by the codec table."""
+    rgb = CODECS["rgb"].suffix
+    arrays = {"rgb": decode_member(rgb, members[rgb])}
     for name, info in manifest.modalities.items():
         if info.member in members and name in MODALITIES:
-            arrays[name] = CODECS[BY_SUFFIX[info.member]].decode(members[info.member])
+            arrays[name] = decode_member(info.member, members[info.member])
     return arrays
 
 
@@ -247,27 +232,32 @@ def _pixel_mask(mask: Tensor, size: int, grid: int) -> np.ndarray:
     return np.kron(m, np.ones((size // grid, size // grid), dtype=bool))
 
 
+def _arrays(kind: str, pred: Tensor, target: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """The model's prediction and target as arrays `picture` draws by their codec kind: class ids (h, w),
+    vectors in [-1, 1] and rgb in [0, 1] (h, w, 3), values (h, w)."""
+    if kind == "class_map":  # logits (C, h, w) and ids (h, w)
+        return pred.argmax(0).numpy().astype(np.uint8), target.numpy().astype(np.uint8)
+    if kind == "vector_map":  # unit vectors (3, h, w)
+        return pred.permute(1, 2, 0).numpy(), target.permute(1, 2, 0).numpy()
+    if kind == "image":  # normalised rgb (3, h, w)
+        mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        return (pred * std + mean).permute(1, 2, 0).numpy(), (target * std + mean).permute(1, 2, 0).numpy()
+    return pred[0].numpy(), target[0].numpy()
+
+
 def _pictures(name: str, pred: Tensor, target: Tensor, masked: np.ndarray, palette: list[int]) -> list[np.ndarray]:
     """(masked input, prediction, prediction + visible, target) as uint8 RGB pictures."""
     kind = CODECS[MODALITIES[name].codec].kind
-    if kind == "class_map":  # logits (C, h, w) and ids (h, w)
-        p, t = pred.argmax(0).numpy().astype(np.uint8), target.numpy().astype(np.uint8)
-        show = lambda ids: palette_rgb(ids, palette)  # noqa: E731
-    elif kind == "vector_map":  # unit vectors (3, h, w), shown as stored: [-1, 1] -> 0..255
-        p, t = pred.permute(1, 2, 0).numpy(), target.permute(1, 2, 0).numpy()
-        show = lambda x: np.rint((np.clip(x, -1, 1) + 1) * 127.5).astype(np.uint8)  # noqa: E731
-    elif kind == "image":
-        mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
-        p, t = (pred * std + mean).permute(1, 2, 0).numpy(), (target * std + mean).permute(1, 2, 0).numpy()
-        show = lambda x: (np.clip(x, 0, 1) * 255).astype(np.uint8)  # noqa: E731
-    else:
-        p, t = pred[0].numpy(), target[0].numpy()
-        lo, hi = np.percentile(t, (2, 98))
-        show = lambda x: colormap(np.clip(x, lo, hi) if hi > lo else x)  # noqa: E731
+    p, t = _arrays(kind, pred, target)
     pasted = np.where(masked if p.ndim == 2 else masked[..., None], p, t)
-    masked_input = show(t).copy()
-    masked_input[masked] = MASKED
-    return [masked_input, show(p), show(pasted), show(t)]
+    shown = [t, p, pasted, t]
+    if kind == "value_map":  # clipped to the target's 2-98 % range
+        lo, hi = np.percentile(t, (2, 98))
+        shown = [np.clip(x, lo, hi) if hi > lo else x for x in shown]
+    pics = [picture(x, kind, palette) for x in shown]
+    pics[0] = pics[0].copy()
+    pics[0][masked] = MASKED
+    return pics
 
 
 def render(
@@ -289,10 +279,10 @@ def render(
         masked = _pixel_mask(masks[name].cpu(), target.shape[-1], grid)
         pics = _pictures(name, pred, target.cpu(), masked, palette)
         visible = int((masks[name] == 0).sum())
-        nearest = MODALITIES[name].channels is None
+        kind = CODECS[MODALITIES[name].codec].kind
         if missing and name in missing:
             pics[3] = np.full_like(pics[3], 230)
-        tiles.append([fit_tile(p, tile - 2, nearest=nearest) for p in pics])
+        tiles.append([fit_picture(p, kind, tile - 2) for p in pics])
         labels.append(
             f"{name}: {visible} of {masks[name].shape[1]} tokens visible"
             + (" (no target)" if missing and name in missing else "")
@@ -354,9 +344,8 @@ def first_sample(info: Any, cfg: ModelConfig) -> tuple[dict[str, Tensor], list[i
     """The first sample of a run's dataset, prepared for the model (the pretraining figures show it)."""
     if info.manifest is None or not info.shards:
         raise DataError(f"dataset {info.root} has no manifest or no shards to take a figure sample from")
-    with stores.open_input(info.shards[0].path) as (f, _):
-        _, members = _sample_members(f, None)
-    inputs, _ = prepare(_decoded(members, info.manifest), cfg)
+    first = next(read_samples(info.shards[0].path, ordinals=[0]), None)
+    inputs, _ = prepare(_decoded(first[1] if first else {}, info.manifest), cfg)
     return inputs, _palette_of(info.manifest)
 
 

@@ -25,11 +25,11 @@ from torch import Tensor, nn
 
 from pipeline.format import fs
 from pipeline.format.codecs import CODECS, decode_member
+from pipeline.format.samples import Sample, read_samples
 from pipeline.format.stores import Location
-from pipeline.format.wds import read_samples
 from trainer.data.augment import Crop, augment, center_square, sample_crop
 from trainer.data.dataset import DatasetInfo, load_dataset
-from trainer.data.loader import EpochPlan, ShardStream, check_arrays
+from trainer.data.loader import EpochPlan, ShardStream, check_arrays, decode_modalities
 from trainer.engine.checkpoint import atomic_save, first_sentence, payload, read_checkpoint
 from trainer.engine.optim import layer_decay_groups
 from trainer.engine.run import RunOptions, RunSummary, RunView
@@ -58,7 +58,7 @@ def num_classes_of(info: DatasetInfo, cfg: FinetuneConfig) -> int:
 # ------------------------------------------------------------------------------------------------ data
 
 
-def _target(sample: dict[str, Any], spec: TransferTask, cfg: FinetuneConfig, crop: Crop) -> Tensor:
+def _target(sample: Sample, spec: TransferTask, cfg: FinetuneConfig, crop: Crop) -> Tensor:
     """The task's member, decoded by its codec and prepared as the task says."""
     suffix = CODECS[spec.codec].suffix
     value = decode_member(suffix, sample[suffix])
@@ -68,14 +68,9 @@ def _target(sample: dict[str, Any], spec: TransferTask, cfg: FinetuneConfig, cro
     )
 
 
-def decode_sample(sample: dict[str, Any], cfg: FinetuneConfig, num_classes: int, rng: Any) -> dict[str, Tensor]:
+def decode_sample(sample: Sample, cfg: FinetuneConfig, num_classes: int, rng: Any) -> dict[str, Tensor]:
     """Raw sample -> the inputs (shared crop and flip when `rng`, else the centre square) and the target."""
-    arrays = {}
-    for name in cfg.model.inputs:
-        suffix = CODECS[MODALITIES[name].codec].suffix
-        if suffix not in sample:
-            raise KeyError(f"member {suffix!r} missing")
-        arrays[name] = decode_member(suffix, sample[suffix])
+    arrays = decode_modalities(sample, cfg.model.inputs)
     h, w = check_arrays(arrays, cfg.model)
     d = cfg.data
     crop = sample_crop(h, w, rng, d.crop_scale, d.crop_ratio, d.hflip) if rng is not None else center_square(h, w)
@@ -97,7 +92,7 @@ class FinetuneStream(ShardStream):
         super().__init__(model=cfg.model, data=cfg.data, **kw)
         self.cfg, self.num_classes = cfg, num_classes
 
-    def decode(self, sample: dict[str, Any], rng: np.random.Generator) -> dict[str, Tensor]:
+    def decode(self, sample: Sample, rng: np.random.Generator) -> dict[str, Tensor]:
         return decode_sample(sample, self.cfg, self.num_classes, rng)
 
 

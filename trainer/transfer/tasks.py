@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from labelers.plugins import load_entry_points
-from pipeline.format.codecs import CODECS, decode_json, dequantize_depth
+from pipeline.format.codecs import CODECS, decode_member, dequantize_depth
 from pipeline.format.contract import Manifest
 from trainer.data.augment import Crop, resample
 from trainer.errors import DataError
@@ -42,6 +42,7 @@ from trainer.transfer.heads import ConvNeXtHead, DPTHead, LinearHead, ProbeHead,
 from trainer.transfer.metrics import ClassificationMetrics, DepthMetrics, SegmentationMetrics
 
 ENTRY_POINT_GROUP = "multimae_forge.transfer_tasks"
+JSON = CODECS["json"].suffix  # the sample json: per-sample encodings of the value maps
 
 
 class TaskSettings(Protocol):
@@ -215,7 +216,7 @@ def class_map(s: TargetSample) -> Tensor:
 
 def metric_depth(s: TargetSample) -> Tensor:
     """The decoded depth (the sample json's encoding) x `task.depth_scale`, nearest-exact, 0 = invalid."""
-    raw, meta = s.value, decode_json(s.sample[CODECS["json"].suffix])
+    raw, meta = s.value, decode_member(JSON, s.sample[JSON])
     values = dequantize_depth(raw, meta[s.member]) * s.task.depth_scale if s.member in meta else raw.astype(np.float32)
     depth = torch.from_numpy(np.asarray(values, dtype=np.float32)).unsqueeze(0)
     return resample(depth, s.crop, s.size, "nearest-exact")[0].clamp_min(0)
