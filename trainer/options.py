@@ -93,7 +93,10 @@ OPTIONS = (
     TrainingOption(name="tensorboard", value=bool, key="train.tensorboard", help="TensorBoard scalars and figures."),
     TrainingOption(name="wandb", value=bool, key="train.wandb", help="Weights & Biases logs (the wandb extra)."),
     TrainingOption(
-        name="task", key="task.name", kinds=("finetune",), help="cls, semseg or depth; default: the config's."
+        name="task",
+        key="task.name",
+        kinds=("finetune",),
+        help="A registered transfer task (cls, semseg, depth or a plugin's); default: the config's.",
     ),
     TrainingOption(
         name="inputs",
