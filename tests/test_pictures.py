@@ -168,6 +168,23 @@ def test_reconstruct_with_depth_and_semseg_hidden(demo: Path, checkpoint: Path, 
     assert "rgb=8, depth=0, semseg=0" in result.output
 
 
+def test_reconstruct_scores_cross_modal_prediction_beside_the_baselines(
+    demo: Path, checkpoint: Path, tmp_path: Path
+) -> None:
+    """--score DATASET: the decoders' depth and semseg from rgb alone, over the whole split, beside the per-image
+    mean depth and the majority class; no figure without an input; bad input is one line, exit 2."""
+    result = run("reconstruct", str(checkpoint), "--score", str(demo), "--out", str(tmp_path / "none.png"))
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "cross-modal prediction from rgb alone, 12 samples:"
+    depth = re.search(r"delta1 ([0-9.]+) % \(per-image mean depth ([0-9.]+) %\)", lines[1])
+    semseg = re.search(r"semseg: mIoU ([0-9.]+) % \(majority class ([0-9.]+) %\)", lines[2])
+    assert depth and semseg and all(0 <= float(v) <= 100 for v in (*depth.groups(), *semseg.groups()))
+    assert not (tmp_path / "none.png").exists()
+    missing = run("reconstruct", str(checkpoint), "--score", str(tmp_path / "nothing"))
+    assert missing.exit_code == 2 and missing.output.startswith("error: ") and missing.output.count("\n") == 1
+
+
 def test_reconstruct_an_image_labelled_on_the_fly(demo: Path, checkpoint: Path, tmp_path: Path) -> None:
     photo = sorted(EXAMPLES.glob("*.jpg"))[0]
     out = tmp_path / "recon.png"

@@ -443,12 +443,25 @@ def reconstruct_cmd(
     seed: Annotated[int, typer.Option(help="Seed of the Dirichlet masks (or of the positions for --keep).")] = 0,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
     tile: Annotated[int, typer.Option(help="Tile size in pixels.")] = 160,
+    score: Annotated[
+        str | None,
+        typer.Option(
+            parser=location,
+            metavar="DATASET",
+            help="Score the depth and semseg decoders from rgb alone over this labelled split (delta1, mIoU) "
+            "beside the trivial baselines; with no --image or --sample, no figure.",
+        ),
+    ] = None,
 ) -> None:
     """Show what a checkpoint predicts: masked input | prediction | prediction + visible | target, per modality."""
     from pipeline.format.schema import ConfigError
     from trainer.errors import USER_ERRORS
     from trainer.pretrain.reconstruct import ReconstructConfig, reconstruct
 
+    if score is not None and image is None and sample is None:
+        raise _score_cross_modal(checkpoint, score, device)
+    if score is not None:
+        _score_cross_modal(checkpoint, score, device)
     try:
         stack = ExitStack()
         cfg = ReconstructConfig(
@@ -471,6 +484,20 @@ def reconstruct_cmd(
         raise fail(str(err)) from None
     shown = ", ".join(f"{n}={v}" for n, v in result.visible.items())
     typer.echo(f"wrote {location(out)} ({len(result.rows)} modalities; visible tokens {shown})")
+
+
+def _score_cross_modal(checkpoint: str, data: str, device: str) -> typer.Exit:
+    """Print the cross-modal scores of `checkpoint` on the split `data` (one line and exit 2 on bad input)."""
+    from trainer.errors import USER_ERRORS
+    from trainer.pretrain.cross_modal import cross_modal_scores
+
+    try:
+        with location(checkpoint).fetched() as weights:
+            scores = cross_modal_scores(weights, location(data), device=device)
+    except USER_ERRORS as err:
+        raise fail(str(err)) from None
+    typer.echo(scores.table())
+    return typer.Exit(0)
 
 
 @app.command("convert-weights")

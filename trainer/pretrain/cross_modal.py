@@ -1,0 +1,207 @@
+"""Cross-modal prediction: what a pretrained MultiMAE's decoders say about depth and classes from RGB alone.
+
+Every rgb token is visible and no depth or semseg token is (the other inputs are zeros, fully masked); the
+depth and semseg decoders' outputs are scored over a whole labelled split against its targets, beside the
+trivial baselines that need no model:
+
+- depth: the decoder predicts the per-sample standardised depth (the pretraining target: 10-90 % trimmed
+  mean and std), so it has no metric scale. As relative-depth benchmarks do, each image's prediction is
+  aligned to its metric target by least squares (scale and shift fitted on the image's valid pixels, target
+  > 0), then delta1 (% of valid pixels with max(p/t, t/p) < 1.25) and AbsRel are summed over the split. The
+  baseline is the best constant per image (its valid pixels' mean depth), which is exactly what the same
+  alignment makes of a flat prediction: the alignment cannot make a flat map score above it.
+- semseg: the decoder's logits (at the semseg map's resolution) are upsampled bilinearly to the target's
+  size; mIoU over the classes present in the split (a confusion matrix summed over the split, the ignore id
+  left out), beside the majority class of the split's labelled pixels predicted everywhere. Scored only
+  when the model's classes are the target's (a model pretrained on another class table has no mapping).
+
+    from trainer.pretrain.cross_modal import cross_modal_scores
+    scores = cross_modal_scores(Path("run/checkpoint-last.pt"), Path("ds-test"))
+    print(scores.table())
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pipeline.format.stores import Location
+from trainer.config import ModelConfig
+from trainer.data.dataset import DatasetInfo, load_dataset
+from trainer.model.modalities import MODALITIES
+from trainer.model.multimae import MultiMAE
+from trainer.transfer.config import FinetuneConfig, TaskConfig
+from trainer.transfer.finetune import eval_batches, num_classes_of
+from trainer.transfer.metrics import DepthMetrics, SegmentationMetrics
+
+IGNORE_ID = 255
+
+
+@dataclass(frozen=True, kw_only=True)
+class CrossModalScores:
+    """Scores over one split (percentages; AbsRel a fraction); None where a task was not scored."""
+
+    samples: int
+    depth: dict[str, float] | None = None  # delta1, absrel of the aligned prediction
+    depth_baseline: dict[str, float] | None = None  # the same of the per-image mean depth
+    semseg: dict[str, float] | None = None  # miou, pixel_acc
+    semseg_baseline: dict[str, float] | None = None  # the majority class everywhere
+    notes: list[str] = field(default_factory=list)
+
+    def table(self) -> str:
+        rows = [f"cross-modal prediction from rgb alone, {self.samples} samples:"]
+        if self.depth and self.depth_baseline:
+            d, b = self.depth, self.depth_baseline
+            rows.append(
+                f"  depth (per-image scale+shift aligned): delta1 {d['delta1']:.1f} % (per-image mean depth "
+                f"{b['delta1']:.1f} %), AbsRel {d['absrel']:.3f} ({b['absrel']:.3f})"
+            )
+        if self.semseg and self.semseg_baseline:
+            s, b = self.semseg, self.semseg_baseline
+            rows.append(f"  semseg: mIoU {s['miou']:.1f} % (majority class {b['miou']:.1f} %)")
+        return "\n".join(rows + [f"  note: {n}" for n in self.notes])
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+
+
+def align_scale_shift(pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+    """Per image: a * pred + b with (a, b) the least-squares fit to `target` over `valid` pixels.
+
+    pred, target (B, H, W); valid (B, H, W) bool. An image with fewer than 2 valid pixels, or a flat
+    prediction, gets the mean of its valid target (b alone)."""
+    w = valid.to(torch.float64).flatten(1)
+    p, t = pred.to(torch.float64).flatten(1), target.to(torch.float64).flatten(1)
+    n = w.sum(1).clamp_min(1)
+    pm, tm = (w * p).sum(1) / n, (w * t).sum(1) / n
+    cov = (w * (p - pm[:, None]) * (t - tm[:, None])).sum(1)
+    var = (w * (p - pm[:, None]) ** 2).sum(1)
+    a = torch.where(var > 1e-12, cov / var.clamp_min(1e-12), torch.zeros_like(var))
+    aligned = a[:, None] * (p - pm[:, None]) + tm[:, None]
+    return aligned.reshape(pred.shape).to(torch.float32)
+
+
+def mean_depth(target: Tensor, valid: Tensor) -> Tensor:
+    """The per-image constant baseline: each image's mean valid depth everywhere (B, H, W)."""
+    w = valid.to(torch.float64)
+    mean = (w * target).flatten(1).sum(1) / w.flatten(1).sum(1).clamp_min(1)
+    return mean[:, None, None].expand_as(target).to(torch.float32)
+
+
+def rgb_only_masks(model: MultiMAE, batch: int) -> dict[str, Tensor]:
+    """(B, N) per input, 1 = masked: every rgb token visible, every other input's token masked."""
+    m = model.cfg
+    tokens = (m.image_size // m.patch_size) ** 2
+    return {n: torch.full((batch, tokens), 0 if n == "rgb" else 1, dtype=torch.long) for n in m.inputs}
+
+
+def blank_inputs(model: MultiMAE, rgb: Tensor) -> dict[str, Tensor]:
+    """rgb, and zeros for every other input (its tokens are all masked: the values never reach the encoder)."""
+    m, b = model.cfg, rgb.shape[0]
+    out = {"rgb": rgb}
+    for name in m.inputs:
+        if name == "rgb":
+            continue
+        spec, size = MODALITIES[name], m.image_size // MODALITIES[name].stride
+        out[name] = (
+            torch.zeros((b, size, size), dtype=torch.long)
+            if spec.channels is None
+            else torch.zeros(b, spec.channels, size, size)
+        )
+    return out
+
+
+def predict_from_rgb(model: MultiMAE, rgb: Tensor) -> dict[str, Tensor]:
+    """rgb (B, 3, S, S) -> the decoders' predictions (fp32, cpu) with only the rgb tokens visible."""
+    device = model.global_tokens.device
+    inputs = {n: x.to(device) for n, x in blank_inputs(model, rgb).items()}
+    masks = {n: m.to(device) for n, m in rgb_only_masks(model, rgb.shape[0]).items()}
+    with torch.no_grad():
+        preds, _ = model(inputs, masks=masks)
+    return {n: p.float().cpu() for n, p in preds.items()}
+
+
+# ------------------------------------------------------------------------------------------------ the split
+
+
+def _target_config(model_cfg: ModelConfig, task: str) -> FinetuneConfig:
+    """The fine-tuning decoder of a split (centre square, targets at the image size), for `task`'s target."""
+    model = dataclasses.replace(model_cfg, inputs=("rgb",), outputs=())
+    return FinetuneConfig(model=model, task=TaskConfig(name=task))
+
+
+def _batches(info: DatasetInfo, model_cfg: ModelConfig, batch: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """(rgb, metric depth, class ids) batches of the whole split, in order, centre-cropped."""
+    depth_cfg, semseg_cfg = _target_config(model_cfg, "depth"), _target_config(model_cfg, "semseg")
+    classes = num_classes_of(info, semseg_cfg)
+    depth_batches = eval_batches(info, depth_cfg, 0, batch)
+    for seg in eval_batches(info, semseg_cfg, classes, batch):
+        dep = next(depth_batches)
+        yield seg["rgb"], dep["depth"], seg["semseg"]
+
+
+def cross_modal_scores(
+    checkpoint: Path, data: Location, *, batch: int = 32, device: str = "cpu", model: MultiMAE | None = None
+) -> CrossModalScores:
+    """Score `checkpoint`'s (or `model`'s) rgb-only depth and semseg predictions over the split `data`."""
+    from trainer.pretrain.reconstruct import load_model
+
+    model = model if model is not None else load_model(checkpoint, device)
+    model.eval()
+    info = load_dataset(data)
+    classes = num_classes_of(info, _target_config(model.cfg, "semseg"))
+    outputs = set(model.cfg.outputs)
+    do_depth = "depth" in outputs
+    do_semseg = "semseg" in outputs and model.cfg.num_classes == classes
+    notes = (
+        []
+        if do_semseg or "semseg" not in outputs
+        else [f"semseg not scored: the model has {model.cfg.num_classes} classes, the split {classes}"]
+    )
+    depth, depth_base = DepthMetrics(), DepthMetrics()
+    seg = SegmentationMetrics(classes, IGNORE_ID)
+    counts, samples = torch.zeros(classes, dtype=torch.float64), 0
+    for rgb, target, ids in _batches(info, model.cfg, batch):
+        samples += rgb.shape[0]
+        preds = predict_from_rgb(model, rgb) if do_depth or do_semseg else {}
+        valid = target > 0
+        if do_depth:
+            depth.update(align_scale_shift(preds["depth"][:, 0], target, valid), target)
+            depth_base.update(mean_depth(target, valid), target)
+        labelled = ids[ids != IGNORE_ID]
+        counts += torch.bincount(labelled.flatten(), minlength=classes)[:classes].double()
+        if do_semseg:
+            logits = F.interpolate(preds["semseg"], size=ids.shape[-2:], mode="bilinear", align_corners=False)
+            seg.update(logits, ids)
+    return CrossModalScores(
+        samples=samples,
+        depth=_depth_part(depth) if do_depth else None,
+        depth_baseline=_depth_part(depth_base) if do_depth else None,
+        semseg=_seg_part(seg) if do_semseg else None,
+        semseg_baseline=majority_class_scores(counts) if do_semseg else None,
+        notes=notes,
+    )
+
+
+def majority_class_scores(counts: Tensor) -> dict[str, float]:
+    """mIoU and pixel accuracy of predicting the most frequent class everywhere, from the split's labelled
+    pixel counts per class: its IoU is its share of the pixels, every other present class scores 0."""
+    total, present = float(counts.sum()), int((counts > 0).sum())
+    share = float(counts.max()) / max(total, 1.0)
+    return {"miou": 100.0 * share / max(present, 1), "pixel_acc": 100.0 * share}
+
+
+def _depth_part(metric: DepthMetrics) -> dict[str, float]:
+    r = metric.result()
+    return {"delta1": r["delta1"], "absrel": r["absrel"]}
+
+
+def _seg_part(metric: SegmentationMetrics) -> dict[str, float]:
+    r = metric.result()
+    return {"miou": r["miou"], "pixel_acc": r["pixel_acc"]}
