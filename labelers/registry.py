@@ -18,7 +18,7 @@ from labelers.weights import check_weights
 Factory = Callable[..., Labeler]
 Check = Callable[[LabelerSpec], None]
 ENTRY_POINT_GROUP = "multimae_forge.labelers"
-_BUILTIN_MODULES = ("labelers.dpt", "labelers.mask2former", "labelers.omnidata")
+_BUILTIN_MODULES = ("labelers.dpt", "labelers.mask2former", "labelers.omnidata", "labelers.teacher")
 _REGISTRY: dict[str, tuple[LabelerSpec, Factory]] = {}
 _CHECKS: dict[str, Check] = {}
 _loaded = False
