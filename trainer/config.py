@@ -330,3 +330,8 @@ def config_from_dict(raw: dict[str, Any], heading: str = "trainer config") -> Pr
 def config_to_dict(config: Any) -> dict[str, Any]:
     """Plain nested dict (tuples become lists) for JSON, TOML and checkpoints."""
     return to_plain(config)
+
+
+# The config of a run of the one training loop: pretraining, or fine-tuning and probing. Both have the model,
+# data, optim and train sections the loop reads; fine-tuning adds its task.
+RunConfig = PretrainConfig | FinetuneConfig

@@ -20,14 +20,14 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.format import fs
-from trainer.config import config_to_dict
+from trainer.config import RunConfig, config_to_dict
 from trainer.data import batch_resize
 from trainer.data.dataset import DatasetInfo, load_dataset
 from trainer.data.loader import Cursor, EpochPlan, check_enough_shards, make_loader
@@ -44,7 +44,7 @@ from trainer.engine.distributed import DistInfo, gather_objects, init_distribute
 from trainer.engine.logs import RunLog
 from trainer.engine.optim import build_optimizer, lr_at, set_lr
 from trainer.engine.resume import check_compatible, rank_state, restore_rng, restored_cursors
-from trainer.engine.run import Job, RunOptions, RunSummary, Schedule, TrainState, fresh_cursors, precision
+from trainer.engine.run import C, Job, RunOptions, RunSummary, Schedule, TrainState, fresh_cursors, precision
 from trainer.engine.run_folder import RunFolder
 from trainer.errors import CheckpointError, DataError, NonFiniteLossError, PretrainError
 
@@ -52,10 +52,10 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True)
-class Trainer:
+class Trainer(Generic[C]):
     """One run: what it trains, where it is, and the loop's methods."""
 
-    cfg: Any  # PretrainConfig or FinetuneConfig: model, data, optim, train (and task)
+    cfg: C  # PretrainConfig or FinetuneConfig: model, data, optim, train (and task)
     dist: DistInfo
     info: DatasetInfo
     schedule: Schedule
@@ -65,7 +65,7 @@ class Trainer:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None
     state: TrainState
-    job: Job
+    job: Job[C]
     task_names: list[str] = field(default_factory=list)
     log: RunLog | None = None
     losses: list[float] = field(default_factory=list)
@@ -76,7 +76,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ start
 
     @classmethod
-    def start(cls, job: Job, cfg: Any, options: RunOptions, dist: DistInfo) -> Trainer:
+    def start(cls, job: Job[C], cfg: C, options: RunOptions, dist: DistInfo) -> Trainer[C]:
         """Data, model, optimizer; the last checkpoint of `options.out` loaded when resuming (all ranks agree)."""
         info = load_dataset(
             options.data, verify_checksums=cfg.data.verify_checksums, allow_defects=options.allow_defects
@@ -239,6 +239,8 @@ class Trainer:
     def _micro_step(self, batch: dict[str, Any], skip_backward: bool) -> tuple[bool, torch.Tensor]:
         """One micro-batch: loss, agreed non-finite flag, backward unless any rank's loss is non-finite."""
         device, dtype = self.dist.device, precision(self.cfg, self.dist)
+        loss: torch.Tensor
+        per_task: dict[str, torch.Tensor]
         data = batch_resize.to_device(batch, device, self.cfg.model.image_size)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             loss, per_task = self.wrapped(data)  # the objective computes its loss in its forward
@@ -425,7 +427,7 @@ def _step_of(line: str) -> float:
     return step if isinstance(step, int) and not isinstance(step, bool) else math.inf
 
 
-def wrap_model(model: nn.Module, cfg: Any, dist: DistInfo) -> nn.Module:
+def wrap_model(model: nn.Module, cfg: RunConfig, dist: DistInfo) -> nn.Module:
     wrapped: nn.Module = model
     if dist.world > 1:
         ids = [dist.device.index] if dist.device.type == "cuda" else None
@@ -457,7 +459,7 @@ def cursor_of(batch: dict[str, Any]) -> Cursor:
     return Cursor(raw=int(c["raw"]), batches=int(c["batches"]), corrupt=int(c["corrupt"]))
 
 
-def run(job: Job, config: Any, options: RunOptions) -> RunSummary:
+def run(job: Job[C], config: C, options: RunOptions) -> RunSummary:
     """The one loop (`trainer.engine.loop.Trainer`): pretraining, fine-tuning and probing differ only in their `job`."""
     dist = init_distributed(options.device)
     try:

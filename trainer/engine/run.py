@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import torch
 from torch import nn
 
 from labelers.standards import torch_dtype
 from pipeline.format.stores import Location, location
-from trainer.config import PretrainConfig
+from trainer.config import FinetuneConfig, PretrainConfig, RunConfig
 from trainer.data.dataset import DatasetInfo
 from trainer.data.loader import Cursor
 from trainer.engine.distributed import DistInfo
@@ -20,12 +20,14 @@ from trainer.engine.logs import RunLog
 from trainer.engine.optim import peak_lr
 from trainer.errors import DataError
 
+C = TypeVar("C", PretrainConfig, FinetuneConfig)  # the config type of one kind of run
 
-class RunView(Protocol):
+
+class RunView(Protocol, Generic[C]):
     """What a job's hooks read of the running loop: the config, the data, the model, the step, the folder and
     the log; never the loop's machinery (optimizer, scaler, wrapped objective). Job state lives on the job."""
 
-    cfg: Any
+    cfg: C
     info: DatasetInfo
     dist: DistInfo
     state: TrainState
@@ -35,18 +37,18 @@ class RunView(Protocol):
     log: RunLog | None
 
 
-class Job(Protocol):
-    """What one kind of run (pretrain, finetune, probe) adds to the shared loop in `trainer.train`."""
+class Job(Protocol, Generic[C]):
+    """What one kind of run (pretrain, finetune, probe) adds to the shared loop (`trainer.engine.loop.run`)."""
 
-    def check(self, info: DatasetInfo, cfg: Any) -> Any: ...  # the config, resolved against the dataset
-    def build_model(self, cfg: Any, info: DatasetInfo) -> nn.Module: ...
-    def param_groups(self, model: nn.Module, cfg: Any) -> list[dict] | None: ...
+    def check(self, info: DatasetInfo, cfg: C) -> C: ...  # the config, resolved against the dataset
+    def build_model(self, cfg: C, info: DatasetInfo) -> nn.Module: ...
+    def param_groups(self, model: nn.Module, cfg: C) -> list[dict] | None: ...
     def objective(self, model: nn.Module) -> nn.Module: ...
     def task_names(self, model: nn.Module) -> list[str]: ...
-    def stream(self, t: RunView, plan: Any, rotation: int) -> Any: ...
-    def describe(self, t: RunView) -> str: ...
-    def on_step(self, t: RunView) -> None: ...
-    def finish(self, t: RunView) -> Path | None: ...
+    def stream(self, t: RunView[C], plan: Any, rotation: int) -> Any: ...
+    def describe(self, t: RunView[C]) -> str: ...
+    def on_step(self, t: RunView[C]) -> None: ...
+    def finish(self, t: RunView[C]) -> Path | None: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,7 +76,7 @@ class Schedule:
     warmup_note: str = ""  # how the warmup was fitted to the run, when it was
 
     @classmethod
-    def build(cls, cfg: PretrainConfig, total_samples: int, world: int) -> Schedule:
+    def build(cls, cfg: RunConfig, total_samples: int, world: int) -> Schedule:
         """Steps from epochs (or `train.steps`); warmup from `warmup_epochs`. A run cut to `train.steps` keeps the
         recipe's warmup fraction (warmup_epochs / epochs), and no warmup is ever longer than the run."""
         global_batch = cfg.data.batch_size * world * cfg.optim.accum_steps
@@ -146,11 +148,11 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def precision(cfg: PretrainConfig, dist: DistInfo) -> torch.dtype:
+def precision(cfg: RunConfig, dist: DistInfo) -> torch.dtype:
     if cfg.train.precision == "auto":
         return torch.bfloat16 if dist.device.type == "cuda" else torch.float32
     return torch_dtype(cfg.train.precision)
 
 
-def fresh_cursors(cfg: PretrainConfig) -> list[Cursor]:
+def fresh_cursors(cfg: RunConfig) -> list[Cursor]:
     return [Cursor() for _ in range(max(1, cfg.data.workers))]

@@ -56,7 +56,7 @@ class PretrainJob:
     def task_names(self, model: nn.Module) -> list[str]:
         return list(model.output_adapters)  # type: ignore[arg-type]
 
-    def stream(self, t: RunView, plan: EpochPlan, rotation: int) -> ShardStream:
+    def stream(self, t: RunView[PretrainConfig], plan: EpochPlan, rotation: int) -> ShardStream:
         c = t.cfg
         return ShardStream(
             info=t.info,
@@ -68,7 +68,7 @@ class PretrainJob:
             on_device=augment_on_device(c.data, t.dist.device, used_modalities(c.model)),
         )
 
-    def describe(self, t: RunView) -> str:
+    def describe(self, t: RunView[PretrainConfig]) -> str:
         m = t.cfg.model
         params = sum(p.numel() for p in t.model.parameters())
         return (
@@ -76,17 +76,17 @@ class PretrainJob:
             f" -> outputs {', '.join(m.outputs)}; {m.num_visible} of {m.num_tokens} tokens visible"
         )
 
-    def on_step(self, t: RunView) -> None:
+    def on_step(self, t: RunView[PretrainConfig]) -> None:
         every = t.cfg.train.figure_every
         if every and (t.state.step % every == 0 or t.state.step == t.schedule.total_steps):
             self.write_figure(t)
 
-    def finish(self, t: RunView) -> Path | None:
+    def finish(self, t: RunView[PretrainConfig]) -> Path | None:
         if not t.dist.is_main:
             return None
         return export_timm(t.model.state_dict(), t.run_dir / "encoder-timm.safetensors")
 
-    def write_figure(self, t: RunView) -> None:
+    def write_figure(self, t: RunView[PretrainConfig]) -> None:
         """The reconstruction figure of the dataset's first sample, same masks every time (rank 0)."""
         if not t.dist.is_main or t.log is None:
             return

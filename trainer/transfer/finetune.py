@@ -167,12 +167,12 @@ class FinetuneJob:
         assert isinstance(model, MultiViT)
         return [model.cfg.task.name]
 
-    def stream(self, t: RunView, plan: EpochPlan, rotation: int) -> ShardStream:
+    def stream(self, t: RunView[FinetuneConfig], plan: EpochPlan, rotation: int) -> ShardStream:
         return FinetuneStream(
             cfg=t.cfg, num_classes=self.num_classes, info=t.info, plan=plan, cursors=t.state.cursors, rotation=rotation
         )
 
-    def describe(self, t: RunView) -> str:
+    def describe(self, t: RunView[FinetuneConfig]) -> str:
         m, task = t.cfg.model, t.cfg.task
         params = sum(p.numel() for p in t.model.parameters())
         trainable = sum(p.numel() for p in t.model.parameters() if p.requires_grad)
@@ -184,14 +184,14 @@ class FinetuneJob:
             f"layer decay {task.layer_decay:g}; {self.report}"
         )
 
-    def on_step(self, t: RunView) -> None:
+    def on_step(self, t: RunView[FinetuneConfig]) -> None:
         every = t.cfg.task.eval_every
         if self.val_info is not None and (
             (every and t.state.step % every == 0) or t.state.step == t.schedule.total_steps
         ):
             self.validate(t)
 
-    def validate(self, t: RunView) -> None:
+    def validate(self, t: RunView[FinetuneConfig]) -> None:
         if not t.dist.is_main or self.val_info is None:
             return
         assert isinstance(t.model, MultiViT)
@@ -206,7 +206,7 @@ class FinetuneJob:
             self.best = main
             atomic_save(payload(t.cfg, step=t.state.step, model=t.model.state_dict(), metrics=result), t.run_dir / BEST)
 
-    def finish(self, t: RunView) -> Path | None:
+    def finish(self, t: RunView[FinetuneConfig]) -> Path | None:
         return (t.run_dir / BEST) if (t.run_dir / BEST).exists() else None
 
 
