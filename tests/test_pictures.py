@@ -183,6 +183,9 @@ def test_reconstruct_scores_cross_modal_prediction_beside_the_baselines(
     assert not (tmp_path / "none.png").exists()
     missing = run("reconstruct", str(checkpoint), "--score", str(tmp_path / "nothing"))
     assert missing.exit_code == 2 and missing.output.startswith("error: ") and missing.output.count("\n") == 1
+    for device in ("cuda:x", "tpu"):  # a device string torch refuses: one line, before any compute
+        bad = run("reconstruct", str(checkpoint), "--score", str(demo), "--device", device)
+        assert bad.exit_code == 2 and bad.output.startswith("error: --device") and bad.output.count("\n") == 1
 
 
 def test_reconstruct_an_image_labelled_on_the_fly(demo: Path, checkpoint: Path, tmp_path: Path) -> None:

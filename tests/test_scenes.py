@@ -311,3 +311,14 @@ def test_the_scenes_command_renders_and_refuses_in_one_line(tmp_path: Path) -> N
     for bad in bad_options:
         result = runner.invoke(app, ["scenes", str(tmp_path / "s"), *bad])
         assert result.exit_code == 2 and result.output.count("\n") == 1 and result.output.startswith("error: "), bad
+
+
+def test_an_out_folder_that_cannot_be_written_is_one_line() -> None:
+    """/sys refuses a new folder even to root: the error a read-only or full disk gives, as one line, exit 2."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli.app import app
+
+    result = CliRunner().invoke(app, ["scenes", "/sys/mmforge-scenes", "--n", "1", "--workers", "1", "--quiet"])
+    assert result.exit_code == 2 and result.output.startswith("error: cannot write the scenes to /sys/mmforge-scenes")
+    assert result.output.count("\n") == 1

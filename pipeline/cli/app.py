@@ -130,6 +130,8 @@ def scenes_cmd(
         done = render_scenes(out, cfg, quiet=quiet)
     except ScenesError as err:
         raise fail(str(err)) from None
+    except OSError as err:  # a folder it may not write, a full disk: what is finished is kept
+        raise fail(f"cannot write the scenes to {out}: {err.strerror or err}") from None
     except KeyboardInterrupt:
         typer.echo(f"interrupted: rerun the same command to finish {out / split} (finished scenes are kept)", err=True)
         raise typer.Exit(130) from None

@@ -31,16 +31,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from labelers.standards import IGNORE_ID
+from pipeline.format.codecs import CODECS
 from pipeline.format.stores import Location
 from trainer.config import ModelConfig
 from trainer.data.dataset import DatasetInfo, load_dataset
+from trainer.errors import DataError
 from trainer.model.modalities import MODALITIES
 from trainer.model.multimae import MultiMAE
 from trainer.transfer.config import FinetuneConfig, TaskConfig
 from trainer.transfer.finetune import eval_batches, num_classes_of
 from trainer.transfer.metrics import DepthMetrics, SegmentationMetrics
-
-IGNORE_ID = 255
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -136,14 +137,28 @@ def _target_config(model_cfg: ModelConfig, task: str) -> FinetuneConfig:
     return FinetuneConfig(model=model, task=TaskConfig(name=task))
 
 
+def require_labels(info: DatasetInfo) -> None:
+    """The split holds what scoring reads (rgb, depth and class maps): a DataError in one line before any compute."""
+    manifest = info.manifest
+    present = set(manifest.members) | {m.member for m in manifest.modalities.values()} if manifest else set()
+    suffixes = {name: CODECS[MODALITIES[name].codec].suffix for name in ("rgb", "depth", "semseg")}
+    missing = [name for name, suffix in suffixes.items() if suffix not in present]
+    if missing:
+        raise DataError(f"{info.root} has no {', '.join(missing)} labels to score against (members: {sorted(present)})")
+
+
 def _batches(info: DatasetInfo, model_cfg: ModelConfig, batch: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-    """(rgb, metric depth, class ids) batches of the whole split, in order, centre-cropped."""
+    """(rgb, metric depth, class ids) batches of the whole split, in order, centre-cropped; a sample that breaks
+    the reader's rules is a DataError in one line."""
     depth_cfg, semseg_cfg = _target_config(model_cfg, "depth"), _target_config(model_cfg, "semseg")
     classes = num_classes_of(info, semseg_cfg)
     depth_batches = eval_batches(info, depth_cfg, 0, batch)
-    for seg in eval_batches(info, semseg_cfg, classes, batch):
-        dep = next(depth_batches)
-        yield seg["rgb"], dep["depth"], seg["semseg"]
+    try:
+        for seg in eval_batches(info, semseg_cfg, classes, batch):
+            dep = next(depth_batches)
+            yield seg["rgb"], dep["depth"], seg["semseg"]
+    except (KeyError, ValueError, StopIteration) as err:
+        raise DataError(f"{info.root}: cannot read a sample to score: {err!r}") from None
 
 
 def cross_modal_scores(
@@ -155,6 +170,7 @@ def cross_modal_scores(
     model = model if model is not None else load_model(checkpoint, device)
     model.eval()
     info = load_dataset(data)
+    require_labels(info)
     classes = num_classes_of(info, _target_config(model.cfg, "semseg"))
     outputs = set(model.cfg.outputs)
     do_depth = "depth" in outputs

@@ -40,6 +40,7 @@ from pipeline.verify.docs import DatasetDocs, NotADatasetError, check_documents,
 from trainer.config import ModelConfig
 from trainer.data.augment import augment, center_square
 from trainer.engine.checkpoint import first_sentence, read_checkpoint
+from trainer.engine.distributed import pick_device
 from trainer.errors import CheckpointError, DataError
 from trainer.model.masking import draw_masks, random_mask
 from trainer.model.modalities import MODALITIES, TASKS
@@ -83,7 +84,7 @@ def load_model(path: Path, device: str = "cpu") -> MultiMAE:
     except RuntimeError as err:
         why = first_sentence(str(err))
         raise CheckpointError(f"{path} does not fit MultiMAE {cfg.dim}x{cfg.depth}: {why}") from None
-    return model.to(device).eval()
+    return model.to(pick_device(str(device), 0)).eval()  # a bad or absent device: one line
 
 
 # ------------------------------------------------------------------------------------------------ inputs

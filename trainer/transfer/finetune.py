@@ -31,6 +31,7 @@ from trainer.data.augment import Crop, augment, center_square, sample_crop
 from trainer.data.dataset import DatasetInfo, load_dataset
 from trainer.data.loader import EpochPlan, ShardStream, check_arrays, decode_modalities
 from trainer.engine.checkpoint import atomic_save, first_sentence, payload, read_checkpoint
+from trainer.engine.distributed import pick_device
 from trainer.engine.optim import layer_decay_groups
 from trainer.engine.run import RunOptions, RunSummary, RunView
 from trainer.errors import CheckpointError, DataError
@@ -239,7 +240,7 @@ def load_finetuned(path: Path, device: str = "cpu") -> MultiViT:
         model.load_state_dict(ckpt.tensors, strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"{path}: {first_sentence(str(err))}") from None
-    return model.to(device).eval()
+    return model.to(pick_device(str(device), 0)).eval()  # a bad or absent device: one line
 
 
 def _class_key(cfg: FinetuneConfig) -> str | None:
@@ -258,9 +259,10 @@ def evaluate(
 ) -> EvalResult:
     """The task's metrics of `checkpoint` over `data`; `source`: where the checkpoint came from, for the JSON
     record (a store URL, when `checkpoint` is its local copy)."""
-    model = load_finetuned(checkpoint, device)
+    where = pick_device(str(device), 0)  # checked before the checkpoint is read ("auto" included)
+    model = load_finetuned(checkpoint, str(where))
     info = load_dataset(data)
-    metrics = evaluate_model(model, info, batch, torch.device(device))
+    metrics = evaluate_model(model, info, batch, where)
     result = EvalResult(checkpoint=checkpoint, data=data, task=model.cfg.task.name, metrics=metrics)
     if json_path is not None:
         doc = {"checkpoint": source or str(checkpoint), "data": str(data), "task": result.task, "metrics": metrics}
