@@ -40,7 +40,6 @@ __all__ = [
     "PretrainConfig",
     "TaskConfig",
     "TrainConfig",
-    "config_from_dict",
     "config_to_dict",
     "load_config",
     "load_run_config",
@@ -317,14 +316,6 @@ def smoke_config() -> PretrainConfig:
 def load_config(path: str | Path | None) -> PretrainConfig:
     """A pretraining config: a TOML file or a shipped name; none gives the defaults (the ViT-B 1600-epoch recipe)."""
     return load_run_config("pretrain", path)
-
-
-def config_from_dict(raw: dict[str, Any], heading: str = "trainer config") -> PretrainConfig:
-    """Every problem (unknown keys, types, ranges, cross-field rules) reported at once."""
-    try:
-        return load(PretrainConfig, raw)
-    except ConfigError as err:
-        raise ConfigError(err.problems, heading) from None
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

@@ -426,11 +426,6 @@ def write_doc(path: Path, doc: Any) -> None:
     fs.write_json_atomic(path, to_plain(doc))
 
 
-def doc_bytes(doc: Any) -> bytes:
-    """A typed document as `write_doc` writes it (for a store's one PUT)."""
-    return fs.json_bytes(to_plain(doc))
-
-
 def read_plan_header(paths: DatasetPaths) -> PlanHeader:
     return read_doc(paths, PlanHeader, paths.plan_header)
 

@@ -320,7 +320,3 @@ def local_location(value: str | Path) -> Path:
     if scheme == "file":
         return _file_path(value)
     raise LocationError(f"{value!r}: {protocol_problem(scheme)}")
-
-
-def optional_location(value: str | Path | None) -> Path | None:
-    return None if value is None else local_location(value)
