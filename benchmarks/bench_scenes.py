@@ -228,25 +228,9 @@ def transfer_config(task: str, mode: str, seed: int, plan: Plan) -> Any:
         load_finetune_config(CONFIGS / TASKS[task]), plan.finetune_steps, plan.finetune_epochs, plan.finetune_batch
     )
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))
-    if mode == "frozen":  # no drop path: the frozen encoder is the pretrained one, as a probe's
-        cfg = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, drop_path=0.0))
+    if mode == "frozen":  # only the head trains; no drop path, the encoder in eval mode, no gradient through it
+        cfg = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, freeze_encoder=True))
     return cfg
-
-
-def frozen_job(init: Path | None) -> Any:
-    """A fine-tuning job whose encoder (input adapters, global tokens, blocks) is frozen: only the head learns,
-    and no gradient flows through the encoder. The trainer's own frozen mode (`task.probe`) is a linear
-    classification probe only; this is the same freezing for the dense heads."""
-    from trainer.transfer.finetune import FinetuneJob
-
-    class FrozenEncoderJob(FinetuneJob):
-        def build_model(self, cfg: Any, info: Any) -> Any:
-            model = super().build_model(cfg, info)
-            for name, p in model.named_parameters():
-                p.requires_grad_(name.startswith("output_adapters."))
-            return model
-
-    return FrozenEncoderJob(init=init, val=None)
 
 
 def transfer_job(
@@ -254,7 +238,6 @@ def transfer_job(
 ) -> dict[str, Any]:
     """Fine-tune one cell into `out`, then its metrics over the whole split `score_on`. Runs in a worker."""
     from pipeline.format.stores import location
-    from trainer.engine.loop import run
     from trainer.engine.run import RunOptions
     from trainer.transfer.finetune import evaluate, finetune
 
@@ -263,10 +246,7 @@ def transfer_job(
         cfg = transfer_config(task, mode, seed, plan)
         started = time.perf_counter()
         options = RunOptions(data=location(data), out=location(out), device="cpu")
-        if mode == "frozen":
-            run(frozen_job(init), cfg, options)
-        else:
-            finetune(cfg, options, init, None)
+        finetune(cfg, options, init, None)
         seconds = time.perf_counter() - started
         metrics = evaluate(out / "checkpoint-last.pt", location(score_on)).metrics
         return {"seconds": round(seconds, 1), "metrics": metrics}

@@ -136,3 +136,22 @@ def test_stochastic_depth_only_where_fine_tuning_asks_for_it() -> None:
     assert rates == pytest.approx([0.0, 0.1])
     for name in ("pretrain-smoke", "probe"):
         assert all(isinstance(b.drop_path, nn.Identity) for b in BUILDS[name]().encoder)  # type: ignore[union-attr]
+
+
+def test_a_frozen_encoder_under_a_dense_head_does_not_train() -> None:
+    """task.freeze_encoder: only the task's head learns (the encoder gets no gradient, no drop path, stays in
+    eval mode); without it, the same step changes the encoder."""
+    for frozen in (True, False):
+        cfg = load_finetune_config(CONFIGS / "finetune-depth-smoke.toml")
+        cfg = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, freeze_encoder=frozen))
+        torch.manual_seed(0)
+        model = MultiViT(cfg, 0).train()
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+        model({"rgb": inputs()["rgb"]}).square().mean().backward()
+        optimizer.step()
+        changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+        head = {n for n in changed if n.startswith("output_adapters.")}
+        assert head and (changed == head) == frozen
+        assert (not model.encoder.training) == frozen
+        assert all(isinstance(b.drop_path, nn.Identity) for b in model.encoder) == frozen  # type: ignore[union-attr]

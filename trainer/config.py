@@ -190,6 +190,7 @@ class TaskConfig:
     num_classes: int = setting(0, ge=0, le=255)  # 0: from the dataset's manifest (or the .cls class folders)
     main_input: str = "rgb"  # dense heads read this input's tokens (RGB-D semseg: rgb, as the paper)
     probe: bool = False  # linear probe: frozen encoder, BatchNorm (no affine) + Linear on mean-pooled tokens
+    freeze_encoder: bool = False  # only the task's own head trains, on the frozen encoder (a probe implies it)
     layer_decay: float = setting(0.75, gt=0, le=1)
     drop_path: float = setting(0.1, ge=0, lt=1)
     label_smoothing: float = setting(0.1, ge=0, lt=1)
@@ -204,6 +205,11 @@ class TaskConfig:
     features: int = setting(256, ge=2)
     depth_scale: float = setting(1.0, gt=0)  # depth target = decoded value x depth_scale (0.001: mm -> m)
     eval_every: int = setting(0, ge=0)  # evaluate on --val every N steps (0: at the end only)
+
+    @property
+    def frozen(self) -> bool:
+        """The encoder (input adapters, global tokens, blocks) does not train: a probe, or `freeze_encoder`."""
+        return self.probe or self.freeze_encoder
 
     def problems(self) -> list[str]:
         spec = _transfer_tasks().get(self.name)  # an unknown name is the `choices` rule's problem

@@ -43,10 +43,10 @@ class MultiViT(MultiModalEncoder):
         super().__init__(
             cfg.model,
             lambda: nn.ModuleDict({task.name: build_head(cfg, num_classes)}),
-            drop_path=0.0 if task.probe else task.drop_path,
+            drop_path=0.0 if task.frozen else task.drop_path,
         )
         self.cfg, self.num_classes, self.spec = cfg, num_classes, transfer_task(task.name)
-        if task.probe:
+        if task.frozen:
             for name, p in self.named_parameters():
                 p.requires_grad_(name.startswith("output_adapters."))
 
@@ -56,7 +56,7 @@ class MultiViT(MultiModalEncoder):
 
     def train(self, mode: bool = True) -> MultiViT:
         super().train(mode)
-        if self.cfg.task.probe:  # a probe never changes its encoder, dropout and norm statistics included
+        if self.cfg.task.frozen:  # a frozen encoder never changes, dropout and norm statistics included
             for name, module in self.named_children():
                 if name != "output_adapters":
                     module.eval()
@@ -65,7 +65,7 @@ class MultiViT(MultiModalEncoder):
     def forward_encoder(self, inputs: Mapping[str, Tensor]) -> tuple[Tensor, list[Tensor], dict[str, slice]]:
         """inputs -> (tokens after the last block (B, N + G, D), outputs of the hooked blocks, token spans)."""
         hooks = self.cfg.task.hooks if self.spec.hooked else ()
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.task.probe):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.task.frozen):
             tokens, spans = self.tokenize({n: inputs[n] for n in self.cfg.model.inputs})  # every token, no mask
             x, hooked = self.encode(tokens, hooks)
         return x, hooked, spans
