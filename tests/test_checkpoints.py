@@ -140,7 +140,7 @@ def test_an_old_pretraining_checkpoint_resumes(data: Path, tmp_path: Path) -> No
     run_dir.mkdir()
     shutil.copyfile(PRETRAIN_RUN, run_dir / "checkpoint-last.pt")
     cfg = load_tiny_pretrain(steps=5)
-    summary = pretrain(cfg, RunOptions(data=data, out=run_dir, resume=True, device="cpu"))
+    summary = pretrain(cfg, RunOptions(data=data, out=run_dir, resume=True, device="cpu", reschedule=True))
     assert summary.steps == 5 and len(summary.losses) == 2  # steps 4 and 5 only
     new = torch.load(run_dir / "checkpoint-last.pt", weights_only=True)
     assert (new["format"], new["kind"], new["step"]) == (2, "pretrain-run", 5) and set(RESUME_KEYS) <= set(new)
@@ -152,7 +152,8 @@ def test_an_old_fine_tuning_checkpoint_resumes_and_its_best_evaluates(data: Path
     run_dir.mkdir()
     shutil.copyfile(FINETUNE_RUN, run_dir / "checkpoint-last.pt")
     cfg = load_finetune_config(OLD / "finetune-tiny.toml", steps=3)
-    summary = finetune(cfg, RunOptions(data=data, out=run_dir, resume=True, device="cpu"), None, data)
+    options = RunOptions(data=data, out=run_dir, resume=True, device="cpu", reschedule=True)  # 2 -> 3 steps
+    summary = finetune(cfg, options, None, data)
     assert summary.steps == 3 and len(summary.losses) == 1
     best = torch.load(run_dir / "checkpoint-best.pt", weights_only=True)  # the one payload, without resume state
     assert set(best) == {"format", "kind", "step", "config", "model", "metrics"} and best["kind"] == "finetune-run"

@@ -28,6 +28,7 @@ OPTIONS = {
     "--config",
     "--device",
     "--resume",
+    "--reschedule",
     "--steps",
     "--epochs",
     "--batch-size",

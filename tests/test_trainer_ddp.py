@@ -84,7 +84,7 @@ def test_ddp_resume_continues_and_refuses_another_world_size(tmp_path: Path, cap
     run = tmp_path / "run"
     args = ["--data", str(data), "--config", str(SMOKE), "--out", str(run), "--device", "cpu", "--workers", "0"]
     assert torchrun(None, [*args, "--steps", "3"]).returncode == 0
-    resumed = torchrun(None, [*args, "--steps", "5"])
+    resumed = torchrun(None, [*args, "--steps", "5", "--reschedule"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5]

@@ -30,5 +30,5 @@ def test_smoke_pretraining_on_demo_shards(tmp_path: Path) -> None:
     first, last = sum(summary.losses[:8]) / 8, sum(summary.losses[-8:]) / 8
     assert summary.skipped_nonfinite == 0 and last < first - 1.0, summary.losses
     longer = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=44))
-    resumed = pretrain(longer, RunOptions(data=out, out=tmp_path / "run", device="cpu"))
+    resumed = pretrain(longer, RunOptions(data=out, out=tmp_path / "run", device="cpu", reschedule=True))
     assert resumed.steps == 44 and len(resumed.losses) == 4

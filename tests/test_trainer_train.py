@@ -58,6 +58,7 @@ def test_smoke_pretraining_lowers_the_loss_and_writes_the_run_folder(dataset: Pa
         "encoder-timm.safetensors",
         "figures",
         "metrics.jsonl",
+        "mmforge-run.json",
         "tensorboard",
     ]
     assert sorted(p.name for p in (tmp_path / "run" / "figures").iterdir()) == [
@@ -214,6 +215,8 @@ def test_a_loader_worker_error_reaches_the_caller_as_one_line(tmp_path: Path) ->
 
 def test_resume_with_another_worker_count_continues(dataset: Path, tmp_path: Path, caplog) -> None:
     run(smoke(steps=3, workers=0), dataset, tmp_path / "run")
-    summary = run(smoke(steps=5, workers=2), dataset, tmp_path / "run")
+    torch.set_num_threads(1)
+    options = RunOptions(data=dataset, out=tmp_path / "run", device="cpu", reschedule=True)  # 3 -> 5 steps
+    summary = pretrain(smoke(steps=5, workers=2), options)
     assert summary.steps == 5 and [r["step"] for r in metrics(tmp_path / "run")] == [1, 2, 3, 4, 5]
     assert "loader workers changed (1 -> 2)" in caplog.text

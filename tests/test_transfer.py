@@ -129,7 +129,7 @@ def test_finetune_resume_and_evaluate_on_digits(tmp_path: Path) -> None:
     common += ["--config", str(CONFIGS / "finetune-cls-smoke.toml"), "--device", "cpu", "--no-tensorboard"]
     first = run(app, ["finetune", *common, "--steps", "3"])
     assert first.exit_code == 0, first.output
-    again = run(app, ["finetune", *common, "--steps", "5"])
+    again = run(app, ["finetune", *common, "--steps", "5", "--reschedule"])
     assert again.exit_code == 0 and "resuming at step 3" in again.output, again.output
     steps = [json.loads(x)["step"] for x in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5]
@@ -140,7 +140,7 @@ def test_finetune_resume_and_evaluate_on_digits(tmp_path: Path) -> None:
         args += ["--out", str(tmp_path / config), "--config", str(CONFIGS / config), "--no-tensorboard", *extra]
         done = run(app, [*args, "--steps", "2"])
         assert done.exit_code == 0, done.output
-        resumed = run(app, [*args, "--steps", "3"])
+        resumed = run(app, [*args, "--steps", "3", "--reschedule"])
         assert resumed.exit_code == 0 and "resuming at step 2" in resumed.output, resumed.output
         best = tmp_path / config / "checkpoint-best.pt"
         scored = run(app, ["evaluate", str(best), "--data", str(tmp_path / "val"), "--json", str(tmp_path / "m.json")])

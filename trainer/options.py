@@ -40,6 +40,7 @@ class TrainingOption:
     repeat: bool = False  # may be given several times; the values come as a list
     flag_name: str = ""  # the flag when it is not the name's (--set, whose values are `sets`)
     kinds: tuple[str, ...] = RUN_KINDS  # the run kinds that take it
+    zero: str = ""  # what 0 means in the config, refused on the command line (`--steps 0`: train the epochs)
 
     @property
     def flag(self) -> str:
@@ -80,7 +81,20 @@ OPTIONS = (
     TrainingOption(
         name="resume", value=bool, default=True, help="Continue from OUT/checkpoint-last.pt when there is one."
     ),
-    TrainingOption(name="steps", value=int, key="train.steps", help="Total optimizer steps (overrides epochs)."),
+    TrainingOption(
+        name="reschedule",
+        value=bool,
+        default=False,
+        help="Resume with another schedule (steps, epochs, warmup, lr) than the checkpoint's: the learning rate "
+        "follows the new plan from the checkpoint's step on (recorded in the checkpoint and config.json).",
+    ),
+    TrainingOption(
+        name="steps",
+        value=int,
+        key="train.steps",
+        zero="train the config's epochs instead: give at least 1, or leave --steps out",
+        help="Total optimizer steps (overrides epochs).",
+    ),
     TrainingOption(name="epochs", value=int, key="train.epochs", help="Epochs (overrides the config)."),
     TrainingOption(name="batch_size", value=int, key="data.batch_size", help="Samples per rank per micro-batch."),
     TrainingOption(name="workers", value=int, key="data.workers", help="Loader worker processes per rank."),
@@ -141,6 +155,8 @@ def config_overrides(values: Mapping[str, Any]) -> dict[str, Any]:
     found = {}
     for name, value in values.items():
         spec = _BY_NAME[name]
+        if spec.zero and value == 0:  # other bad values: the config's checks, all at once
+            raise ConfigError(f"{spec.flag} 0 would {spec.zero}")
         if spec.names and value is not None:
             value = [n.strip() for n in value.split(",") if n.strip()] or None
         if spec.key and value is not None:

@@ -18,6 +18,7 @@ from pipeline.format.stores import location
 from trainer.config import PretrainConfig, load_run_config
 from trainer.engine.loop import run
 from trainer.engine.run import RunOptions, RunSummary
+from trainer.engine.stop import RunStopped
 from trainer.errors import USER_ERRORS
 from trainer.options import TrainingOption, config_overrides, options_of
 
@@ -45,6 +46,7 @@ def run_options(values: Mapping[str, Any]) -> RunOptions:
         resume=values["resume"],
         device=values["device"],
         allow_defects=values["allow_defects"],
+        reschedule=values.get("reschedule") or False,
     )
 
 
@@ -78,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RunStopped as stopped:  # SIGTERM / SIGINT: its line is printed, the checkpoint written
+        return int(stopped.code)  # type: ignore[arg-type]
     return 0
 
 

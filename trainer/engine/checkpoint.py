@@ -6,7 +6,7 @@ Written (`payload`, format 2; plain dicts of tensors and Python scalars, `torch.
      "config": the run's resolved config (plain dict), "model": the state dict (official MultiMAE names),
      # run checkpoints, to resume (`checkpoint-<step>.pt`, `checkpoint-last.pt`): RESUME_KEYS
      "epoch", "micro", "world_size", "optimizer", "scaler", "ranks" (per rank: RNG states, loader cursors),
-     "nonfinite",
+     "nonfinite", "run" (the run's record: its dataset's fingerprint, schedule changes: trainer.engine.resume),
      # the best checkpoint of a fine-tuning run (`checkpoint-best.pt`):
      "metrics": {name: value}}
 
@@ -101,8 +101,8 @@ def run_kind(config: PretrainConfig | FinetuneConfig) -> Kind:
 def payload(
     config: PretrainConfig | FinetuneConfig, *, step: int, model: dict[str, Tensor], **extra: Any
 ) -> dict[str, Any]:
-    """The one checkpoint payload (format 2, see above); `extra`: the resume state and/or "metrics"."""
-    unknown = sorted(set(extra) - {*RESUME_KEYS, "metrics"})
+    """The one checkpoint payload (format 2, see above); `extra`: the resume state, "run" and/or "metrics"."""
+    unknown = sorted(set(extra) - {*RESUME_KEYS, "run", "metrics"})
     if unknown:
         raise TypeError(f"not a checkpoint entry: {unknown}")
     head = {"format": FORMAT, "kind": run_kind(config), "step": step, "config": config_to_dict(config)}

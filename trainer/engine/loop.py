@@ -8,6 +8,12 @@ computed in its forward), stream, per-step hooks. Everything else comes with eve
 - `state_dict()` / `load_state_dict()`: step-granular checkpoints (model, optimizer, scaler, every rank's RNG
   state and loader cursors), so a resumed run draws the same masks and reads the same batches;
 - DDP and torch.compile around the objective, progress and TensorBoard / wandb logs, run summaries.
+
+`run(job, config, options)` wraps it: the run folder is owned and locked for the whole run
+(`trainer.engine.run_folder.claimed`), a resume refuses what would silently change the run
+(`trainer.engine.resume.check_resume`), `config.json` is written with every checkpoint (so it always describes the
+one beside it), and SIGTERM / SIGINT stop every rank after the same step with a checkpoint of it
+(`trainer.engine.stop`).
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import contextlib
 import json
 import logging
 import math
+import signal
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -40,12 +48,20 @@ from trainer.engine.checkpoint import (
     run_kind,
     save_checkpoint,
 )
-from trainer.engine.distributed import DistInfo, gather_objects, init_distributed, nonfinite_anywhere, shutdown
+from trainer.engine.distributed import (
+    DistInfo,
+    all_sum,
+    gather_objects,
+    init_distributed,
+    nonfinite_anywhere,
+    shutdown,
+)
 from trainer.engine.logs import RunLog
 from trainer.engine.optim import build_optimizer, lr_at, set_lr
-from trainer.engine.resume import check_compatible, rank_state, restore_rng, restored_cursors
+from trainer.engine.resume import RunRecord, check_resume, rank_state, restore_rng, restored_cursors
 from trainer.engine.run import C, Job, RunOptions, RunSummary, Schedule, TrainState, fresh_cursors, precision
-from trainer.engine.run_folder import RunFolder
+from trainer.engine.run_folder import RunFolder, claimed
+from trainer.engine.stop import RunStopped, StopSignals, resume_command, signal_name
 from trainer.errors import CheckpointError, DataError, NonFiniteLossError, PretrainError
 
 log = logging.getLogger(__name__)
@@ -66,25 +82,34 @@ class Trainer(Generic[C]):
     scaler: torch.amp.GradScaler | None
     state: TrainState
     job: Job[C]
+    folder: RunFolder  # `--out` (on an object store, run_dir is this rank's stage of it)
+    record: RunRecord  # the data it trains on and its schedule changes: in every checkpoint and config.json
+    stop: StopSignals | None = None  # SIGTERM / SIGINT received (agreed across ranks every step: `stopping`)
     task_names: list[str] = field(default_factory=list)
     log: RunLog | None = None
     losses: list[float] = field(default_factory=list)
     task_losses: dict[str, list[float]] = field(default_factory=dict)
     started: float = 0.0
-    store_folder: RunFolder | None = None  # `--out` (on an object store, run_dir is this rank's stage of it)
+    saved_step: int | None = None  # the step of the last checkpoint there is (written or resumed from)
+    stopping: bool = False
 
     # ------------------------------------------------------------------------------------------ start
 
     @classmethod
-    def start(cls, job: Job[C], cfg: C, options: RunOptions, dist: DistInfo) -> Trainer[C]:
-        """Data, model, optimizer; the last checkpoint of `options.out` loaded when resuming (all ranks agree)."""
+    def start(
+        cls, job: Job[C], cfg: C, options: RunOptions, dist: DistInfo, folder: RunFolder, stop: StopSignals | None
+    ) -> Trainer[C]:
+        """Data, model, optimizer; the last checkpoint of the run folder (owned: `claimed`) loaded and checked
+        when resuming (all ranks agree). Only then is the folder marked and written."""
         info = load_dataset(
             options.data, verify_checksums=cfg.data.verify_checksums, allow_defects=options.allow_defects
         )
         cfg = job.check(info, cfg)  # e.g. the class count from the manifest
         check_enough_shards(len(info.shards), dist.world, max(1, cfg.data.workers))
         schedule = Schedule.build(cfg, info.total_samples, dist.world)
-        run_dir, store_folder = prepare_run_dir(options, dist)
+        run_dir = folder.local
+        if not options.resume and (run_dir / LAST).exists():
+            raise CheckpointError(f"{options.out} already holds checkpoints; pass --resume or choose another --out")
         torch.manual_seed(cfg.train.seed)
         model = job.build_model(cfg, info).to(dist.device)
         groups = job.param_groups(model, cfg)
@@ -104,20 +129,24 @@ class Trainer(Generic[C]):
             state=TrainState(cursors=fresh_cursors(cfg)),
             job=job,
             task_names=job.task_names(model),
-            store_folder=store_folder,
+            folder=folder,
+            record=RunRecord.of(info),
+            stop=stop,
         )
         error = None
         if options.resume and (run_dir / LAST).exists():
             try:
-                t.load_state_dict(read_checkpoint(run_dir / LAST).require(run_kind(cfg), use="resuming this run"))
+                ckpt = read_checkpoint(run_dir / LAST).require(run_kind(cfg), use="resuming this run")
+                t.record = check_resume(ckpt, cfg, dist, t.record, info.total_samples, options.reschedule)
+                t.load_state_dict(ckpt)
             except CheckpointError as err:
                 error = str(err)
         t._agree_on_start(error)
-        if dist.is_main:  # only now: a refused resume leaves the folder's config and metrics as they were
-            fs.write_json_atomic(
-                run_dir / "config.json",
-                {"config": config_to_dict(cfg), "data": str(options.data), "world_size": dist.world},
-            )
+        if dist.is_main:  # only now: a refused resume leaves the folder as it was
+            folder.claim(run_kind(cfg))
+            fs.remove_temps(run_dir)  # what a killed writer left (no other writer: the folder is locked)
+            if t.saved_step is None:  # a new run: config.json describes it; later, the checkpoint beside it
+                t.write_config()
             trim_metrics(run_dir / "metrics.jsonl", t.state.step)
         t.wrapped = wrap_model(job.objective(model), cfg, dist)
         return t
@@ -153,16 +182,22 @@ class Trainer(Generic[C]):
         self.log.announce(self.start_summary())
         self.started = time.perf_counter()
         try:
-            while self.state.step < self.schedule.total_steps:
+            self.stopping = self._agree_to_stop()  # a signal while the run started
+            while self.state.step < self.schedule.total_steps and not self.stopping:
                 self._epoch()
         finally:
             self.log.close()
+        if self.stopping and self.state.step != (self.saved_step or 0):  # (the last step is always saved)
+            self.save()  # the checkpoint of the step every rank stopped after
 
     def start_summary(self) -> str:
         """A few lines a person reads at the start: model, data, batch, schedule, device, where it writes."""
         s, info, cfg = self.schedule, self.info, self.cfg
         warmup = f"{s.warmup_steps} warmup steps" + (f" ({s.warmup_note})" if s.warmup_note else "")
         resumed = f", resuming at step {self.state.step}" if self.state.step else ""
+        for change in self.record.reschedules:
+            listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in change["changes"].items())
+            resumed += f"; rescheduled at step {change['step']} (--reschedule: {listed})"
         return "\n".join(
             [
                 self.job.describe(self),
@@ -179,7 +214,7 @@ class Trainer(Generic[C]):
         """Steps of the current epoch from the saved position, until the epoch or the run ends."""
         micro_per_epoch = self.schedule.steps_per_epoch * self.cfg.optim.accum_steps
         batches = self._batches(micro_per_epoch)
-        while self.state.step < self.schedule.total_steps and self.state.micro < micro_per_epoch:
+        while self.state.step < self.schedule.total_steps and self.state.micro < micro_per_epoch and not self.stopping:
             started = time.perf_counter()
             micro = [next_batch(batches) for _ in range(self.cfg.optim.accum_steps)]
             self.step(micro, data_wait=time.perf_counter() - started, started=started)
@@ -223,8 +258,10 @@ class Trainer(Generic[C]):
             with contextlib.nullcontext() if i == len(micro) - 1 else no_sync():
                 bad, values = self._micro_step(batch, skip_backward=skipped)
             skipped = skipped or bad
-            sums[:-1] += values[:-1].cpu()
-            sums[-1] = values[-1].cpu()  # corrupt samples so far, summed over ranks
+            values = values.cpu()
+            sums[:-1] += values[:-2]
+            sums[-1] = values[-2]  # corrupt samples so far, summed over ranks
+            self.stopping = self.stopping or bool(values[-1] > 0)  # a rank was signalled: all stop after this step
         grad_norm = float("nan") if skipped else self._optimizer_step()
         skipped = skipped or not math.isfinite(grad_norm)
         if skipped:
@@ -237,7 +274,8 @@ class Trainer(Generic[C]):
         return record
 
     def _micro_step(self, batch: dict[str, Any], skip_backward: bool) -> tuple[bool, torch.Tensor]:
-        """One micro-batch: loss, agreed non-finite flag, backward unless any rank's loss is non-finite."""
+        """One micro-batch: loss, agreed non-finite flag, backward unless any rank's loss is non-finite. The
+        one all-reduce also sums the corrupt-sample counts and the ranks' stop requests (the last two values)."""
         device, dtype = self.dist.device, precision(self.cfg, self.dist)
         loss: torch.Tensor
         per_task: dict[str, torch.Tensor]
@@ -245,7 +283,8 @@ class Trainer(Generic[C]):
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             loss, per_task = self.wrapped(data)  # the objective computes its loss in its forward
         corrupt = loss.new_tensor(float(sum(c.corrupt for c in self.state.cursors)))
-        values = torch.stack([loss.detach(), *(v.detach() for v in per_task.values()), corrupt]).float()
+        signalled = loss.new_tensor(float(self.stop is not None and self.stop.requested))
+        values = torch.stack([loss.detach(), *(v.detach() for v in per_task.values()), corrupt, signalled]).float()
         bad, summed = nonfinite_anywhere(values)
         if not (bad or skip_backward):
             scaled = loss / self.cfg.optim.accum_steps
@@ -301,6 +340,11 @@ class Trainer(Generic[C]):
         if s.step % self.cfg.train.checkpoint_every == 0 or s.step == self.schedule.total_steps:
             self.save()
 
+    def _agree_to_stop(self) -> bool:
+        """Whether any rank has been signalled (a collective: every rank calls it and gets the same answer)."""
+        mine = float(self.stop is not None and self.stop.requested)
+        return bool(all_sum(torch.tensor([mine], device=self.dist.device))[0].item() > 0)
+
     def _check_nonfinite(self, skipped: bool) -> None:
         s, cfg = self.state, self.cfg.train
         s.nonfinite_streak = s.nonfinite_streak + 1 if skipped else 0
@@ -332,11 +376,11 @@ class Trainer(Generic[C]):
             scaler=self.scaler.state_dict() if self.scaler else {},
             ranks=ranks,
             nonfinite={"total": s.nonfinite_total, "streak": s.nonfinite_streak},
+            run=self.record.plain(),
         )
 
     def load_state_dict(self, ckpt: Checkpoint) -> None:
-        """Continue exactly where the checkpoint left off, or refuse one written by another config."""
-        check_compatible(ckpt, self.cfg, self.dist)
+        """Continue exactly where the checkpoint left off (checked first: `trainer.engine.resume.check_resume`)."""
         state = ckpt.extra
         try:
             self.model.load_state_dict(ckpt.tensors, strict=True)
@@ -355,18 +399,35 @@ class Trainer(Generic[C]):
             nonfinite_total=state["nonfinite"]["total"],
             nonfinite_streak=state["nonfinite"]["streak"],
         )
+        self.saved_step = self.state.step
 
     def save(self) -> None:
-        """Write `checkpoint-<step>.pt` atomically and point `checkpoint-last.pt` at it (rank 0)."""
+        """Write `checkpoint-<step>.pt` atomically, point `checkpoint-last.pt` at it, and write config.json of
+        it (rank 0)."""
         payload = self.state_dict()
         if payload is not None:
             save_checkpoint(self.run_dir, self.state.step, payload, self.cfg.train.keep_last)
+            self.write_config()
             self.publish()
+        self.saved_step = self.state.step
+
+    def write_config(self) -> None:
+        """config.json: the resolved config, the data and the schedule changes of the last checkpoint (of the
+        run about to start while there is none); `step` is the checkpoint's."""
+        document = {
+            "config": config_to_dict(self.cfg),
+            "step": self.state.step or None,
+            "data": self.record.data,
+            "dataset_fingerprint": self.record.fingerprint,
+            "reschedules": [dict(r) for r in self.record.reschedules],
+            "world_size": self.dist.world,
+        }
+        fs.write_json_atomic(self.run_dir / "config.json", document)
 
     def publish(self) -> None:
         """Rank 0 of a run on an object store: upload what changed in the stage (see trainer.engine.run_folder)."""
-        if self.store_folder is not None and self.dist.is_main:
-            self.store_folder.publish(self.cfg.train.keep_last)
+        if self.folder.published_to and self.dist.is_main:
+            self.folder.publish(self.cfg.train.keep_last)
 
     def close(self) -> RunSummary:
         """The job's last word (an export, the best checkpoint) and the run's summary."""
@@ -385,27 +446,34 @@ class Trainer(Generic[C]):
             checkpoint=self.run_dir / LAST if (self.run_dir / LAST).exists() else None,
             verb=getattr(self.job, "verb", "pretrained"),
             export_label=getattr(self.job, "export_label", "timm export"),
-            published=self.store_folder.published_to if self.store_folder is not None else "",
+            published=self.folder.published_to,
+        )
+
+    # ------------------------------------------------------------------------------------------ stopping
+
+    def checkpoint_name(self, step: int | None) -> str:
+        """Where the checkpoint of `step` is, as the user named the run folder."""
+        return "none yet" if step is None else str(self.folder.out.join(f"checkpoint-{step}.pt"))
+
+    def stopped_line(self, signum: int) -> str:
+        """The one line of a run stopped after its step was saved: the step, the checkpoint, the command."""
+        how = f"stopped by {signal_name(signum)}"
+        if self.saved_step is None:
+            return f"{how} before the first step: nothing to save; start again with: {resume_command()}"
+        return (
+            f"{how} at step {self.state.step} of {self.schedule.total_steps}: checkpoint "
+            f"{self.checkpoint_name(self.saved_step)}; resume with: {resume_command()}"
+        )
+
+    def unsaved_line(self, signum: int, why: str) -> str:
+        """The one line of a run that ended without a checkpoint of its current step."""
+        return (
+            f"stopped by {signal_name(signum)} at step {self.state.step}: {why}; the last checkpoint is "
+            f"{self.checkpoint_name(self.saved_step)}; resume with: {resume_command()}"
         )
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def prepare_run_dir(options: RunOptions, dist: DistInfo) -> tuple[Path, RunFolder]:
-    """Create the run folder (rank 0); refuse one with checkpoints unless resuming. The run folder is this
-    rank's stage of `--out`: on an object store, holding the store's last checkpoint (trainer.engine.run_folder)."""
-    store_folder = RunFolder(options.out, dist.rank)
-    try:
-        store_folder.pull()
-    except OSError as err:
-        raise CheckpointError(f"cannot read the run folder {options.out}: {err}") from None
-    run_dir = store_folder.local
-    if not options.resume and (run_dir / LAST).exists():
-        raise CheckpointError(f"{options.out} already holds checkpoints; pass --resume or choose another --out")
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir, store_folder
 
 
 def trim_metrics(path: Path, step: int) -> None:
@@ -460,11 +528,39 @@ def cursor_of(batch: dict[str, Any]) -> Cursor:
 
 
 def run(job: Job[C], config: C, options: RunOptions) -> RunSummary:
-    """The one loop (`trainer.engine.loop.Trainer`): pretraining, fine-tuning and probing differ only in their `job`."""
+    """The one loop (`trainer.engine.loop.Trainer`): pretraining, fine-tuning and probing differ only in their `job`.
+
+    Raises `RunStopped` (a SystemExit: 143 / 130) when SIGTERM / SIGINT stopped the run, after rank 0 printed
+    its one line (the step, its checkpoint, the command that resumes)."""
     dist = init_distributed(options.device)
+    main = dist.is_main
+    trainer: Trainer[C] | None = None
+
+    def expired(signum: int) -> str:  # the grace time ran out (the timer thread): rank 0's line
+        why = f"no checkpoint of it within the {options.stop_grace_s:g} s grace time"
+        if not main:
+            return ""
+        if trainer is None:
+            return f"stopped by {signal_name(signum)} before the run started; start again with: {resume_command()}"
+        return trainer.unsaved_line(signum, why)
+
+    stop = StopSignals(options.stop_grace_s, on_expiry=expired)
     try:
-        trainer = Trainer.start(job, config, options, dist)
-        trainer.train()
-        return trainer.close()
+        with stop, claimed(options.out, options.data, run_kind(config), dist) as folder:
+            trainer = Trainer.start(job, config, options, dist, folder, stop)
+            trainer.train()
+            if trainer.stopping and trainer.state.step < trainer.schedule.total_steps:  # else: complete
+                stop.done()
+                raise _stopped(trainer.stopped_line(stop.signum or signal.SIGTERM), stop.signum, main)
+            return trainer.close()
+    except KeyboardInterrupt:  # Ctrl-C twice: at once, without a checkpoint of the step
+        line = trainer.unsaved_line(signal.SIGINT, "interrupted again") if trainer else "interrupted"
+        raise _stopped(line, signal.SIGINT, main) from None
     finally:
         shutdown()
+
+
+def _stopped(line: str, signum: int, main: bool) -> RunStopped:
+    if main:
+        print(line, file=sys.stderr, flush=True)
+    return RunStopped(signum or signal.SIGTERM, line)

@@ -60,6 +60,8 @@ class RunOptions:
     resume: bool = True
     device: str = "auto"
     allow_defects: bool = False  # train on a dataset that fails its document checks (warned, not refused)
+    reschedule: bool = False  # resume with another schedule than the checkpoint's (recorded), else refused
+    stop_grace_s: float = 20.0  # after SIGTERM / SIGINT: the step and its checkpoint, or exit without (stop.py)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", location(self.data))

@@ -1,4 +1,15 @@
-"""The run folder as a stage (`Location.stage`): written like a local disk, published to where `--out` is.
+"""The run folder: owned like a dataset folder, and written as a stage (`Location.stage`) like a local disk,
+published to where `--out` is.
+
+Ownership (`claimed`, before anything is written): `--out` must be new, empty, or a run folder this tool
+wrote, which carries the marker `mmforge-run.json` (tool, kind of run, format); a folder of an earlier
+version's run (`checkpoint-last.pt` and run files only, no marker) is taken on and said so. Anything else
+(photos, a dataset: `--out` inside `--data` or around it is refused first) is refused with what it holds.
+One writer at a time: rank 0 holds the one-writer lock of `pipeline.format.ownership` (`.mmforge.lock`,
+naming pid, host and command; one left by a killed run is taken over) for the whole run, the other ranks of
+the run never take it, and every rank gets rank 0's verdict. The marker is written once the run is checked
+and about to write (`claim`); a folder made for a run that was refused is removed again. (Runs into one
+store prefix from two machines at once are not detected: the lock is this machine's.)
 
 A local `--out` is its own stage: written in place, nothing to copy or upload. A run folder on an object store
 (`--out s3://bucket/runs/name`) is written into a stage folder of this rank (`$MMFORGE_CACHE/stage/runs/...`).
@@ -12,24 +23,99 @@ same checkpoint.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
+import shlex
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.format import fs
+from pipeline.format.contract import LOCK, MARKER, TOOL, DatasetPaths, DocumentError, parse_doc
+from pipeline.format.ownership import BuildLock
+from pipeline.format.schema import ConfigError, setting
 from pipeline.format.stores import Location, Stage
-from trainer.engine.checkpoint import LAST
+from trainer.engine.checkpoint import LAST, Kind
+from trainer.engine.distributed import DistInfo, gather_objects
 
+log = logging.getLogger(__name__)
+RUN_MARKER = "mmforge-run.json"
 _NUMBERED = re.compile(r"checkpoint-(\d+)\.pt")
-_PULLED = (LAST, "metrics.jsonl", "config.json", "val.jsonl", "checkpoint-best.pt")  # what a resumed run reads
+_PULLED = (LAST, "metrics.jsonl", "config.json", "val.jsonl", "checkpoint-best.pt", RUN_MARKER)  # what a resume reads
+_RUN_FILES = re.compile(  # what a run writes at the top of its folder (an earlier version's run: without marker)
+    r"checkpoint-(\d+|last|best)\.pt|config\.json|metrics\.jsonl|val\.jsonl|encoder-timm\.safetensors"
+    r"|figures|tensorboard|wandb"
+)
+_RUNS = {"pretrain-run": "a pretraining run", "finetune-run": "a fine-tuning run"}
+_LISTED = 5
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunMarker:
+    """`mmforge-run.json`: this folder is a run written by multimae-forge, of this kind."""
+
+    tool: str = setting(choices=(TOOL,))
+    kind: str = setting(choices=tuple(_RUNS))
+    format: int = setting(choices=(1,))
 
 
 class RunFolder:
     """The stage of one rank and where it is published to (`published_to`: "" for a local run folder)."""
 
     def __init__(self, out: Location, rank: int) -> None:
+        self.out = out
         self.stage: Stage = out.stage("runs", f"rank-{rank}")
         self.local = self.stage.root
         self.published_to = self.stage.published_to
         self._sent: dict[str, tuple[int, int]] = {}  # rel -> (size, mtime_ns) as last published
+        self._taken_on = False  # an earlier version's run folder, taken on (said once)
+
+    # ------------------------------------------------------------------------------------------ ownership
+
+    def entries(self) -> list[str]:
+        """What `--out` holds at its top (a store: the first part of each object's name); our lock and temp
+        files are left out."""
+        if self.published_to:
+            return sorted({rel.split("/")[0] for rel in self.stage.listing()})
+        if not self.local.is_dir():
+            return []
+        names = [p for p in self.local.iterdir() if not (fs.is_temp(p) and not p.is_symlink())]
+        return sorted(p.name for p in names if not (p.name == LOCK and p.is_file() and not p.is_symlink()))
+
+    def check_owned(self, kind: Kind, *, read_marker: bool = True) -> None:
+        """ConfigError unless `--out` is new, empty, or a run folder of `kind` this tool wrote (its marker,
+        read unless `read_marker` is False: a store's, before it is staged)."""
+        entries, where = self.entries(), str(self.out)
+        if not entries:
+            return
+        more = len(entries) - _LISTED
+        listed = ", ".join(entries[:_LISTED]) + (f" and {more} more" if more > 0 else "")
+        if RUN_MARKER not in entries:
+            if LAST in entries and all(_RUN_FILES.fullmatch(e) for e in entries):
+                if not self._taken_on:
+                    log.warning("%s: a run folder of an earlier version (no %s): taken on", where, RUN_MARKER)
+                self._taken_on = True
+                return
+            what = f"a dataset ({MARKER})" if MARKER in entries else "not a run folder written by mmforge"
+            raise ConfigError(
+                f"--out {where} is not empty and has no {RUN_MARKER} marker, so it is {what} ({listed}); "
+                "choose a new or empty folder"
+            )
+        if not read_marker:
+            return
+        try:
+            marker = parse_doc(RunMarker, fs.read_file(self.local / RUN_MARKER), RUN_MARKER)
+        except (OSError, DocumentError) as err:
+            raise ConfigError(f"--out {where}: {err}; choose a new or empty folder") from None
+        if marker.kind != kind:
+            raise ConfigError(f"--out {where} holds {_RUNS[marker.kind]}; {_RUNS[kind]} needs its own folder")
+
+    def claim(self, kind: Kind) -> None:
+        """Mark the folder ours (rank 0, once the run is checked and about to write)."""
+        if not (self.local / RUN_MARKER).is_file():
+            fs.write_json_atomic(self.local / RUN_MARKER, {"tool": TOOL, "kind": kind, "format": 1})
 
     def pull(self) -> None:
         """A fresh stage holding the store's last checkpoint, metrics and config (those that exist)."""
@@ -59,3 +145,57 @@ class RunFolder:
 def _signature(path: Path) -> tuple[int, int]:
     st = path.stat()
     return st.st_size, st.st_mtime_ns
+
+
+@contextlib.contextmanager
+def claimed(out: Location, data: Location, kind: Kind, dist: DistInfo) -> Iterator[RunFolder]:
+    """`--out` checked (`RunFolder.check_owned`), made, locked by rank 0 until the block ends, and staged on
+    every rank (a store's last checkpoint and documents pulled); every rank raises rank 0's refusal."""
+    folder, stack = RunFolder(out, dist.rank), contextlib.ExitStack()
+    with stack:
+        _agree(lambda: _take(folder, data, kind, stack) if dist.is_main else None, dist)
+        _agree(lambda: _pull(folder, kind, dist.is_main), dist)
+        yield folder
+
+
+def _take(folder: RunFolder, data: Location, kind: Kind, stack: contextlib.ExitStack) -> None:
+    if folder.out.inside(data) or data.inside(folder.out):
+        raise ConfigError(f"--out {folder.out} and --data {data} overlap: a run never writes into its dataset")
+    folder.check_owned(kind, read_marker=not folder.published_to)
+    created = not folder.local.exists()
+    try:
+        folder.local.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create the run folder {folder.out}: {err.strerror or err}") from None
+    if created:
+        stack.callback(_remove_if_empty, folder.local)  # a run refused before it wrote: as if never started
+    stack.enter_context(BuildLock(DatasetPaths(folder.stage.lock_root), shlex.join(sys.argv)))
+
+
+def _pull(folder: RunFolder, kind: Kind, main: bool) -> None:
+    try:
+        folder.pull()
+    except OSError as err:
+        raise ConfigError(f"cannot read the run folder {folder.out}: {err}") from None
+    if main:
+        folder.check_owned(kind)  # again, now that no other run can change it (a store's marker: staged now)
+
+
+def _agree(work: Callable[[], None], dist: DistInfo) -> None:
+    """Run `work` on this rank; every rank raises (its own error, or the first rank's refusal) or none does."""
+    error: Exception | None = None
+    try:
+        work()
+    except Exception as err:  # anything: a rank that raised alone would leave the others waiting for it
+        error = err
+    messages = [m for m in gather_objects(str(error) if error else None, dist.world) if m]
+    if error is not None:
+        raise error
+    if messages:
+        raise ConfigError(messages[0])
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        if not any(folder.iterdir()):
+            folder.rmdir()
