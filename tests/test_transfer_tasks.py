@@ -138,8 +138,7 @@ def test_a_failing_task_plugin_is_named(monkeypatch: pytest.MonkeyPatch) -> None
 def test_the_config_checks_task_names_against_the_registry() -> None:
     with pytest.raises(ConfigError, match=r"task\.name must be one of cls, semseg, depth"):
         load(FinetuneConfig, {"task": {"name": "nope"}})  # a file's table
-    with pytest.raises(ConfigError, match="the depth task has no linear probe"):
-        validate(FinetuneConfig(task=TaskConfig(name="depth", probe=True)))
+    validate(FinetuneConfig(task=TaskConfig(name="depth", probe=True)))  # the dense probe
     validate(FinetuneConfig(task=TaskConfig(name="cls", probe=True)))
     with pytest.raises(ConfigError, match="the depth head takes 4 hooks"):
         validate(FinetuneConfig(task=TaskConfig(name="depth", hooks=(0, 1))))

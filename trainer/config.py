@@ -188,7 +188,13 @@ class TaskConfig:
 
     name: str = setting("cls", choices=transfer_task_names)  # a registered transfer task
     num_classes: int = setting(0, ge=0, le=255)  # 0: from the dataset's manifest (or the .cls class folders)
+    # the names of class ids 0, 1, ... (a checkpoint's record of what its ids mean; every split is mapped onto
+    # them by name: `trainer.transfer.classes`); (): the training split's, filled in when the run starts
+    classes: tuple[str, ...] = ()
     main_input: str = "rgb"  # dense heads read this input's tokens (RGB-D semseg: rgb, as the paper)
+    # dense heads read these inputs' tokens concatenated on channels, in this order (the official
+    # `main_tasks`, e.g. ["rgb", "depth"]); empty: `main_input` alone
+    readout: tuple[str, ...] = ()
     probe: bool = False  # linear probe: frozen encoder, BatchNorm (no affine) + Linear on mean-pooled tokens
     freeze_encoder: bool = False  # only the task's own head trains, on the frozen encoder (a probe implies it)
     layer_decay: float = setting(0.75, gt=0, le=1)
@@ -204,6 +210,7 @@ class TaskConfig:
     layer_dims: tuple[int, ...] = (96, 192, 384, 768)
     features: int = setting(256, ge=2)
     depth_scale: float = setting(1.0, gt=0)  # depth target = decoded value x depth_scale (0.001: mm -> m)
+    depth_loss: str = setting("berhu", choices=("berhu", "l1"))  # over valid pixels: berHu or the masked L1
     eval_every: int = setting(0, ge=0)  # evaluate on --val every N steps (0: at the end only)
 
     @property
@@ -211,11 +218,24 @@ class TaskConfig:
         """The encoder (input adapters, global tokens, blocks) does not train: a probe, or `freeze_encoder`."""
         return self.probe or self.freeze_encoder
 
+    @property
+    def read_inputs(self) -> tuple[str, ...]:
+        """The inputs a dense head reads: `readout`, or `main_input` alone."""
+        return self.readout or (self.main_input,)
+
     def problems(self) -> list[str]:
         spec = _transfer_tasks().get(self.name)  # an unknown name is the `choices` rule's problem
         if spec is None:
             return []
         found = spec.config_problems(self)
+        if len(set(self.classes)) != len(self.classes):
+            found.append("task.classes names a class twice")
+        if self.num_classes and len(self.classes) > self.num_classes:
+            found.append(f"task.classes names {len(self.classes)} classes, task.num_classes is {self.num_classes}")
+        if len(set(self.readout)) != len(self.readout):
+            found.append(f"task.readout names an input twice: {list(self.readout)}")
+        if self.readout and not spec.reads_main_input:
+            found.append(f"task.readout: the {self.name} task's head reads no input's tokens (nothing to read out)")
         if self.probe and spec.probe is None:
             with_probe = ", ".join(name for name, t in _transfer_tasks().items() if t.probe is not None)
             found.append(f"probe = true: the {self.name} task has no linear probe (tasks with one: {with_probe})")
@@ -233,10 +253,13 @@ class FinetuneConfig:
     def problems(self) -> list[str]:
         found = []
         spec = _transfer_tasks().get(self.task.name)
-        if spec is not None and spec.reads_main_input and self.task.main_input not in self.model.inputs:
-            found.append(
-                f"task.main_input {self.task.main_input!r} is not one of model.inputs {list(self.model.inputs)}"
-            )
+        if spec is not None and spec.reads_main_input:
+            key = "task.readout" if self.task.readout else "task.main_input"
+            found += [
+                f"{key} {n!r} is not one of model.inputs {list(self.model.inputs)}"
+                for n in self.task.read_inputs
+                if n not in self.model.inputs
+            ]
         bad = [h for h in self.task.hooks if not 0 <= h < self.model.depth]
         if spec is not None and spec.hooked and bad:
             found.append(f"task.hooks {bad} are not blocks of a {self.model.depth}-block encoder")

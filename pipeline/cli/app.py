@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from contextlib import ExitStack
@@ -117,6 +118,9 @@ def scenes_cmd(
     size: Annotated[int, typer.Option(help="Image side in pixels (32..1024).")] = 96,
     split: Annotated[str, typer.Option(help="Split name (folder); different splits are different scenes.")] = "train",
     classes: Annotated[str, typer.Option(help="Class set: which shapes are placed (primitives).")] = "primitives",
+    distance: Annotated[
+        str, typer.Option(metavar="LO:HI", help="Camera distance in metres, drawn per scene (nearer: larger shapes).")
+    ] = "1.8:3.4",
     workers: Annotated[int, typer.Option(help="Processes; 0 = one per CPU (the bytes do not depend on it).")] = 0,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
@@ -126,7 +130,8 @@ def scenes_cmd(
 
     try:
         chosen = {"workers": workers} if workers else {}
-        cfg = SceneConfig(n=n, seed=seed, size=size, split=split, classes=classes, **chosen)
+        near_far = _distance_range(distance)
+        cfg = SceneConfig(n=n, seed=seed, size=size, split=split, classes=classes, distance=near_far, **chosen)
         done = render_scenes(out, cfg, quiet=quiet)
     except ScenesError as err:
         raise fail(str(err)) from None
@@ -139,6 +144,20 @@ def scenes_cmd(
         f"{done.rendered} scenes rendered, {done.kept} kept, in {done.out / done.split} "
         f"({done.scenes_per_second:.0f} scenes/s)"
     )
+
+
+def _distance_range(text: str) -> tuple[float, float]:
+    """--distance LO:HI (metres) -> (lo, hi); one number is a fixed distance."""
+    from pipeline.synth.scenes import ScenesError
+
+    parts = text.split(":")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or not all(math.isfinite(v) for v in values):
+        raise ScenesError(f"--distance takes LO:HI in metres (e.g. 1.0:1.8), got {text!r}")
+    return (values[0], values[-1])
 
 
 @app.command("verify")
@@ -218,6 +237,7 @@ def pretrain_cmd(
     sets: opts.Sets = None,
     device: opts.Device = "auto",
     resume: opts.Resume = True,
+    reschedule: opts.Reschedule = False,
     steps: opts.Steps = None,
     epochs: opts.Epochs = None,
     batch_size: opts.BatchSize = None,
@@ -243,6 +263,7 @@ def finetune_cmd(
     inputs: opts.Inputs = None,
     device: opts.Device = "auto",
     resume: opts.Resume = True,
+    reschedule: opts.Reschedule = False,
     steps: opts.Steps = None,
     epochs: opts.Epochs = None,
     batch_size: opts.BatchSize = None,
@@ -266,6 +287,7 @@ def probe_cmd(
     sets: opts.Sets = None,
     device: opts.Device = "auto",
     resume: opts.Resume = True,
+    reschedule: opts.Reschedule = False,
     steps: opts.Steps = None,
     epochs: opts.Epochs = None,
     batch_size: opts.BatchSize = None,
@@ -291,9 +313,15 @@ def _train(kind: Literal["pretrain", "finetune", "probe"], values: Mapping[str, 
         if kind == "pretrain":
             result = pretrain(load_run_config(kind, values["config"], overrides, sets), run_options(values))
         else:
+            from trainer.transfer.config import task_recipe
             from trainer.transfer.finetune import finetune
 
-            cfg, run = load_run_config(kind, values["config"], overrides, sets), run_options(values)
+            source = values["config"]
+            if source is None:  # the task's own recipe, never the defaults (the pretraining shape and length)
+                source = task_recipe(kind, values.get("task"), sets)  # None: an unknown task, named below
+                if source is not None:
+                    typer.echo(f"no --config: reading {source}, the task's recipe", err=True)
+            cfg, run = load_run_config(kind, source, overrides, sets), run_options(values)
             with ExitStack() as stack:
                 init = values["init"]
                 weights = stack.enter_context(location(init).fetched()) if init is not None else None
@@ -347,19 +375,23 @@ def evaluate_cmd(
         Path | None,
         typer.Option("--json", parser=local_location, metavar="PATH", help="Write the metrics here (JSON)."),
     ] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    device: Annotated[str, typer.Option(help="auto (GPU when present), cpu, cuda or cuda:N.")] = "cpu",
     batch_size: Annotated[int, typer.Option(help="Samples per forward.")] = 16,
 ) -> None:
-    """The task's metrics over a whole split: top-1/top-5, mIoU/pixel accuracy, or delta1-3/RMSE/AbsRel."""
+    """The task's metrics over a whole split: top-1/top-5, mIoU/pixel accuracy, or delta1-3/RMSE/AbsRel. The
+    split's classes are mapped onto the model's by name; every check comes before the first forward."""
     from trainer.errors import USER_ERRORS
-    from trainer.transfer.finetune import evaluate
+    from trainer.transfer.finetune import check_evaluate_options, evaluate
 
     try:
+        check_evaluate_options(device, json_path, batch_size)  # before a checkpoint on a store is fetched
         with location(checkpoint).fetched() as weights:
             result = evaluate(weights, location(data), json_path, device, batch_size, source=str(checkpoint))
     except USER_ERRORS as err:
         raise fail(str(err)) from None
-    typer.echo(f"{result.task} on {data}: " + ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items()))
+    for note in result.notes:
+        typer.echo(f"note: {note}", err=True)
+    typer.echo(f"{result.task} on {data}: {result.metrics_text()}")
 
 
 @app.command("export")

@@ -8,6 +8,11 @@ those pixels out, so a sample's loss is its mean over the pixels that are both m
 sample with none of those does not count, as one with no masked patch. (The official pretraining loss has
 no ignore id; its fine-tuning loss, `CrossEntropyLoss(ignore_index=255)`, averages over the batch's
 labelled pixels at once: ours keeps the per-sample mean of every other pretraining loss.)
+
+Fine-tuning's dense regression losses (`valid_l1`, `berhu`) are the official depth fine-tuning's: `valid` is
+(B, H, W) bool, True where the target has a value; the loss sums over valid pixels and divides by their count
+over the whole batch (not per sample). A batch without a valid pixel gives 0 (the official code's 0 / 0 NaN,
+made finite), with a zero gradient.
 """
 
 from __future__ import annotations
@@ -70,3 +75,19 @@ def normalize_patches(x: Tensor, grid: tuple[int, int]) -> Tensor:
     mean, var = patches.mean(-1, keepdim=True), patches.var(-1, keepdim=True)
     patches = (patches - mean) / torch.sqrt(var + NORM_EPS)
     return patches.reshape(b, nh, nw, c, ph, pw).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+
+
+def valid_l1(pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+    """Mean |pred - target| over the batch's valid pixels (the official `masked_l1_loss`)."""
+    err = (pred - target).abs()[valid]
+    return err.mean() if err.numel() else pred.sum() * 0.0
+
+
+def berhu(pred: Tensor, target: Tensor, valid: Tensor, threshold: float = 0.2) -> Tensor:
+    """Reverse Huber over the batch's valid pixels (the official `masked_berhu_loss`): |e| below
+    c = max(threshold x the batch's max |e|, 1e-5) (no gradient through c), (e^2 + c^2) / 2c from c on."""
+    err = (pred - target).abs()[valid]
+    if err.numel() == 0:
+        return pred.sum() * 0.0
+    c = (threshold * err.max()).detach().clamp_min(1e-5)
+    return torch.where(err < c, err, (err**2 + c**2) / (2 * c)).mean()

@@ -8,12 +8,20 @@ are resampled with nearest-exact (class maps and depth alike: no label is blende
 depth targets are the decoded values (the sample json's encoding) x `task.depth_scale`, 0 = invalid.
 Evaluation runs over the whole split on rank 0 (`metrics.py`: summed over the split, not averaged over
 batches); `checkpoint-best.pt` keeps the best main metric (top-1, mIoU, delta1: the task's).
+
+Class ids follow names (`trainer.transfer.classes`): a run records the names of the classes it learns in its
+config (`task.classes`, in every checkpoint), and every split it reads is mapped onto them by name. Every
+check runs before the first step (`finetune`: the training split and `--val`) or before the first forward
+(`evaluate`: device, output file, checkpoint kind, members, classes); each failure is one line.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
+import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,12 +38,21 @@ from pipeline.format.stores import Location
 from trainer.data.augment import Crop, augment, center_square, sample_crop
 from trainer.data.dataset import DatasetInfo, load_dataset
 from trainer.data.loader import EpochPlan, ShardStream, check_arrays, decode_modalities
-from trainer.engine.checkpoint import atomic_save, first_sentence, payload, read_checkpoint
+from trainer.engine.checkpoint import Checkpoint, atomic_save, first_sentence, payload, read_checkpoint
 from trainer.engine.distributed import pick_device
 from trainer.engine.optim import layer_decay_groups
 from trainer.engine.run import RunOptions, RunSummary, RunView
-from trainer.errors import CheckpointError, DataError
+from trainer.errors import CheckpointError, ConfigError, DataError
 from trainer.model.modalities import MODALITIES
+from trainer.transfer.classes import (
+    ClassIds,
+    ModelClasses,
+    SplitClasses,
+    match,
+    shown_names,
+    split_classes,
+    training_classes,
+)
 from trainer.transfer.config import FinetuneConfig
 from trainer.transfer.init_weights import initialise
 from trainer.transfer.model import FinetuneObjective, MultiViT, make_mixup, predict
@@ -56,6 +73,31 @@ def num_classes_of(info: DatasetInfo, cfg: FinetuneConfig) -> int:
     return 0 if spec.class_count is None else spec.class_count(manifest, f"{info.root}", spec.target)
 
 
+def require_members(info: DatasetInfo, cfg: FinetuneConfig) -> None:
+    """The split holds every member the run reads (its inputs and the task's target): a DataError otherwise."""
+    if info.manifest is None:
+        raise DataError(f"dataset {info.root}: manifest.json is missing or invalid")
+    present = set(info.manifest.members) | {m.member for m in info.manifest.modalities.values()}
+    needed = {n: CODECS[MODALITIES[n].codec].suffix for n in cfg.model.inputs}
+    spec = transfer_task(cfg.task.name)
+    needed[f"the {spec.name} target"] = CODECS[spec.codec].suffix
+    missing = [f"{what} ({suffix})" for what, suffix in needed.items() if suffix not in present]
+    if missing:
+        raise DataError(
+            f"dataset {info.root} lacks {', '.join(missing)}, which this {spec.name} model reads "
+            f"(its members: {', '.join(sorted(present))})"
+        )
+
+
+def split_ids(info: DatasetInfo, cfg: FinetuneConfig, model: ModelClasses) -> tuple[ClassIds | None, str]:
+    """How the split `info`'s class ids become the model's (None: the same) and a note where they are only
+    positions; a DataError when the split holds classes the model does not have. Tasks without classes: None."""
+    spec = transfer_task(cfg.task.name)
+    if not spec.has_classes:
+        return None, ""
+    return match(spec, model, split_classes(spec, info), cfg.task.ignore_id)
+
+
 # ------------------------------------------------------------------------------------------------ data
 
 
@@ -69,8 +111,11 @@ def _target(sample: Sample, spec: TransferTask, cfg: FinetuneConfig, crop: Crop)
     )
 
 
-def decode_sample(sample: Sample, cfg: FinetuneConfig, num_classes: int, rng: Any) -> dict[str, Tensor]:
-    """Raw sample -> the inputs (shared crop and flip when `rng`, else the centre square) and the target."""
+def decode_sample(
+    sample: Sample, cfg: FinetuneConfig, num_classes: int, rng: Any, ids: ClassIds | None = None
+) -> dict[str, Tensor]:
+    """Raw sample -> the inputs (shared crop and flip when `rng`, else the centre square) and the target (its
+    class ids translated to the model's by `ids`, when given)."""
     arrays = decode_modalities(sample, cfg.model.inputs)
     h, w = check_arrays(arrays, cfg.model)
     d = cfg.data
@@ -78,6 +123,8 @@ def decode_sample(sample: Sample, cfg: FinetuneConfig, num_classes: int, rng: An
     out = augment(arrays, crop, cfg.model.image_size)
     spec = transfer_task(cfg.task.name)
     target = _target(sample, spec, cfg, crop)
+    if ids is not None:
+        target = ids.apply(target)
     if spec.has_classes and target.numel():
         top = int(target[target != cfg.task.ignore_id].max()) if (target != cfg.task.ignore_id).any() else -1
         if top >= num_classes:
@@ -89,35 +136,56 @@ def decode_sample(sample: Sample, cfg: FinetuneConfig, num_classes: int, rng: An
 class FinetuneStream(ShardStream):
     """The pretraining stream (epoch quotas, cursors, shuffle) with the fine-tuning sample decoding."""
 
-    def __init__(self, *, cfg: FinetuneConfig, num_classes: int, **kw: Any) -> None:
+    def __init__(self, *, cfg: FinetuneConfig, num_classes: int, ids: ClassIds | None = None, **kw: Any) -> None:
         super().__init__(model=cfg.model, data=cfg.data, **kw)
-        self.cfg, self.num_classes = cfg, num_classes
+        self.cfg, self.num_classes, self.ids = cfg, num_classes, ids
 
     def decode(self, sample: Sample, rng: np.random.Generator) -> dict[str, Tensor]:
-        return decode_sample(sample, self.cfg, self.num_classes, rng)
+        return decode_sample(sample, self.cfg, self.num_classes, rng, self.ids)
 
 
-def eval_batches(info: DatasetInfo, cfg: FinetuneConfig, num_classes: int, batch: int) -> Iterator[dict[str, Tensor]]:
-    """Every sample of every shard once, in order, centre-cropped (the last batch may be smaller)."""
+_UNREADABLE = (KeyError, ValueError, OSError, EOFError, tarfile.TarError)  # a sample or shard that breaks the contract
+
+
+def eval_batches(
+    info: DatasetInfo, cfg: FinetuneConfig, num_classes: int, batch: int, ids: ClassIds | None = None
+) -> Iterator[dict[str, Tensor]]:
+    """Every sample of every shard once, in order, centre-cropped (the last batch may be smaller). Every sample
+    counts: one that cannot be read or decoded is a DataError of one line, never skipped."""
     items: list[dict[str, Tensor]] = []
     for shard in info.shards:
-        for _, sample in read_samples(shard.path):
-            items.append(decode_sample(sample, cfg, num_classes, None))
-            if len(items) == batch:
-                yield {k: torch.stack([it[k] for it in items]) for k in items[0]}
-                items = []
+        try:
+            for key, sample in read_samples(shard.path):
+                try:
+                    items.append(decode_sample(sample, cfg, num_classes, None, ids))
+                except _UNREADABLE as err:
+                    raise _unreadable(info, f"shard {shard.name}, sample {key}", err) from None
+                if len(items) == batch:
+                    yield {k: torch.stack([it[k] for it in items]) for k in items[0]}
+                    items = []
+        except _UNREADABLE as err:  # the shard's tar itself
+            raise _unreadable(info, f"shard {shard.name}", err) from None
     if items:
         yield {k: torch.stack([it[k] for it in items]) for k in items[0]}
 
 
-def evaluate_model(model: MultiViT, info: DatasetInfo, batch: int, device: torch.device) -> dict[str, float]:
-    """The task's metrics over the whole split."""
+def _unreadable(info: DatasetInfo, where: str, err: Exception) -> DataError:
+    return DataError(
+        f"dataset {info.root}: {where}: {type(err).__name__}: {err} (every sample of a split is scored; see "
+        f"`mmforge verify --deep {info.root}`)"
+    )
+
+
+def evaluate_model(
+    model: MultiViT, info: DatasetInfo, batch: int, device: torch.device, ids: ClassIds | None = None
+) -> dict[str, float]:
+    """The task's metrics over the whole split (its class ids translated to the model's by `ids`)."""
     cfg, spec = model.cfg, model.spec
     metric = spec.metrics(model.num_classes, cfg.task)
     was_training = model.training
     model.eval()
     try:
-        for b in eval_batches(info, cfg, model.num_classes, batch):
+        for b in eval_batches(info, cfg, model.num_classes, batch, ids):
             b = {k: v.to(device) for k, v in b.items()}
             metric.update(predict(model, b).cpu(), b[spec.target].cpu())
     finally:
@@ -137,17 +205,31 @@ class FinetuneJob:
     verb: str = "fine-tuned"
     export_label: str = "best checkpoint"
     best: float | None = None  # the best value of the main validation metric so far
+    best_record: dict[str, Any] | None = None  # {"step", "val"} of the best validation so far
+    train_ids: ClassIds | None = None  # the training split's class ids -> the model's
+    val_ids: ClassIds | None = None  # the validation split's
 
     def check(self, info: DatasetInfo, cfg: FinetuneConfig) -> FinetuneConfig:
-        self.num_classes = num_classes_of(info, cfg)
-        members = set(info.manifest.members) if info.manifest else set()
-        needed = [CODECS[MODALITIES[n].codec].suffix for n in cfg.model.inputs]
-        needed.append(CODECS[transfer_task(cfg.task.name).codec].suffix)
-        missing = [m for m in needed if members and m not in members]
-        if missing:
-            raise DataError(f"dataset {info.root} lacks the members {missing} this task needs")
+        """The training split and `--val` hold what the run reads, their classes are the model's (by name);
+        the config comes back with the names of the classes it learns (`task.classes`), before any step."""
+        require_members(info, cfg)
+        spec = transfer_task(cfg.task.name)
+        if spec.has_classes:
+            split = _training_split(spec, info, cfg)
+            classes = training_classes(spec, cfg.task, split)
+            self.train_ids = match(spec, classes, split, cfg.task.ignore_id)[0] if split is not None else None
+            self.num_classes = classes.count
+            cfg = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, classes=classes.names))
+        elif cfg.task.classes or cfg.task.num_classes:
+            raise ConfigError(f"task.classes and task.num_classes: the {spec.name} task has no classes")
         if self.val is not None:
             self.val_info = load_dataset(self.val)
+            require_members(self.val_info, cfg)
+            self.val_ids, note = split_ids(
+                self.val_info, cfg, ModelClasses(count=self.num_classes, names=cfg.task.classes)
+            )
+            if note:
+                log.warning("--val: %s", note)
         return cfg
 
     def build_model(self, cfg: FinetuneConfig, info: DatasetInfo) -> nn.Module:
@@ -170,7 +252,13 @@ class FinetuneJob:
 
     def stream(self, t: RunView[FinetuneConfig], plan: EpochPlan, rotation: int) -> ShardStream:
         return FinetuneStream(
-            cfg=t.cfg, num_classes=self.num_classes, info=t.info, plan=plan, cursors=t.state.cursors, rotation=rotation
+            cfg=t.cfg,
+            num_classes=self.num_classes,
+            ids=self.train_ids,
+            info=t.info,
+            plan=plan,
+            cursors=t.state.cursors,
+            rotation=rotation,
         )
 
     def describe(self, t: RunView[FinetuneConfig]) -> str:
@@ -178,7 +266,8 @@ class FinetuneJob:
         params = sum(p.numel() for p in t.model.parameters())
         trainable = sum(p.numel() for p in t.model.parameters() if p.requires_grad)
         kind = "linear probe" if task.probe else f"{task.name} head"
-        classes = f", {self.num_classes} classes" if self.num_classes else ""
+        named = f" ({shown_names(task.classes)})" if task.classes else ""
+        classes = f", {self.num_classes} classes{named}" if self.num_classes else ""
         return (
             f"fine-tuning ViT {m.dim}-dim x {m.depth} blocks + {kind}{classes}: {params / 1e6:.2f} M parameters "
             f"({trainable / 1e6:.2f} M trained); inputs {', '.join(m.inputs)} at {m.image_size} px; "
@@ -196,28 +285,56 @@ class FinetuneJob:
         if not t.dist.is_main or self.val_info is None:
             return
         assert isinstance(t.model, MultiViT)
-        result = evaluate_model(t.model, self.val_info, t.cfg.data.batch_size, t.dist.device)
+        result = evaluate_model(t.model, self.val_info, t.cfg.data.batch_size, t.dist.device, self.val_ids)
         main = result[t.model.spec.main_metric]
         record = {"step": t.state.step, "val": result}
         with (t.run_dir / "val.jsonl").open("a") as f:
             f.write(json.dumps(record) + "\n")
         if t.log is not None:
-            t.log.announce(f"step {t.state.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in result.items()))
+            t.log.announce(f"step {t.state.step}: " + t.model.spec.metric_text(result))
         if t.model.spec.improves(main, self.best):
-            self.best = main
+            self.best, self.best_record = main, record
             atomic_save(payload(t.cfg, step=t.state.step, model=t.model.state_dict(), metrics=result), t.run_dir / BEST)
 
     def finish(self, t: RunView[FinetuneConfig]) -> Path | None:
         return (t.run_dir / BEST) if (t.run_dir / BEST).exists() else None
 
 
+def _training_split(spec: TransferTask, info: DatasetInfo, cfg: FinetuneConfig) -> SplitClasses | None:
+    """The training split's classes; None where it records none and `task.num_classes` gives the count."""
+    try:
+        return split_classes(spec, info)
+    except DataError:
+        if cfg.task.num_classes:
+            return None
+        raise
+
+
+@dataclass(kw_only=True)
+class FinetuneSummary(RunSummary):
+    """The loop's summary plus the best validation of this run (main rank; None without `--val`)."""
+
+    task: str = ""
+    best_val: dict[str, Any] | None = None  # {"step", "val"}
+
+    def text(self) -> str:
+        if self.best_val is None:
+            return super().text()
+        spec = transfer_task(self.task)
+        shown = spec.metric_text(self.best_val["val"])
+        return f"{super().text()}\n  best validation (by {spec.main_metric}, step {self.best_val['step']}): {shown}"
+
+
 # ------------------------------------------------------------------------------------------------ commands
 
 
-def finetune(cfg: FinetuneConfig, options: RunOptions, init: Path | None, val: Location | None) -> RunSummary:
+def finetune(cfg: FinetuneConfig, options: RunOptions, init: Path | None, val: Location | None) -> FinetuneSummary:
     from trainer.engine.loop import run
 
-    return run(FinetuneJob(init=init, val=val), cfg, options)
+    job = FinetuneJob(init=init, val=val)
+    summary = run(job, cfg, options)
+    loop_fields = {f.name: getattr(summary, f.name) for f in dataclasses.fields(summary) if f.init}
+    return FinetuneSummary(**loop_fields, task=cfg.task.name, best_val=job.best_record)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -226,21 +343,39 @@ class EvalResult:
     data: Location
     task: str
     metrics: dict[str, float]
+    notes: tuple[str, ...] = ()  # what a person should know about the numbers (ids taken by position)
+
+    def metrics_text(self) -> str:
+        return transfer_task(self.task).metric_text(self.metrics)
 
 
-def load_finetuned(path: Path, device: str = "cpu") -> MultiViT:
-    """A fine-tuning checkpoint of ours (`checkpoint-*.pt`, `checkpoint-best.pt`) with its config."""
+def read_finetuned(path: Path) -> tuple[Checkpoint, FinetuneConfig, ModelClasses]:
+    """A fine-tuning checkpoint of ours (`checkpoint-*.pt`, `checkpoint-best.pt`): the checkpoint, its config and
+    the classes its head predicts (their count from the head, their names from the config); no model built."""
     ckpt = read_checkpoint(path).require("finetune-run", use="evaluate")
     cfg = ckpt.config
     assert isinstance(cfg, FinetuneConfig)  # what a fine-tuning checkpoint holds
     key = _class_key(cfg)
     head = ckpt.tensors.get(key) if key is not None else None
-    model = MultiViT(cfg, int(head.shape[0]) if head is not None else 0)
+    count = int(head.shape[0]) if head is not None else 0
+    if len(cfg.task.classes) > count:
+        raise CheckpointError(f"{path}: its config names {len(cfg.task.classes)} classes, its head has {count}")
+    return ckpt, cfg, ModelClasses(count=count, names=cfg.task.classes)
+
+
+def build_finetuned(ckpt: Checkpoint, cfg: FinetuneConfig, classes: ModelClasses, device: torch.device) -> MultiViT:
+    model = MultiViT(cfg, classes.count)
     try:
         model.load_state_dict(ckpt.tensors, strict=True)
     except RuntimeError as err:
-        raise CheckpointError(f"{path}: {first_sentence(str(err))}") from None
-    return model.to(pick_device(str(device), 0)).eval()  # a bad or absent device: one line
+        raise CheckpointError(f"{ckpt.source}: {first_sentence(str(err))}") from None
+    return model.to(device).eval()
+
+
+def load_finetuned(path: Path, device: str = "cpu") -> MultiViT:
+    """A fine-tuning checkpoint of ours (`checkpoint-*.pt`, `checkpoint-best.pt`) with its config."""
+    where = pick_device(str(device), 0)  # a bad or absent device: one line
+    return build_finetuned(*read_finetuned(path), where)
 
 
 def _class_key(cfg: FinetuneConfig) -> str | None:
@@ -258,13 +393,37 @@ def evaluate(
     source: str | None = None,
 ) -> EvalResult:
     """The task's metrics of `checkpoint` over `data`; `source`: where the checkpoint came from, for the JSON
-    record (a store URL, when `checkpoint` is its local copy)."""
-    where = pick_device(str(device), 0)  # checked before the checkpoint is read ("auto" included)
-    model = load_finetuned(checkpoint, str(where))
+    record (a store URL, when `checkpoint` is its local copy). Every check comes before the first forward, as
+    `finetune`'s before its first step: the options (`check_evaluate_options`), the checkpoint's kind, the
+    split's members and classes (mapped onto the model's by name)."""
+    where = check_evaluate_options(device, json_path, batch)
+    ckpt, cfg, classes = read_finetuned(checkpoint)
     info = load_dataset(data)
-    metrics = evaluate_model(model, info, batch, where)
-    result = EvalResult(checkpoint=checkpoint, data=data, task=model.cfg.task.name, metrics=metrics)
+    require_members(info, cfg)
+    ids, note = split_ids(info, cfg, classes)
+    model = build_finetuned(ckpt, cfg, classes, where)
+    metrics = evaluate_model(model, info, batch, where, ids)
+    notes = (note,) if note else ()
+    result = EvalResult(checkpoint=checkpoint, data=data, task=cfg.task.name, metrics=metrics, notes=notes)
     if json_path is not None:
+        units = {k: u for k, u in transfer_task(cfg.task.name).units.items() if k in metrics}
         doc = {"checkpoint": source or str(checkpoint), "data": str(data), "task": result.task, "metrics": metrics}
-        fs.write_json_atomic(Path(json_path), doc)
+        fs.write_json_atomic(Path(json_path), doc | {"units": units, "notes": list(notes)})
     return result
+
+
+def check_evaluate_options(device: str, json_path: Path | None, batch: int) -> torch.device:
+    """`evaluate`'s options, each a ConfigError of one line: the device ("auto" included; CUDA present), the
+    JSON file's folder (present and writable), the batch size; the device is returned."""
+    where = pick_device(str(device), 0)
+    if batch < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch}")
+    if json_path is not None:
+        path = Path(json_path)
+        if path.is_dir():
+            raise ConfigError(f"--json {path} is a folder; it takes a file name")
+        if not path.parent.is_dir():
+            raise ConfigError(f"--json {path}: the folder {path.parent} does not exist")
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            raise ConfigError(f"--json {path}: the folder {path.parent} cannot be written")
+    return where

@@ -3,23 +3,57 @@ official fine-tuned weights load both ways (`tests/data/multimae-b-finetune-*-st
 
 - `LinearHead` (classification, `cls`): mean of all tokens (the global token included) -> LayerNorm -> Linear.
 - `ProbeHead` (the linear probe, as MAE's): mean of all tokens -> BatchNorm without affine -> Linear.
-- `ConvNeXtHead` (semantic segmentation): the main input's patch tokens -> Linear to `preds_per_patch` x C
+- `DenseProbeHead` (the linear probe of a dense task, semseg or depth): each patch token of the read inputs
+  (the last hooked block's for depth) -> BatchNorm without affine -> Linear to C values -> the (C, nh, nw) map
+  upsampled bilinearly to the image: what the frozen features say per patch, with no capacity of its own to
+  learn the task (a DPT or ConvNeXt head on a frozen random encoder still learns much of it from the pixels).
+- `ConvNeXtHead` (semantic segmentation): the read inputs' patch tokens -> Linear to `preds_per_patch` x C
   values per patch (4 x 4 sub-patches of C = embed_dim / 16 channels) -> `depth` ConvNeXt blocks at 1/4
   resolution -> 1x1 conv to the classes -> bilinear upsampling to the image size.
-- `DPTHead` (dense regression, depth): the main input's tokens after the encoder blocks `hooks`, reassembled
+- `DPTHead` (dense regression, depth): the read inputs' tokens after the encoder blocks `hooks`, reassembled
   at 1/4, 1/8, 1/16 and 1/32, fused by RefineNet blocks, and a conv head to one channel (no final ReLU).
+
+The dense heads read one input's tokens, or several inputs' concatenated on channels (the official
+`main_tasks = ["rgb", "depth"]`): they receive the read inputs' tokens one input after another, (B, k x nh*nw, D),
+and `concat_inputs` lays them side by side, (B, nh*nw, k x D); `dim` is then the width k x D (as the official
+adapters' `init(dim_tokens_enc)` multiplies by the number of main tasks).
+
+Initialisation is the official fine-tuning model's: its constructor re-initialises every Linear of the heads
+xavier-uniform with zero bias and every LayerNorm to 1 / 0 (`init_linears`); convolutions keep PyTorch's
+default. The probe keeps MAE's (truncated normal, std 0.01).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import Tensor, nn
 
 from trainer.model.layers import layer_norm
+
+
+def init_linears(module: nn.Module) -> None:
+    """Every Linear xavier-uniform with zero bias, every LayerNorm 1 / 0 (the official MultiViT's init)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def concat_inputs(tokens: Tensor, grid: tuple[int, int]) -> Tensor:
+    """(B, k x nh*nw, D): k inputs' tokens one after another -> (B, nh*nw, k x D), concatenated on channels
+    in the same order (k = 1: unchanged)."""
+    b, n, d = tokens.shape
+    cells = grid[0] * grid[1]
+    if n % cells:
+        raise ValueError(f"{n} tokens are not whole {grid[0]}x{grid[1]} grids of the read inputs")
+    return tokens.reshape(b, n // cells, cells, d).transpose(1, 2).reshape(b, cells, n // cells * d)
 
 
 class LinearHead(nn.Module):
@@ -29,8 +63,7 @@ class LinearHead(nn.Module):
         super().__init__()
         self.norm = layer_norm(dim)
         self.head = nn.Linear(dim, classes)
-        nn.init.trunc_normal_(self.head.weight, std=0.02)
-        nn.init.zeros_(self.head.bias)
+        init_linears(self)
 
     def forward(self, tokens: Tensor) -> Tensor:
         return self.head(self.norm(tokens.mean(dim=1)))
@@ -48,6 +81,29 @@ class ProbeHead(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         return self.head(self.bn(tokens.mean(dim=1)))
+
+
+class DenseProbeHead(nn.Module):
+    """tokens (B, k x nh*nw, D) of the read inputs (or the hooked blocks' list: the last one is read) ->
+    (B, C, H, W), H x W = `size` or the grid x `patch`."""
+
+    def __init__(self, dim: int, channels: int, patch: int) -> None:
+        super().__init__()
+        self.patch = patch
+        self.bn = nn.BatchNorm1d(dim, affine=False, eps=1e-6)
+        self.final_layer = nn.Linear(dim, channels)  # named as the ConvNeXt head's classifier (its rows: classes)
+        nn.init.trunc_normal_(self.final_layer.weight, std=0.01)
+        nn.init.zeros_(self.final_layer.bias)
+
+    def forward(
+        self, tokens: Tensor | Sequence[Tensor], grid: tuple[int, int], size: tuple[int, int] | None = None
+    ) -> Tensor:
+        x = tokens if isinstance(tokens, Tensor) else tokens[-1]
+        x = concat_inputs(x, grid)  # (B, nh*nw, k x D)
+        x = self.final_layer(self.bn(x.transpose(1, 2)).transpose(1, 2))  # (B, nh*nw, C)
+        x = x.transpose(1, 2).reshape(x.shape[0], x.shape[2], *grid)
+        out = size or (grid[0] * self.patch, grid[1] * self.patch)
+        return F.interpolate(x, size=out, mode="bilinear", align_corners=False)
 
 
 class ConvNeXtBlock(nn.Module):
@@ -68,7 +124,7 @@ class ConvNeXtBlock(nn.Module):
 
 
 class ConvNeXtHead(nn.Module):
-    """patch tokens (B, nh*nw, D) of the main input -> logits (B, classes, H, W)."""
+    """patch tokens of the read inputs (B, k x nh*nw, D), `dim` = k x D -> logits (B, classes, H, W)."""
 
     def __init__(
         self, dim: int, classes: int, *, embed_dim: int = 6144, preds_per_patch: int = 16, depth: int = 4
@@ -81,10 +137,11 @@ class ConvNeXtHead(nn.Module):
         self.blocks = nn.Sequential(*(ConvNeXtBlock(self.channels) for _ in range(depth)))
         self.final_layer = nn.Conv2d(self.channels, classes, kernel_size=1)
         self.proj_dec = nn.Linear(dim, embed_dim)
+        init_linears(self)
 
     def forward(self, tokens: Tensor, grid: tuple[int, int], size: tuple[int, int]) -> Tensor:
         b, (nh, nw), s, c = tokens.shape[0], grid, self.side, self.channels
-        x = self.proj_dec(tokens)  # (B, nh*nw, p*c), p = s*s sub-patches, value index = p*c + channel
+        x = self.proj_dec(concat_inputs(tokens, grid))  # (B, nh*nw, p*c), p = s*s sub-patches: index p*c + channel
         x = x.reshape(b, nh, nw, s, s, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, nh * s, nw * s)
         x = self.final_layer(self.blocks(x))
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
@@ -138,7 +195,7 @@ class _Scratch(nn.Module):
 
 
 class DPTHead(nn.Module):
-    """tokens of the main input after each hooked block -> (B, 1, H, W) prediction."""
+    """tokens of the read inputs after each hooked block, `dim` = k x D -> (B, 1, H, W) prediction."""
 
     def __init__(self, dim: int, *, hooks: Sequence[int], layer_dims: Sequence[int], features: int = 256) -> None:
         super().__init__()
@@ -163,8 +220,9 @@ class DPTHead(nn.Module):
         )
 
     def forward(self, hooked: Sequence[Tensor], grid: tuple[int, int]) -> Tensor:
-        """hooked: 4 x (B, nh*nw, D) token maps of the main input."""
-        maps = [t.transpose(1, 2).reshape(t.shape[0], t.shape[2], *grid) for t in hooked]  # (B, D, nh, nw)
+        """hooked: 4 x (B, k x nh*nw, D) tokens of the read inputs."""
+        tokens = [concat_inputs(t, grid) for t in hooked]  # (B, nh*nw, k x D)
+        maps = [t.transpose(1, 2).reshape(t.shape[0], t.shape[2], *grid) for t in tokens]  # (B, k x D, nh, nw)
         layers = [post(m) for post, m in zip(self.act_postprocess, maps, strict=True)]
         l1, l2, l3, l4 = (rn(x) for rn, x in zip(self.scratch.layer_rn, layers, strict=True))
         s = self.scratch
@@ -178,12 +236,3 @@ class DPTHead(nn.Module):
 def _fit(x: Tensor, like: Tensor) -> Tensor:
     """Odd token grids make the 1/32 path one pixel off: bring it to the skip's size."""
     return x if x.shape[-2:] == like.shape[-2:] else F.interpolate(x, size=like.shape[-2:], mode="bilinear")
-
-
-def berhu(pred: Tensor, target: Tensor, valid: Tensor, threshold: float = 0.2) -> Tensor:
-    """Reverse Huber over valid pixels: |e| up to c = threshold x the batch's max |e|, then (e^2 + c^2) / 2c."""
-    err = (pred - target).abs()[valid]
-    if err.numel() == 0:
-        return pred.sum() * 0.0
-    c = (threshold * err.max()).detach().clamp_min(1e-6)
-    return torch.where(err <= c, err, (err**2 + c**2) / (2 * c)).mean()

@@ -4,9 +4,16 @@ builds on) without masking, plus one task head (as the official MultiViT).
 Reads top to bottom: `MultiViT`: every token of every chosen input (plus the global token, last) -> the
 encoder blocks (with stochastic depth; the outputs of the hooked blocks kept for tasks that read them) -> the
 task's head, built and read as its registry entry says (`trainer.transfer.tasks`: `cls` mean-pools all tokens,
-`semseg` and `depth` read the main input's tokens), or the task's linear probe with the encoder frozen. The
-state dict has the official names: `global_tokens`, `input_adapters.*`, `output_adapters.<task>.*`,
+`semseg` and `depth` read the tokens of `task.read_inputs`), or the task's linear probe with the encoder frozen.
+The state dict has the official names: `global_tokens`, `input_adapters.*`, `output_adapters.<task>.*`,
 `encoder.N.*`.
+
+A dense head reads one input's tokens (`task.main_input`, the default) or several inputs' concatenated on
+channels (`task.readout = ["rgb", "depth"]`, the official `main_tasks`): the read inputs are tokenized first,
+in that order, so their tokens are one span (`MainInput.span`), which the head lays side by side
+(`heads.concat_inputs`); the head is built for tokens k x `model.dim` wide (`head_shape`). The encoder treats
+its tokens as a set (no mask, position embeddings added per input, global tokens last), so this order changes
+no token's value. Every read input has the same token grid, rows and columns each from its own side.
 
 `FinetuneObjective` wraps it for the shared loop: batch -> (loss, {task: loss}), the task's loss (the paper's
 recipes: cross-entropy with label smoothing, or the ignore id; berHu on valid depth), or the soft-target
@@ -16,6 +23,7 @@ cross-entropy under mixup / cutmix for tasks whose batches may be mixed.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -34,7 +42,14 @@ def build_head(cfg: FinetuneConfig, classes: int) -> nn.Module:
     factory = spec.probe if cfg.task.probe else spec.head
     if factory is None:
         raise ValueError(f"the {spec.name} task has no linear probe")
-    return factory(cfg, classes)
+    return factory(head_shape(cfg), classes)
+
+
+def head_shape(cfg: FinetuneConfig) -> FinetuneConfig:
+    """The config a head is built from: a dense head reading k inputs concatenated on channels reads tokens
+    k x `model.dim` wide, and is built as for an encoder that wide (the official adapters do the same)."""
+    k = len(cfg.task.read_inputs) if transfer_task(cfg.task.name).reads_main_input else 1
+    return cfg if k == 1 else replace(cfg, model=replace(cfg.model, dim=k * cfg.model.dim))
 
 
 class MultiViT(MultiModalEncoder):
@@ -66,7 +81,7 @@ class MultiViT(MultiModalEncoder):
         """inputs -> (tokens after the last block (B, N + G, D), outputs of the hooked blocks, token spans)."""
         hooks = self.cfg.task.hooks if self.spec.hooked else ()
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.task.frozen):
-            tokens, spans = self.tokenize({n: inputs[n] for n in self.cfg.model.inputs})  # every token, no mask
+            tokens, spans = self.tokenize({n: inputs[n] for n in self.token_order})  # every token, no mask
             x, hooked = self.encode(tokens, hooks)
         return x, hooked, spans
 
@@ -77,11 +92,26 @@ class MultiViT(MultiModalEncoder):
         main = self._main_input(inputs, spans) if self.spec.reads_main_input else None
         return self.spec.readout(self.head, Encoded(tokens=x, hooked=hooked, main=main))
 
+    @property
+    def token_order(self) -> tuple[str, ...]:
+        """The inputs in the order they are tokenized: a dense head's read inputs first (one span), then the rest."""
+        read = self.cfg.task.read_inputs if self.spec.reads_main_input else ()
+        return (*read, *(n for n in self.cfg.model.inputs if n not in read))
+
     def _main_input(self, inputs: Mapping[str, Tensor], spans: Mapping[str, slice]) -> MainInput:
-        name = self.cfg.task.main_input
-        side, stride = inputs[name], MODALITIES[name].stride
-        grid = (side.shape[-2] * stride // self.cfg.model.patch_size,) * 2
-        return MainInput(span=spans[name], grid=grid, size=(side.shape[-2] * stride, side.shape[-1] * stride))
+        """The read inputs' span of tokens, their (common) token grid and the image size in pixels."""
+        read = self.cfg.task.read_inputs
+        sizes = {n: _pixel_size(inputs[n], MODALITIES[n].stride) for n in read}
+        grids = {n: (h // self.cfg.model.patch_size, w // self.cfg.model.patch_size) for n, (h, w) in sizes.items()}
+        if len(set(grids.values())) > 1:
+            raise ValueError(f"the inputs a head reads concatenated need one token grid, got {grids}")
+        span = slice(spans[read[0]].start, spans[read[-1]].stop)
+        return MainInput(span=span, grid=grids[read[0]], size=sizes[read[0]])
+
+
+def _pixel_size(x: Tensor, stride: int) -> tuple[int, int]:
+    """An input's size in image pixels: (B, C, H, W) or (B, h, w) ids at 1 / stride."""
+    return x.shape[-2] * stride, x.shape[-1] * stride
 
 
 class FinetuneObjective(nn.Module):

@@ -6,14 +6,20 @@ the linear probe's, where a probe means something), how the head reads the encod
 with the main one, and what a prediction is. `trainer.transfer` looks tasks up here and never names them;
 the config checks a task's name against this table when it is validated.
 
-Built in (the official fine-tuning recipes of MultiMAE):
+Built in (the official fine-tuning recipes of MultiMAE; each names its shipped recipe, which `finetune` reads
+when given no `--config`):
 - `cls`: the `.cls` class index; mean of all tokens -> LayerNorm -> Linear; cross-entropy with label smoothing
-  (soft targets under mixup / cutmix); top-1 / top-5; classes from the dataset's class folders; the linear
-  probe (BatchNorm without affine + Linear, frozen encoder).
-- `semseg`: the class map; ConvNeXt head on the main input's tokens; cross-entropy with the ignore id; mIoU
-  and pixel accuracy; classes from the manifest's class table of the map.
-- `depth`: metric depth (the sample json's encoding x `task.depth_scale`, 0 = invalid); DPT head on the main
-  input's tokens after the hooked blocks; berHu over valid pixels; delta1-3, RMSE, AbsRel.
+  (soft targets under mixup / cutmix); top-1 / top-5; classes from the dataset's class folders, a split
+  mapped onto the model's classes by folder name (a subset is fine); the linear probe (BatchNorm without
+  affine + Linear, frozen encoder).
+- `semseg`: the class map; ConvNeXt head on the read inputs' tokens (`task.readout`, else the main input's);
+  cross-entropy with the ignore id; mIoU, mean and pixel accuracy (per class in the metrics JSON); classes
+  from the manifest's class table of the map, which every split must share.
+- `depth`: metric depth (the sample json's encoding x `task.depth_scale`, 0 = invalid); DPT head on the read
+  inputs' tokens after the hooked blocks; berHu (or the masked L1: `task.depth_loss = "l1"`) over valid
+  pixels; delta1-3, AbsRel, SqRel, RMSE, RMSE-log.
+- The dense tasks' linear probe (`task.probe`): BatchNorm without affine + Linear per patch token (depth: the
+  last hooked block's), upsampled bilinearly; the encoder frozen.
 
 A package of your own adds a task without editing this one: expose a module under the entry-point group
 `multimae_forge.transfer_tasks` whose import calls `register_transfer_task(...)` (its target member comes
@@ -37,8 +43,9 @@ from pipeline.format.codecs import CODECS, decode_member, dequantize_depth
 from pipeline.format.contract import Manifest
 from trainer.data.augment import Crop, resample
 from trainer.errors import DataError
+from trainer.model.losses import berhu, valid_l1
 from trainer.model.modalities import MODALITIES, ModelShape
-from trainer.transfer.heads import ConvNeXtHead, DPTHead, LinearHead, ProbeHead, berhu
+from trainer.transfer.heads import ConvNeXtHead, DenseProbeHead, DPTHead, LinearHead, ProbeHead
 from trainer.transfer.metrics import ClassificationMetrics, DepthMetrics, SegmentationMetrics
 
 ENTRY_POINT_GROUP = "multimae_forge.transfer_tasks"
@@ -83,6 +90,9 @@ class TaskSettings(Protocol):
 
     @property
     def depth_scale(self) -> float: ...
+
+    @property
+    def depth_loss(self) -> str: ...
 
 
 class FinetuneShape(Protocol):
@@ -142,6 +152,8 @@ HeadFactory = Callable[[FinetuneShape, int], nn.Module]  # (config, classes) -> 
 Readout = Callable[[nn.Module, Encoded], Tensor]  # (head, encoder output) -> the model's output
 TaskLoss = Callable[[Tensor, Tensor, TaskSettings, bool], Tensor]  # (fp32 output, target, task, training)
 ClassCount = Callable[[Manifest, str, str], int]  # (manifest, dataset shown in errors, target) -> classes
+ClassNames = Callable[[Manifest, str], tuple[str, ...] | None]  # (manifest, target) -> names by id, if recorded
+PERCENT, COUNT = "%", "count"  # the units of `TransferTask.units` that printing knows
 
 
 def no_problems(task: TaskSettings) -> list[str]:
@@ -152,19 +164,23 @@ def no_problems(task: TaskSettings) -> list[str]:
 class TransferTask:
     """One fine-tuning task, from the shard member it learns to the metric that picks the best checkpoint.
 
-    target: the sample member it learns, also its batch key (a modality's name for a map); codec: that
-    member's codec (`pipeline.format.codecs.CODECS`). prepare_target: the decoded member -> the training
-    target under the inputs' crop. class_count: how the number of classes is found when `task.num_classes` is
-    0 (`class_folders`, `class_map_classes`), None for a task without classes (then no class-id check);
-    class_tensor: the head's tensor whose rows are the classes (read back from a checkpoint), with
-    class_count or neither. head: (config, classes) -> the head, stored at `output_adapters.<name>`;
-    readout: how it reads the encoder (`Encoded`); reads_main_input: the head reads `task.main_input`'s tokens
-    (which must then be an input); hooked: it reads the blocks `task.hooks` too. loss: on the model's fp32
-    output; mixup: its batches may be mixed (mixup / cutmix, class-index targets; the loss is then the
-    soft-target cross-entropy). predict: the model's fp32 output -> what `metrics` scores (logits, classes,
-    depth); metrics: (classes, task) -> whole-split metrics, main_metric the one the best checkpoint keeps,
-    higher_is_better its direction. probe: the linear probe's head (frozen encoder, called as `head` is),
-    None where a probe means nothing. config_problems: the task's rules on its config.
+    target: the sample member it learns, also its batch key (a modality's name for a map); codec: that member's codec
+    (`pipeline.format.codecs.CODECS`). prepare_target: the decoded member -> the training target under the inputs' crop.
+    class_count: how the number of classes is found when `task.num_classes` is 0 (`class_folders`, `class_map_classes`),
+    None for a task without classes (then no class-id check); class_tensor: the head's tensor whose rows are the classes
+    (read back from a checkpoint), with class_count or neither; class_names: the names a split records for its class ids
+    (None: it records none, then ids are positions); subset_by_name: a split may hold some of the model's classes, its
+    ids translated by name (class folders), else a split's classes must be the model's, the same names in the same order
+    (a class map's table; `trainer.transfer.classes`). head: (config, classes) -> the head, stored at
+    `output_adapters.<name>`; readout: how it reads the encoder (`Encoded`); reads_main_input: the head reads
+    `task.main_input`'s tokens (which must then be an input); hooked: it reads the blocks `task.hooks` too. loss: on the
+    model's fp32 output; mixup: its batches may be mixed (mixup / cutmix, class-index targets; the loss is then the
+    soft-target cross-entropy). predict: the model's fp32 output -> what `metrics` scores (logits, classes, depth);
+    metrics: (classes, task) -> whole-split metrics, main_metric the one the best checkpoint keeps, higher_is_better its
+    direction. probe: the linear probe's head (frozen encoder, called as `head` is), None where a probe means nothing.
+    config_problems: the task's rules on its config. recipe, probe_recipe: the run config `finetune` (`probe`) reads
+    when given no `--config`, a shipped name (`trainer/configs`) or a TOML path; None: the command asks for one. units:
+    each metric's unit as printed (`PERCENT`, `COUNT`, or any text; a metric without one is printed as a bare number).
     """
 
     name: str
@@ -180,17 +196,24 @@ class TransferTask:
     higher_is_better: bool = True
     class_count: ClassCount | None = None
     class_tensor: str | None = None
+    class_names: ClassNames | None = None
+    subset_by_name: bool = False
     reads_main_input: bool = False
     hooked: bool = False
     mixup: bool = False
     probe: HeadFactory | None = None
     config_problems: Callable[[TaskSettings], list[str]] = field(default=no_problems)
+    recipe: str | None = None
+    probe_recipe: str | None = None
+    units: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if (self.class_count is None) != (self.class_tensor is None):
             raise ValueError(f"transfer task {self.name}: class_count and class_tensor go together")
         if not self.main_metric:
             raise ValueError(f"transfer task {self.name}: main_metric must name one of its metrics")
+        if self.class_names is not None and self.class_count is None:
+            raise ValueError(f"transfer task {self.name}: class_names needs class_count")
 
     @property
     def has_classes(self) -> bool:
@@ -199,6 +222,18 @@ class TransferTask:
     def improves(self, value: float, best: float | None) -> bool:
         """Whether `value` of the main metric beats `best` (None: nothing yet)."""
         return best is None or (value > best if self.higher_is_better else value < best)
+
+    def metric_text(self, metrics: Mapping[str, float]) -> str:
+        """The metrics for a person, each with its unit: `top1 83.12%, top5 96.40%, samples 50000`."""
+        return ", ".join(f"{name} {_with_unit(value, self.units.get(name))}" for name, value in metrics.items())
+
+
+def _with_unit(value: float, unit: str | None) -> str:
+    if unit == PERCENT:
+        return f"{value:.2f}%"
+    if unit == COUNT:
+        return f"{value:.0f}"
+    return f"{value:.4g}" + (f" {unit}" if unit else "")
 
 
 # ------------------------------------------------------------------------------------------------ targets
@@ -238,6 +273,15 @@ def class_map_classes(manifest: Manifest, where: str, target: str) -> int:
     return info.num_classes
 
 
+def folder_names(manifest: Manifest, target: str) -> tuple[str, ...] | None:
+    return manifest.classes  # the sorted class folders: a `.cls` id is a position in them
+
+
+def class_table_names(manifest: Manifest, target: str) -> tuple[str, ...] | None:
+    info = manifest.modalities.get(target)
+    return info.classes if info is not None and info.classes else None  # the class map's table, if it has one
+
+
 # ------------------------------------------------------------------------------------------------ heads
 
 
@@ -247,6 +291,11 @@ def linear_head(cfg: FinetuneShape, classes: int) -> nn.Module:
 
 def probe_head(cfg: FinetuneShape, classes: int) -> nn.Module:
     return ProbeHead(cfg.model.dim, classes)
+
+
+def dense_probe_head(cfg: FinetuneShape, classes: int) -> nn.Module:
+    """The dense tasks' linear probe: `classes` channels per pixel (depth: 0 classes -> 1 channel)."""
+    return DenseProbeHead(cfg.model.dim, max(classes, 1), cfg.model.patch_size)
 
 
 def convnext_head(cfg: FinetuneShape, classes: int) -> nn.Module:
@@ -291,7 +340,8 @@ def segmentation_loss(out: Tensor, target: Tensor, t: TaskSettings, training: bo
 
 
 def depth_loss(out: Tensor, target: Tensor, t: TaskSettings, training: bool) -> Tensor:
-    return berhu(out[:, 0], target, target > 0)
+    """berHu (the official NYUv2 recipe's) or the official masked L1, over the valid pixels (depth > 0)."""
+    return (valid_l1 if t.depth_loss == "l1" else berhu)(out[:, 0], target, target > 0)
 
 
 # ------------------------------------------------------------------------------------------------ predictions
@@ -331,6 +381,8 @@ _BUILT_IN = (
         prepare_target=class_index,
         class_count=class_folders,
         class_tensor="head.bias",  # the probe's head names it alike
+        class_names=folder_names,
+        subset_by_name=True,
         head=linear_head,
         readout=all_tokens,
         loss=classification_loss,
@@ -339,6 +391,8 @@ _BUILT_IN = (
         metrics=classification_metrics,
         main_metric="top1",
         probe=probe_head,
+        recipe="finetune-in1k-cls",
+        units={"top1": PERCENT, "top5": PERCENT, "samples": COUNT},
     ),
     TransferTask(
         name="semseg",
@@ -347,6 +401,7 @@ _BUILT_IN = (
         prepare_target=class_map,
         class_count=class_map_classes,
         class_tensor="final_layer.bias",
+        class_names=class_table_names,
         head=convnext_head,
         readout=main_tokens,
         reads_main_input=True,
@@ -354,6 +409,9 @@ _BUILT_IN = (
         predict=class_ids,
         metrics=segmentation_metrics,
         main_metric="miou",
+        probe=dense_probe_head,
+        recipe="finetune-ade20k-semseg",
+        units={"miou": PERCENT, "mean_acc": PERCENT, "pixel_acc": PERCENT, "classes_present": COUNT},
     ),
     TransferTask(
         name="depth",
@@ -368,7 +426,10 @@ _BUILT_IN = (
         predict=first_channel,
         metrics=depth_metrics,
         main_metric="delta1",
+        probe=dense_probe_head,
         config_problems=dpt_problems,
+        recipe="finetune-nyuv2-depth",
+        units={"delta1": PERCENT, "delta2": PERCENT, "delta3": PERCENT, "pixels": COUNT},
     ),
 )
 
