@@ -273,7 +273,7 @@ def test_depth_standardisation_uses_the_trimmed_middle() -> None:
     from trainer.model.modalities import standardize_depth
 
     g = torch.Generator().manual_seed(0)
-    x = (torch.rand(1, 37, 41, generator=g) * 20).round() / 20  # many ties
+    x = ((torch.rand(1, 37, 41, generator=g) * 20).round() + 1) / 20  # many ties, all valid (> 0)
     values = x.flatten().sort().values.double()
     kept = values[int(0.1 * values.numel()) : int(0.9 * values.numel())]
     expected = (x.double() - kept.mean()) / torch.sqrt(kept.var() + 1e-6)
@@ -289,3 +289,27 @@ def test_class_maps_are_sampled_at_cell_centres() -> None:
     centres = 4 * np.arange(56) + 1.5
     assert ids.shape == (56, 56)
     assert np.abs(ids[:, 0].numpy() - centres).max() <= 0.5
+
+
+def test_depth_standardisation_leaves_invalid_pixels_out() -> None:
+    """Depth 0 is invalid (the sky of a rendered scene): the trimmed statistics come from the valid pixels
+    only, invalid pixels are 0 afterwards, and the batch path (on the device) gives the per-sample numbers."""
+    from trainer.model.modalities import standardize_depth, standardize_depth_batch
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(3, 1, 24, 20, generator=g) * 5 + 0.5
+    x[0, :, :9] = 0.0  # a sky over the top rows
+    x[1] = 0.0  # nothing hit at all
+    x[2, :, 3, 4] = 0.0  # one hole
+    for sample, out in zip(x, standardize_depth_batch(x), strict=True):
+        values = sample[sample > 0].sort().values.double()
+        if values.numel():
+            kept = values[int(0.1 * values.numel()) : int(0.9 * values.numel())]
+            expected = ((sample.double() - kept.mean()) / torch.sqrt(kept.var() + 1e-6)).masked_fill(sample <= 0, 0)
+        else:
+            expected = torch.zeros_like(sample, dtype=torch.float64)
+        assert torch.allclose(standardize_depth(sample).double(), expected, atol=1e-5)
+        assert torch.allclose(out.double(), expected, atol=1e-5)
+    assert (standardize_depth_batch(x)[0, :, :9] == 0).all()
+    full = torch.rand(2, 1, 16, 16, generator=g) + 0.1  # no invalid pixel: the official formula, both paths
+    assert torch.allclose(standardize_depth_batch(full)[1], standardize_depth(full[1]), atol=1e-5)

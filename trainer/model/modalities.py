@@ -146,23 +146,37 @@ def _depth_from_bits(x: Tensor) -> Tensor:
 
 
 def standardize_depth(x: Tensor) -> Tensor:
-    """Per-sample standardisation on the 10-90 % trimmed range (mean and unbiased std of the middle 80 %).
-
-    The kept values are those of sorted(x)[int(0.1 n) : int(0.9 n)], found by a partial sort (np.partition).
+    """Per-sample standardisation on the 10-90 % trimmed range of the valid pixels (depth > 0; 0 = invalid: the
+    sky of a rendered scene, a sensor's holes): mean and unbiased std of the middle 80 % of the valid values,
+    found by a partial sort (np.partition); invalid pixels are 0 afterwards, as the official fine-tuning sets
+    them. A map without an invalid pixel (the official pretraining data) is standardised exactly as the
+    official code does; one without a valid pixel is all 0.
     """
-    values = x.flatten().numpy()
+    flat = x.flatten().numpy()
+    values = flat[flat > 0]
+    if values.size == 0:
+        return torch.zeros_like(x)
     lo, hi = int(TRIM[0] * values.size), int(TRIM[1] * values.size)
     kept = np.partition(values, (lo, hi - 1))[lo:hi].astype(np.float64)
-    return (x - float(kept.mean())) / float(np.sqrt(kept.var(ddof=1) + 1e-6))
+    var = kept.var(ddof=1) if kept.size > 1 else 0.0
+    return ((x - float(kept.mean())) / float(np.sqrt(var + 1e-6))).masked_fill(x <= 0, 0.0)
 
 
 def standardize_depth_batch(x: Tensor) -> Tensor:
     """`standardize_depth` of every sample of a (B, 1, h, w) batch, on its device (a sort per sample)."""
     values = x.flatten(1)
-    lo, hi = int(TRIM[0] * values.shape[1]), int(TRIM[1] * values.shape[1])
-    kept = values.sort(dim=1).values[:, lo:hi].double()
-    mean, var = kept.mean(dim=1), kept.var(dim=1, unbiased=True)
-    return ((x - mean.view(-1, 1, 1, 1)) / (var + 1e-6).sqrt().view(-1, 1, 1, 1)).float()
+    valid = values > 0
+    n = valid.sum(dim=1, keepdim=True)  # (B, 1) valid pixels per sample
+    ordered = values.masked_fill(~valid, float("inf")).sort(dim=1).values.double()  # valid values first
+    rank = torch.arange(values.shape[1], device=x.device).unsqueeze(0)
+    lo, hi = (n * TRIM[0]).floor().long(), (n * TRIM[1]).floor().long()  # = int(0.1 n), int(0.9 n): n >= 0
+    kept = (rank >= lo) & (rank < hi)  # (B, N) the trimmed middle of each sample's valid values
+    count = kept.sum(dim=1).double()
+    mean = torch.where(kept, ordered, 0.0).sum(dim=1) / count.clamp(min=1)
+    squares = torch.where(kept, (ordered - mean.unsqueeze(1)) ** 2, 0.0).sum(dim=1)
+    var = torch.where(count > 1, squares / (count - 1).clamp(min=1), 0.0)
+    out = (x - mean.view(-1, 1, 1, 1)) / (var + 1e-6).sqrt().view(-1, 1, 1, 1)
+    return out.float().masked_fill(x <= 0, 0.0)
 
 
 def _normal_to_tensor(a: np.ndarray) -> Tensor:
