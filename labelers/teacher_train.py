@@ -150,7 +150,7 @@ def read_split(root: Path, split: str, task: str) -> SceneSplit:
     return SceneSplit(torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(targets)))
 
 
-SCENES_KEYS = ("generator", "version", "seed", "size", "classes", "min_objects", "max_objects", "splits")
+SCENES_KEYS = ("generator", "version", "seed", "size", "classes", "min_objects", "max_objects", "camera", "splits")
 
 
 def scenes_settings(root: Path) -> dict[str, Any] | None:

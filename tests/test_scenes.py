@@ -201,12 +201,33 @@ def test_rerun_keeps_finished_scenes_and_finishes_the_rest(tmp_path: Path) -> No
         ({"split": "../up"}, "split must be"),
         ({"seed": -1}, "seed must be"),
         ({"min_objects": 5, "max_objects": 3}, "min_objects <= max_objects"),
+        ({"distance": (0.2, 1.0)}, "distance must be 0.6 <= lo <= hi <= 10.0"),
+        ({"distance": (2.0, 1.0)}, "distance must be"),
     ],
 )
 def test_bad_options_are_refused_with_the_allowed_values(options: dict, message: str) -> None:
     with pytest.raises(ScenesError, match=message) as err:
         cfg(**options)
     assert isinstance(err.value, ValueError)
+
+
+def test_a_nearer_camera_makes_larger_shapes_and_other_settings(client: int, tmp_path: Path) -> None:
+    """--distance LO:HI: the camera's distance range; the default range draws the same scenes as before the
+    option existed (the same draws), a nearer range the same scenes seen from nearer: more shape pixels."""
+    share = {}
+    for near_far in ((1.8, 3.4), (1.0, 1.8)):
+        maps = [render_scene(client, scene_rng(0, "train", i), cfg(distance=near_far))["classes"] for i in range(16)]
+        share[near_far] = np.mean([((m > 0) & (m != 255)).sum() / max((m != 255).sum(), 1) for m in maps])
+    assert share[(1.0, 1.8)] > 1.5 * share[(1.8, 3.4)]
+    assert (
+        draw_scene(scene_rng(0, "train", 3), cfg()).camera
+        == draw_scene(scene_rng(0, "train", 3), cfg(distance=(1.8, 3.4))).camera
+    )
+    out = tmp_path / "s"
+    render_scenes(out, cfg(n=1, distance=(1.0, 1.8)), quiet=True)
+    assert json.loads((out / "scenes.json").read_text())["camera"]["distance"] == [1.0, 1.8]
+    with pytest.raises(ScenesError, match="other settings"):
+        render_scenes(out, cfg(n=1), quiet=True)
 
 
 def test_an_out_of_other_settings_or_foreign_files_is_refused(tmp_path: Path) -> None:
@@ -307,7 +328,11 @@ def test_the_scenes_command_renders_and_refuses_in_one_line(tmp_path: Path) -> N
     assert ok.exit_code == 0 and "2 scenes rendered, 0 kept" in ok.output
     assert sorted(p.name for p in (tmp_path / "s" / "train" / "rgb" / "data").iterdir()) == ["000000.png", "000001.png"]
     bad_options = (["--n", "0"], ["--n", "2", "--size", "8"], ["--n", "2", "--seed", "4"])
-    bad_options += (["--n", "2", "--workers", "-1"],)
+    bad_options += (
+        ["--n", "2", "--workers", "-1"],
+        ["--n", "2", "--distance", "1:x"],
+        ["--n", "2", "--distance", "9:1"],
+    )
     for bad in bad_options:
         result = runner.invoke(app, ["scenes", str(tmp_path / "s"), *bad])
         assert result.exit_code == 2 and result.output.count("\n") == 1 and result.output.startswith("error: "), bad

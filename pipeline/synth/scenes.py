@@ -103,6 +103,8 @@ MAX_OBJECTS = 12
 VOID = 255  # class id where nothing is hit (the ignore id of class maps)
 FACING = (0.0, 0.0, 1.0)  # the stored normal where none is known
 FOV_DEG, NEAR, FAR = 60.0, 0.05, 20.0  # vertical field of view (square images), clip planes in metres
+DISTANCE = (1.8, 3.4)  # metres from the camera to the point it looks at, drawn uniformly (the default range)
+DISTANCE_RANGE = (0.6, 10.0)  # what --distance accepts: nearer would put the camera inside the shapes
 PNG_LEVEL = 6
 PLACE_RADIUS = 0.8  # metres: objects' centres lie within this distance of the floor's centre
 _SPLIT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -306,7 +308,8 @@ def _default_workers() -> int:
 @dataclass(frozen=True, kw_only=True)
 class SceneConfig:
     """What to render: `n` scenes of `split`, drawn from `seed`, `size` x `size` pixels, of class set `classes`
-    with `min_objects`..`max_objects` shapes each, on `workers` processes (the bytes do not depend on it)."""
+    with `min_objects`..`max_objects` shapes each, the camera `distance` (lo, hi metres) from the point it looks at
+    (nearer: the shapes fill more of the picture), on `workers` processes (the bytes do not depend on it)."""
 
     n: int
     seed: int
@@ -315,6 +318,7 @@ class SceneConfig:
     classes: str = "primitives"
     min_objects: int = 2
     max_objects: int = 6
+    distance: tuple[float, float] = DISTANCE
     workers: int = field(default_factory=_default_workers)
 
     def __post_init__(self) -> None:
@@ -338,6 +342,11 @@ class SceneConfig:
                 f"objects must be 1 <= min_objects <= max_objects <= {MAX_OBJECTS}, "
                 f"got {self.min_objects}..{self.max_objects}",
             ),
+            (
+                DISTANCE_RANGE[0] <= self.distance[0] <= self.distance[1] <= DISTANCE_RANGE[1],
+                f"distance must be {DISTANCE_RANGE[0]} <= lo <= hi <= {DISTANCE_RANGE[1]} metres, got "
+                f"{self.distance[0]}..{self.distance[1]}",
+            ),
             (self.workers >= 1, f"workers must be at least 1, got {self.workers}"),
         ]
         return [message for ok, message in checks if not ok]
@@ -352,7 +361,8 @@ class SceneConfig:
             "seed": self.seed,
             "min_objects": self.min_objects,
             "max_objects": self.max_objects,
-            "camera": {"fov_deg": FOV_DEG, "near": NEAR, "far": FAR},
+            "camera": {"fov_deg": FOV_DEG, "near": NEAR, "far": FAR}
+            | ({} if self.distance == DISTANCE else {"distance": list(self.distance)}),
         }
 
 
@@ -433,9 +443,10 @@ def _colour(rng: np.random.Generator) -> tuple[float, float, float, float]:
     return (r, g, b, 1.0)
 
 
-def _draw_camera(rng: np.random.Generator) -> Camera:
+def _draw_camera(rng: np.random.Generator, near_far: tuple[float, float] = DISTANCE) -> Camera:
+    """The camera `near_far` metres (drawn uniformly) from a point near the floor's centre, looking at it."""
     target = (float(rng.uniform(-0.25, 0.25)), float(rng.uniform(-0.25, 0.25)), float(rng.uniform(0.0, 0.3)))
-    distance, elevation, azimuth = rng.uniform(1.8, 3.4), math.radians(rng.uniform(6, 72)), rng.uniform(0, 2 * math.pi)
+    distance, elevation, azimuth = rng.uniform(*near_far), math.radians(rng.uniform(6, 72)), rng.uniform(0, 2 * math.pi)
     offset = distance * np.array(
         [math.cos(elevation) * math.cos(azimuth), math.cos(elevation) * math.sin(azimuth), math.sin(elevation)]
     )
@@ -481,7 +492,7 @@ def _draw_object(rng: np.random.Generator, classes: ClassSet, placed: list[Footp
 
 def draw_scene(rng: np.random.Generator, cfg: SceneConfig) -> Scene:
     """A random scene (pure numpy: no renderer needed). Draws always happen in the same order."""
-    camera, light, floor = _draw_camera(rng), _draw_light(rng), _draw_floor(rng)
+    camera, light, floor = _draw_camera(rng, cfg.distance), _draw_light(rng), _draw_floor(rng)
     count = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
     placed: list[Footprint] = []
     eye = np.asarray(camera.eye)
