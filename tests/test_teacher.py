@@ -37,12 +37,18 @@ def write_fake_scenes(root: Path, split: str, n: int, size: int = 64) -> None:
 
 @pytest.fixture(scope="module")
 def held_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Freshly rendered scenes of a split and seed no teacher trained or was scored on."""
+    """Freshly rendered scenes of a split and seed no teacher trained or was scored on, with the camera the
+    shipped teachers' scenes had (their reports record it)."""
     pytest.importorskip("pybullet")
-    from pipeline.synth.scenes import SceneConfig, render_scenes
+    from labelers.teacher import shipped_report
+    from pipeline.synth.scenes import DISTANCE, SceneConfig, render_scenes
 
+    camera = shipped_report(TASKS["depth"])["scenes"].get("camera", {})
+    distance = tuple(camera.get("distance", DISTANCE))
     root = tmp_path_factory.mktemp("scenes")
-    cfg = SceneConfig(n=HELD_OUT_SCENES, seed=HELD_OUT_SEED, size=96, split="teacher-test", workers=1)
+    cfg = SceneConfig(
+        n=HELD_OUT_SCENES, seed=HELD_OUT_SEED, size=96, split="teacher-test", distance=distance, workers=1
+    )
     render_scenes(root, cfg, quiet=True)
     return root / "teacher-test"
 
