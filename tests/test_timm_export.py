@@ -150,8 +150,9 @@ class WandbRecorder:
 
 
 @pytest.mark.slow
-def test_finetune_logs_validation_to_tensorboard(tmp_path: Path) -> None:
-    """`finetune --val` puts each validation's metrics in TensorBoard (`val/*`) beside val.jsonl."""
+def test_finetune_logs_validation_to_tensorboard_and_exports_to_timm(tmp_path: Path) -> None:
+    """`finetune --val` puts each validation's metrics in TensorBoard (`val/*`) beside val.jsonl, and its best
+    checkpoint exports as a timm classifier with its logits and class names."""
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -180,3 +181,13 @@ def test_finetune_logs_validation_to_tensorboard(tmp_path: Path) -> None:
     assert {"train/loss", "val/top1", "val/top5"} <= set(events.Tags()["scalars"])
     logged = [(e.step, e.value) for e in events.Scalars("val/top1")]
     assert logged == [(r["step"], pytest.approx(r["val"]["top1"])) for r in val] and logged
+
+    from trainer.transfer.finetune import load_finetuned
+
+    assert "a timm classifier, 10 classes" in export(tmp_path / "ft" / "checkpoint-best.pt", tmp_path / "timm")
+    model = load_finetuned(tmp_path / "ft" / "checkpoint-best.pt").eval()
+    vit = timm.create_model(f"local-dir:{tmp_path / 'timm'}", pretrained=True).eval()
+    assert vit.pretrained_cfg["label_names"] == list(model.cfg.task.classes)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(vit(x), model({"rgb": x}), atol=1e-5)
