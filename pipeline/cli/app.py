@@ -412,10 +412,11 @@ def export_cmd(
     ],
     format: Annotated[str, typer.Option(help="timm (local-dir folder) or official (MultiMAE .pth).")] = "timm",
 ) -> None:
-    """Export the encoder to timm (timm.create_model("local-dir:OUT", pretrained=True)) or the official layout."""
+    """Export to timm (timm.create_model("local-dir:OUT", pretrained=True): a fine-tuned classifier with its
+    head, else the encoder) or to the official layout."""
     from pipeline.format.schema import ConfigError
     from trainer.errors import USER_ERRORS
-    from trainer.transfer.export import encoder_state, export_official, export_timm_folder
+    from trainer.transfer.export import encoder_state, export_official, export_timm_checkpoint
 
     try:
         if format not in ("timm", "official"):
@@ -424,14 +425,14 @@ def export_cmd(
         if target.exists(folder=format == "timm"):
             raise ConfigError(f"{out} exists; export writes a new {'file' if format == 'official' else 'folder'}")
         with location(checkpoint).fetched() as weights, target.published() as local:
-            state, shape, _ = encoder_state(weights)
             if format == "timm":
-                export_timm_folder(state, shape, local)
+                held = export_timm_checkpoint(weights, local)
             else:
-                export_official(state, local)
+                held = "the official layout"
+                export_official(encoder_state(weights)[0], local)
     except (*USER_ERRORS, KeyError) as err:
         raise fail(f"cannot export {checkpoint}: {err}") from None
-    typer.echo(f"wrote {target}")
+    typer.echo(f"wrote {target}: {held}")
 
 
 def _keep_counts(keep: list[str]) -> dict[str, int]:

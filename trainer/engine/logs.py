@@ -1,5 +1,6 @@
 """Run logs on rank 0: a progress bar (loss, samples/s), metrics.jsonl (one record per step), figures, and
-TensorBoard (scalars and figures; on by default) and Weights & Biases (optional) when asked for."""
+TensorBoard (scalars and figures; on by default) and Weights & Biases (optional) when asked for: the training
+scalars (`loss/*`, `train/*`) every step, a fine-tuning run's validation metrics (`val/*`) at each validation."""
 
 from __future__ import annotations
 
@@ -51,6 +52,21 @@ class RunLog:
                 self.board.add_scalar(key, value, record["step"])
         if self.wandb is not None:
             self.wandb.log(scalars, step=record["step"])
+
+    def validation(self, step: int, result: dict[str, Any]) -> None:
+        """A validation's numbers as `val/<metric>` scalars beside the training curves (TensorBoard, wandb);
+        the whole record is the job's (val.jsonl)."""
+        if not self.enabled:
+            return
+        scalars = {
+            f"val/{k}": float(v) for k, v in result.items() if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+        if self.board is not None:
+            for key, value in scalars.items():
+                self.board.add_scalar(key, value, step)
+            self.board.flush()
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=step)
 
     def figure(self, step: int, png: bytes, image: Any) -> Path | None:
         """Save a reconstruction figure as figures/step-NNNNNNN.png (and to TensorBoard / wandb)."""

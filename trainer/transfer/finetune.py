@@ -292,6 +292,7 @@ class FinetuneJob:
             f.write(json.dumps(record) + "\n")
         if t.log is not None:
             t.log.announce(f"step {t.state.step}: " + t.model.spec.metric_text(result))
+            t.log.validation(t.state.step, result)
         if t.model.spec.improves(main, self.best):
             self.best, self.best_record = main, record
             atomic_save(payload(t.cfg, step=t.state.step, model=t.model.state_dict(), metrics=result), t.run_dir / BEST)

@@ -33,6 +33,8 @@ from torch import Tensor, nn
 
 from trainer.model.layers import layer_norm
 
+PROBE_BN_EPS = 1e-6  # the linear probe's BatchNorm (MAE's); the timm export folds it into the Linear with this eps
+
 
 def init_linears(module: nn.Module) -> None:
     """Every Linear xavier-uniform with zero bias, every LayerNorm 1 / 0 (the official MultiViT's init)."""
@@ -74,7 +76,7 @@ class ProbeHead(nn.Module):
 
     def __init__(self, dim: int, classes: int) -> None:
         super().__init__()
-        self.bn = nn.BatchNorm1d(dim, affine=False, eps=1e-6)
+        self.bn = nn.BatchNorm1d(dim, affine=False, eps=PROBE_BN_EPS)
         self.head = nn.Linear(dim, classes)
         nn.init.trunc_normal_(self.head.weight, std=0.01)
         nn.init.zeros_(self.head.bias)

@@ -57,10 +57,12 @@ def _has_inputs(names: list[str]) -> bool:
 def timm_to_multimae(state: dict[str, Tensor], rgb: str = "rgb") -> dict[str, Tensor]:
     """timm ViT keys (an export of ours) -> MultiMAE encoder keys (the inverse of `export.encoder_to_timm`)."""
     prefix = f"input_adapters.{rgb}."
-    pos = state["pos_embed"][:, 1:]  # (1, h*w, D), the class token's row dropped
+    prefix_tokens = [state[k] for k in ("cls_token", "reg_token") if k in state]  # timm's prefix = our global tokens
+    tokens = torch.cat(prefix_tokens, dim=1) if prefix_tokens else state["pos_embed"][:, :0]  # (1, G, D)
+    pos = state["pos_embed"][:, tokens.shape[1] :]  # (1, h*w, D), the prefix tokens' rows dropped
     side = int(pos.shape[1] ** 0.5)
     out = {
-        "global_tokens": state["cls_token"],
+        "global_tokens": tokens,
         prefix + "pos_emb": pos.transpose(1, 2).reshape(1, -1, side, side),
         prefix + "proj.weight": state["patch_embed.proj.weight"],
         prefix + "proj.bias": state["patch_embed.proj.bias"],
