@@ -20,6 +20,8 @@ from labelers.classes import class_table
 from pipeline.build.images import decode_upright
 from pipeline.cli.app import app
 from pipeline.format.codecs import decode_depth, decode_semseg
+from pipeline.format.contract import DatasetPaths
+from pipeline.format.ownership import BuildLock
 from pipeline.format.stores import location
 from pipeline.synth import rectangles
 from tests.conftest import bad_image_bytes, gradient
@@ -261,6 +263,11 @@ def test_out_must_be_new_empty_or_ours(ckpts: dict[str, Path], images: Path, tmp
     assert error_line(mmforge("predict", ckpt, str(images), str(other))) == (
         f"error: OUT {other} holds the predictions of another checkpoint (elsewhere.pt); choose a new folder"
     )
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    with BuildLock(DatasetPaths(busy), "mmforge predict (the other run)"):
+        line = error_line(mmforge("predict", ckpt, str(images), str(busy)))
+    assert line.startswith(f"error: output {busy} is being built by another process") and "the other run" in line
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
     if not _is_root():  # root writes anywhere

@@ -22,7 +22,8 @@ writer (`WRITERS`):
 ITEM is the image's path below the input folder (`a/b.jpg` -> `maps/a/b.jpg.depth.png`) or SHARD/KEY of a dataset.
 
 OUT is new, empty, or an output of `predict` (its marker `mmforge-predict.json`, which also records the checkpoint
-by sha256, the task, the classes and how to read every file); another checkpoint's output is refused. Every file
+by sha256, the task, the classes and how to read every file); another checkpoint's output is refused, and one run
+at a time writes it (the one-writer lock of `pipeline.format.ownership`, naming the other run). Every file
 is written under a temp name and renamed, so a rerun skips exactly the items whose files all exist (`kept`). An
 input that cannot be read or decoded is a failure with its reason in `failures.jsonl` (rewritten at the end of
 each run: failures are tried again by a rerun), never a crash. Every check of the options, the checkpoint, the
@@ -56,7 +57,8 @@ from pipeline.build.plan import walk_source
 from pipeline.build.recipe import DEFAULT_EXTENSIONS, ImageConfig
 from pipeline.format import fs
 from pipeline.format.codecs import CODECS, DEPTH_LEVELS, encode_depth, encode_semseg
-from pipeline.format.contract import MARKER, TOOL
+from pipeline.format.contract import LOCK, MARKER, TOOL, DatasetPaths
+from pipeline.format.ownership import BuildLock
 from pipeline.format.samples import read_samples
 from pipeline.format.stores import Location, location
 from pipeline.pictures.figures import class_colours, class_legend, colorbar, colormap, png_bytes, stack
@@ -403,7 +405,7 @@ def check_out(out: Path, source: Location, record: dict[str, Any]) -> None:
     existing = out if out.is_dir() else next(p for p in out.absolute().parents if p.exists())
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"OUT {out}: {existing} cannot be written")
-    entries = sorted(p.name for p in out.iterdir() if not fs.is_temp(p)) if out.is_dir() else []
+    entries = sorted(p.name for p in out.iterdir() if not fs.is_temp(p) and p.name != LOCK) if out.is_dir() else []
     if not entries:
         return
     if PREDICT_MARKER not in entries:
@@ -497,19 +499,20 @@ def predict(
     record = marker_record(checkpoint, source or str(checkpoint), cfg, classes, output)
     check_out(out, inputs, record)
     out.mkdir(parents=True, exist_ok=True)
-    _remove_temps(out)
-    fs.write_json_atomic(out / PREDICT_MARKER, record)
-    writer = WRITERS[output](out, cfg.task.name, classes)
-    model = build_finetuned(ckpt, cfg, model_classes, where)
-    bar = tqdm(total=src.total, unit="img", desc="predict", disable=quiet, file=sys.stderr, dynamic_ncols=True)
-    tally, predicted = Tally(bar), 0
-    with bar:
-        for chunk in _batches(src.items(lambda name: _kept(writer, name, tally), tally), batch):
-            predicted += _forward(model, chunk, writer, where)
-            bar.update(len(chunk))
-            bar.set_postfix_str(f"kept {tally.kept}, failed {len(tally.failures)}", refresh=False)
-    writer.finish()
-    fs.write_bytes_atomic(out / FAILURES, "".join(json.dumps(f) + "\n" for f in tally.failures).encode())
+    with BuildLock(DatasetPaths(out)):  # one writer per OUT; another run's pid, host and command named
+        _remove_temps(out)
+        fs.write_json_atomic(out / PREDICT_MARKER, record)
+        writer = WRITERS[output](out, cfg.task.name, classes)
+        model = build_finetuned(ckpt, cfg, model_classes, where)
+        bar = tqdm(total=src.total, unit="img", desc="predict", disable=quiet, file=sys.stderr, dynamic_ncols=True)
+        tally, predicted = Tally(bar), 0
+        with bar:
+            for chunk in _batches(src.items(lambda name: _kept(writer, name, tally), tally), batch):
+                predicted += _forward(model, chunk, writer, where)
+                bar.update(len(chunk))
+                bar.set_postfix_str(f"kept {tally.kept}, failed {len(tally.failures)}", refresh=False)
+        writer.finish()
+        fs.write_bytes_atomic(out / FAILURES, "".join(json.dumps(f) + "\n" for f in tally.failures).encode())
     return PredictSummary(out=out, task=cfg.task.name, predicted=predicted, kept=tally.kept, failed=len(tally.failures))
 
 
