@@ -493,7 +493,11 @@ def predict(
     ckpt, cfg, model_classes = read_finetuned(checkpoint, use="predict")
     output = transfer_task(cfg.task.name).output
     if output not in WRITERS:
-        raise ConfigError(f"{checkpoint}: the {cfg.task.name} task's predictions have no files to be written as")
+        kinds = ", ".join(WRITERS)
+        raise ConfigError(
+            f"{checkpoint}: predict writes no files for the {cfg.task.name} task (its registry entry's output is "
+            f"{output!r}, not one of {kinds})"
+        )
     classes = Classes.of(model_classes.count, cfg.task.classes)
     src = open_source(inputs, cfg)
     record = marker_record(checkpoint, source or str(checkpoint), cfg, classes, output)
