@@ -37,6 +37,10 @@ def test_convert_weights_options_are_pinned():
     assert params("convert-weights") == {"src", "dst"}
 
 
+def test_predict_options_are_pinned():
+    assert params("predict") == {"checkpoint", "inputs", "out", "device", "batch_size", "quiet"}
+
+
 def run(*args: str):
     return runner.invoke(app, ["build-dataset", *args])
 

@@ -117,6 +117,14 @@ def _check_header(f: object, max_pixels: int) -> None:
         raise Image.DecompressionBombError(f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
 
 
+def decode_upright(data: bytes, *, max_pixels: int) -> np.ndarray:
+    """uint8 H x W x 3: the image upright (EXIF orientation applied) at its own size, by the rules of
+    `decode_image` but without its JPEG round trip (`mmforge predict` reads images this way)."""
+    im = _open_checked(data, max_pixels)
+    tag = im.getexif().get(_ORIENTATION, 1)
+    return _to_rgb((ImageOps.exif_transpose(im) or im) if tag != 1 else im)
+
+
 def decode_image(data: bytes, *, max_pixels: int, max_side: int = 0, jpeg_quality: int = 95) -> DecodedImage:
     im = _open_checked(data, max_pixels)
     fmt, mode, size = im.format or "?", im.mode, im.size

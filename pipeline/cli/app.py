@@ -394,6 +394,49 @@ def evaluate_cmd(
     typer.echo(f"{result.task} on {data}: {result.metrics_text()}")
 
 
+@app.command("predict")
+def predict_cmd(
+    checkpoint: Annotated[
+        str,
+        typer.Argument(
+            parser=location, metavar="CHECKPOINT", help="A fine-tuning checkpoint (checkpoint-best.pt, ...)."
+        ),
+    ],
+    inputs: Annotated[
+        str,
+        typer.Argument(
+            parser=location,
+            metavar="IMAGES_OR_SHARDS",
+            help="A folder or store prefix of images (recursive), or a dataset (its shards).",
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Argument(
+            parser=local_location, metavar="OUT", help="New or empty folder, or an earlier predict output to resume."
+        ),
+    ],
+    device: Annotated[str, typer.Option(help="auto (GPU when present), cpu, cuda or cuda:N.")] = "cpu",
+    batch_size: Annotated[int, typer.Option(help="Images per forward.")] = 16,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """The model's predictions for every image, at the image's own size: depth (16-bit PNG, millimetres) or class
+    maps (class-id PNG), each with a coloured picture, or a CSV of the top-5 classes. Rerun to resume."""
+    from trainer.errors import USER_ERRORS
+    from trainer.transfer.finetune import check_evaluate_options
+    from trainer.transfer.predict import predict
+
+    try:
+        check_evaluate_options(device, None, batch_size)  # before a checkpoint on a store is fetched
+        with location(checkpoint).fetched() as weights:
+            result = predict(weights, location(inputs), out, device, batch_size, source=str(checkpoint), quiet=quiet)
+    except USER_ERRORS as err:
+        raise fail(str(err)) from None
+    typer.echo(result.text())
+    if result.failed:
+        raise typer.Exit(1)
+
+
 @app.command("export")
 def export_cmd(
     checkpoint: Annotated[

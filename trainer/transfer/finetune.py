@@ -350,10 +350,11 @@ class EvalResult:
         return transfer_task(self.task).metric_text(self.metrics)
 
 
-def read_finetuned(path: Path) -> tuple[Checkpoint, FinetuneConfig, ModelClasses]:
+def read_finetuned(path: Path, use: str = "evaluate") -> tuple[Checkpoint, FinetuneConfig, ModelClasses]:
     """A fine-tuning checkpoint of ours (`checkpoint-*.pt`, `checkpoint-best.pt`): the checkpoint, its config and
-    the classes its head predicts (their count from the head, their names from the config); no model built."""
-    ckpt = read_checkpoint(path).require("finetune-run", use="evaluate")
+    the classes its head predicts (their count from the head, their names from the config); no model built.
+    `use`: the command named when the checkpoint is of another kind."""
+    ckpt = read_checkpoint(path).require("finetune-run", use=use)
     cfg = ckpt.config
     assert isinstance(cfg, FinetuneConfig)  # what a fine-tuning checkpoint holds
     key = _class_key(cfg)

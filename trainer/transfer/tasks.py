@@ -181,6 +181,8 @@ class TransferTask:
     config_problems: the task's rules on its config. recipe, probe_recipe: the run config `finetune` (`probe`) reads
     when given no `--config`, a shipped name (`trainer/configs`) or a TOML path; None: the command asks for one. units:
     each metric's unit as printed (`PERCENT`, `COUNT`, or any text; a metric without one is printed as a bare number).
+    output: what the model's output is for `mmforge predict` (`trainer.transfer.predict`): "scores" (class scores per
+    image), "class_map" (class scores per pixel) or "value_map" (one value per pixel); None: the task is not predicted.
     """
 
     name: str
@@ -206,6 +208,7 @@ class TransferTask:
     recipe: str | None = None
     probe_recipe: str | None = None
     units: Mapping[str, str] = field(default_factory=dict)
+    output: str | None = None
 
     def __post_init__(self) -> None:
         if (self.class_count is None) != (self.class_tensor is None):
@@ -393,6 +396,7 @@ _BUILT_IN = (
         probe=probe_head,
         recipe="finetune-in1k-cls",
         units={"top1": PERCENT, "top5": PERCENT, "samples": COUNT},
+        output="scores",
     ),
     TransferTask(
         name="semseg",
@@ -412,6 +416,7 @@ _BUILT_IN = (
         probe=dense_probe_head,
         recipe="finetune-ade20k-semseg",
         units={"miou": PERCENT, "mean_acc": PERCENT, "pixel_acc": PERCENT, "classes_present": COUNT},
+        output="class_map",
     ),
     TransferTask(
         name="depth",
@@ -430,6 +435,7 @@ _BUILT_IN = (
         config_problems=dpt_problems,
         recipe="finetune-nyuv2-depth",
         units={"delta1": PERCENT, "delta2": PERCENT, "delta3": PERCENT, "pixels": COUNT},
+        output="value_map",
     ),
 )
 
