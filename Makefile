@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export PYTHONDONTWRITEBYTECODE := 1
 export PATH := $(abspath $(VENV))/bin:$(PATH)
+# the demo: rendered scenes, labelled by the shipped teachers, and the pretraining steps (of 64) on them
+DEMO_SCENES ?= 1000
+DEMO_STEPS ?= 300
 
 .PHONY: install demo test test-fast lint format bench clean
 
@@ -18,12 +21,13 @@ install: $(VENV)/.installed
 
 demo: install
 	test -f out/demo/mmforge.json || rm -rf out/demo  # a demo folder of format 1 (before the marker) is not reused
-	$(BIN)/mmforge build-dataset examples/images out/demo --recipe manifests/demo.toml --overwrite
+	$(BIN)/mmforge scenes out/demo-scenes --n $(DEMO_SCENES) --seed 0 --size 96 --distance 1.0:1.8 --split train --quiet
+	$(BIN)/mmforge build-dataset out/demo-scenes/train/rgb out/demo --recipe scenes-teacher --executor local --overwrite --quiet
 	$(BIN)/mmforge verify out/demo --deep
 	rm -rf out/demo-run
-	$(BIN)/mmforge pretrain --data out/demo --config trainer/configs/smoke.toml --out out/demo-run --device cpu --steps 20
+	$(BIN)/mmforge pretrain --data out/demo --config scenes-pretrain --out out/demo-run --device cpu --steps $(DEMO_STEPS) --set train.progress=true
 	$(BIN)/mmforge preview out/demo --n 6 --out out/demo-preview.png --html out/demo-report
-	$(BIN)/mmforge reconstruct out/demo-run/checkpoint-last.pt --sample out/demo:train-000000/00000000000 --out out/demo-reconstruction.png
+	$(BIN)/mmforge reconstruct out/demo-run/checkpoint-last.pt --sample out/demo:train-000000/00000000269 --out out/demo-reconstruction.png
 
 lint: install
 	$(BIN)/ruff check pipeline labelers trainer tests benchmarks
