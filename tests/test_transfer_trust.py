@@ -145,6 +145,7 @@ def no_compute(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("evaluated before every check was made")
 
     monkeypatch.setattr("trainer.transfer.finetune.evaluate_model", refuse)
+    monkeypatch.setattr("trainer.transfer.finetune.score_split", refuse)
 
 
 # ------------------------------------------------------------------------------------------------ class ids by name

@@ -176,6 +176,13 @@ def transfer_task_names() -> tuple[str, ...]:
     return tuple(_transfer_tasks())
 
 
+def eval_protocol_names() -> tuple[str, ...]:
+    """The evaluation protocols (`trainer.transfer.protocols`), read when a config is checked."""
+    from trainer.transfer.protocols import EVAL_PROTOCOLS
+
+    return tuple(EVAL_PROTOCOLS)
+
+
 def _transfer_tasks() -> Mapping[str, TransferTask]:
     from trainer.transfer.tasks import TRANSFER_TASKS
 
@@ -212,6 +219,8 @@ class TaskConfig:
     depth_scale: float = setting(1.0, gt=0)  # depth target = decoded value x depth_scale (0.001: mm -> m)
     depth_loss: str = setting("berhu", choices=("berhu", "l1"))  # over valid pixels: berHu or the masked L1
     eval_every: int = setting(0, ge=0)  # evaluate on --val every N steps (0: at the end only)
+    # how validation (and `evaluate`, unless --protocol) places an image: `trainer.transfer.protocols`
+    eval_protocol: str = setting("center", choices=eval_protocol_names)
 
     @property
     def frozen(self) -> bool:

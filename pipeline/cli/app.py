@@ -377,21 +377,32 @@ def evaluate_cmd(
     ] = None,
     device: Annotated[str, typer.Option(help="auto (GPU when present), cpu, cuda or cuda:N.")] = "cpu",
     batch_size: Annotated[int, typer.Option(help="Samples per forward.")] = 16,
+    protocol: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME",
+            help="How each image is placed: center, pad, slide (at the model's size) or the official ade20k, "
+            "nyuv2-semseg, nyuv2-depth, imagenet (default: the checkpoint's task.eval_protocol).",
+        ),
+    ] = None,
 ) -> None:
-    """The task's metrics over a whole split: top-1/top-5, mIoU/pixel accuracy, or delta1-3/RMSE/AbsRel. The
-    split's classes are mapped onto the model's by name; every check comes before the first forward."""
+    """The task's metrics over a whole split: top-1/top-5, mIoU/pixel accuracy, or delta1-3/RMSE/AbsRel, under
+    an evaluation protocol (recorded in --json, with per-class values and a confusion matrix file beside it).
+    The split's classes are mapped onto the model's by name; every check comes before the first forward."""
     from trainer.errors import USER_ERRORS
     from trainer.transfer.finetune import check_evaluate_options, evaluate
 
     try:
-        check_evaluate_options(device, json_path, batch_size)  # before a checkpoint on a store is fetched
+        check_evaluate_options(device, json_path, batch_size, protocol)  # before a checkpoint is fetched
         with location(checkpoint).fetched() as weights:
-            result = evaluate(weights, location(data), json_path, device, batch_size, source=str(checkpoint))
+            result = evaluate(
+                weights, location(data), json_path, device, batch_size, source=str(checkpoint), protocol=protocol
+            )
     except USER_ERRORS as err:
         raise fail(str(err)) from None
     for note in result.notes:
         typer.echo(f"note: {note}", err=True)
-    typer.echo(f"{result.task} on {data}: {result.metrics_text()}")
+    typer.echo(f"{result.task} on {data}: {result.metrics_text()} (protocol {result.protocol})")
 
 
 @app.command("predict")

@@ -72,7 +72,8 @@ class Modality:
     compact form (`trainer.data.batch_resize`), both or neither: to_packed, a decoded window -> the H x W (x C)
     array a worker hands over (a view where it can be, integers where the values are); from_packed, on the
     training device, those values as a tensor of any shape -> `to_tensor`'s values, element by element (the
-    same float operations, so the same numbers). Neither: the worker packs `to_tensor`'s tensor.
+    same float operations, so the same numbers). Neither: the worker packs `to_tensor`'s tensor. pad: the
+    `to_tensor` value of pixels outside the image where an evaluation pads it (rgb: 128, the official one's).
     """
 
     name: str
@@ -87,6 +88,7 @@ class Modality:
     finish_batch: Callable[[Tensor], Tensor] | None = None
     to_packed: Callable[[np.ndarray], np.ndarray] | None = None
     from_packed: Callable[[Tensor], Tensor] | None = None
+    pad: float = 0.0
 
     def __post_init__(self) -> None:
         if (self.to_packed is None) != (self.from_packed is None):
@@ -230,6 +232,7 @@ _MODALITIES = (
         interpolation="bilinear",
         to_tensor=_rgb_to_tensor,
         finish=_rgb_finish,
+        pad=128.0,
         finish_batch=_rgb_finish,
         build_input=patch_input,
         to_packed=_as_decoded,

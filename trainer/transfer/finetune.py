@@ -3,11 +3,14 @@ loop of `trainer.train` (DDP, step-exact resume, atomic checkpoints, non-finite 
 
 Data are shards too: the inputs (`model.inputs`) and the task's target member (`.cls`, a class map, a depth
 map: the task's registry entry, `trainer.transfer.tasks`, names it and prepares it), with the pretraining
-loader's shared crop and flip for training and a centre square crop for evaluation. The built-in map targets
+loader's shared crop and flip for training; evaluation places each image by the run's evaluation protocol
+(`task.eval_protocol`, `evaluate --protocol`: `trainer.transfer.protocols`). The built-in map targets
 are resampled with nearest-exact (class maps and depth alike: no label is blended with an invalid pixel);
 depth targets are the decoded values (the sample json's encoding) x `task.depth_scale`, 0 = invalid.
 Evaluation runs over the whole split on rank 0 (`metrics.py`: summed over the split, not averaged over
-batches); `checkpoint-best.pt` keeps the best main metric (top-1, mIoU, delta1: the task's).
+batches); `checkpoint-best.pt` keeps the best main metric (top-1, mIoU, delta1: the task's). `evaluate --json`
+records the protocol, the samples scored and, for tasks with per-class metrics, each class's IoU and accuracy
+by name, with the confusion matrix beside it (`<json stem>.confusion.csv`).
 
 Class ids follow names (`trainer.transfer.classes`): a run records the names of the classes it learns in its
 config (`task.classes`, in every checkpoint), and every split it reads is mapped onto them by name. Every
@@ -17,9 +20,12 @@ check runs before the first step (`finetune`: the training split and `--val`) or
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import logging
+import math
 import os
 import tarfile
 from collections.abc import Iterator
@@ -35,7 +41,7 @@ from pipeline.format import fs
 from pipeline.format.codecs import CODECS, decode_member
 from pipeline.format.samples import Sample, read_samples
 from pipeline.format.stores import Location
-from trainer.data.augment import Crop, augment, center_square, sample_crop
+from trainer.data.augment import View, place_arrays, sample_crop
 from trainer.data.dataset import DatasetInfo, load_dataset
 from trainer.data.loader import EpochPlan, ShardStream, check_arrays, decode_modalities
 from trainer.engine.checkpoint import Checkpoint, atomic_save, first_sentence, payload, read_checkpoint
@@ -56,7 +62,8 @@ from trainer.transfer.classes import (
 from trainer.transfer.config import FinetuneConfig
 from trainer.transfer.init_weights import initialise
 from trainer.transfer.model import FinetuneObjective, MultiViT, make_mixup, predict
-from trainer.transfer.tasks import TargetSample, TransferTask, transfer_task
+from trainer.transfer.protocols import EVAL_PROTOCOLS, SLIDE, EvalProtocol, eval_protocol, slide
+from trainer.transfer.tasks import Metrics, PerClassMetrics, TargetSample, TransferTask, transfer_task
 
 log = logging.getLogger(__name__)
 BEST = "checkpoint-best.pt"
@@ -101,28 +108,36 @@ def split_ids(info: DatasetInfo, cfg: FinetuneConfig, model: ModelClasses) -> tu
 # ------------------------------------------------------------------------------------------------ data
 
 
-def _target(sample: Sample, spec: TransferTask, cfg: FinetuneConfig, crop: Crop) -> Tensor:
-    """The task's member, decoded by its codec and prepared as the task says."""
+def _target(sample: Sample, spec: TransferTask, cfg: FinetuneConfig, view: View) -> Tensor:
+    """The task's member, decoded by its codec and prepared as the task says, where the inputs landed."""
     suffix = CODECS[spec.codec].suffix
     value = decode_member(suffix, sample[suffix])
-    size = cfg.model.image_size
+    size, crop = cfg.model.image_size, view.crop
     return spec.prepare_target(
-        TargetSample(member=spec.target, value=value, sample=sample, crop=crop, size=size, task=cfg.task)
+        TargetSample(member=spec.target, value=value, sample=sample, crop=crop, size=size, task=cfg.task, view=view)
     )
 
 
 def decode_sample(
-    sample: Sample, cfg: FinetuneConfig, num_classes: int, rng: Any, ids: ClassIds | None = None
+    sample: Sample,
+    cfg: FinetuneConfig,
+    num_classes: int,
+    rng: Any,
+    ids: ClassIds | None = None,
+    protocol: EvalProtocol | None = None,
 ) -> dict[str, Tensor]:
-    """Raw sample -> the inputs (shared crop and flip when `rng`, else the centre square) and the target (its
-    class ids translated to the model's by `ids`, when given)."""
+    """Raw sample -> the inputs (shared crop and flip when `rng`, else placed by `protocol`, by default the
+    config's `task.eval_protocol`) and the target (its class ids translated to the model's by `ids`, when given)."""
     arrays = decode_modalities(sample, cfg.model.inputs)
     h, w = check_arrays(arrays, cfg.model)
-    d = cfg.data
-    crop = sample_crop(h, w, rng, d.crop_scale, d.crop_ratio, d.hflip) if rng is not None else center_square(h, w)
-    out = augment(arrays, crop, cfg.model.image_size)
+    d, size = cfg.data, cfg.model.image_size
+    if rng is not None:
+        view = View.square(sample_crop(h, w, rng, d.crop_scale, d.crop_ratio, d.hflip), size)
+    else:
+        view = (protocol or eval_protocol(cfg.task.eval_protocol)).view(h, w, size)
+    out = place_arrays(arrays, view)
     spec = transfer_task(cfg.task.name)
-    target = _target(sample, spec, cfg, crop)
+    target = _target(sample, spec, cfg, view)
     if ids is not None:
         target = ids.apply(target)
     if spec.has_classes and target.numel():
@@ -148,16 +163,24 @@ _UNREADABLE = (KeyError, ValueError, OSError, EOFError, tarfile.TarError)  # a s
 
 
 def eval_batches(
-    info: DatasetInfo, cfg: FinetuneConfig, num_classes: int, batch: int, ids: ClassIds | None = None
+    info: DatasetInfo,
+    cfg: FinetuneConfig,
+    num_classes: int,
+    batch: int,
+    ids: ClassIds | None = None,
+    protocol: EvalProtocol | None = None,
 ) -> Iterator[dict[str, Tensor]]:
-    """Every sample of every shard once, in order, centre-cropped (the last batch may be smaller). Every sample
-    counts: one that cannot be read or decoded is a DataError of one line, never skipped."""
+    """Every sample of every shard once, in order, placed by `protocol` (default: the config's; the last batch
+    may be smaller; a sliding window's: one image a batch, images differ in size). Every sample counts: one
+    that cannot be read or decoded is a DataError of one line, never skipped."""
+    protocol = protocol or eval_protocol(cfg.task.eval_protocol)
+    batch = 1 if protocol.layout == SLIDE else batch
     items: list[dict[str, Tensor]] = []
     for shard in info.shards:
         try:
             for key, sample in read_samples(shard.path):
                 try:
-                    items.append(decode_sample(sample, cfg, num_classes, None, ids))
+                    items.append(decode_sample(sample, cfg, num_classes, None, ids, protocol))
                 except _UNREADABLE as err:
                     raise _unreadable(info, f"shard {shard.name}, sample {key}", err) from None
                 if len(items) == batch:
@@ -176,21 +199,56 @@ def _unreadable(info: DatasetInfo, where: str, err: Exception) -> DataError:
     )
 
 
-def evaluate_model(
-    model: MultiViT, info: DatasetInfo, batch: int, device: torch.device, ids: ClassIds | None = None
-) -> dict[str, float]:
-    """The task's metrics over the whole split (its class ids translated to the model's by `ids`)."""
+@dataclass(frozen=True, kw_only=True)
+class Scored:
+    """A split scored under one protocol: the task's metrics object (summed over the split) and its samples."""
+
+    metric: Metrics
+    samples: int
+    protocol: EvalProtocol
+
+
+def score_split(
+    model: MultiViT,
+    info: DatasetInfo,
+    batch: int,
+    device: torch.device,
+    ids: ClassIds | None = None,
+    protocol: EvalProtocol | None = None,
+) -> Scored:
+    """The task's metrics over every sample of the split (class ids translated to the model's by `ids`), each
+    image placed by `protocol` (default: the model config's `task.eval_protocol`)."""
     cfg, spec = model.cfg, model.spec
-    metric = spec.metrics(model.num_classes, cfg.task)
+    protocol = protocol or eval_protocol(cfg.task.eval_protocol)
+    metric, samples = spec.metrics(model.num_classes, cfg.task), 0
     was_training = model.training
     model.eval()
     try:
-        for b in eval_batches(info, cfg, model.num_classes, batch, ids):
+        for b in eval_batches(info, cfg, model.num_classes, batch, ids, protocol):
             b = {k: v.to(device) for k, v in b.items()}
-            metric.update(predict(model, b).cpu(), b[spec.target].cpu())
+            metric.update(predict_placed(model, b, protocol).cpu(), b[spec.target].cpu())
+            samples += int(b[spec.target].shape[0])
     finally:
         model.train(was_training)
-    return metric.result()
+    return Scored(metric=metric, samples=samples, protocol=protocol)
+
+
+def predict_placed(model: MultiViT, batch: dict[str, Tensor], protocol: EvalProtocol) -> Tensor:
+    """`predict`, or under a sliding window the outputs of the windows averaged, then the task's prediction."""
+    if protocol.layout != SLIDE:
+        return predict(model, batch)
+    inputs = {n: batch[n] for n in model.cfg.model.inputs}
+    strides = {n: MODALITIES[n].stride for n in inputs}
+    with torch.no_grad():
+        out = slide(lambda x: model(x).float(), inputs, strides, protocol.side_for(model.cfg.model.image_size))
+    return model.spec.predict(out)
+
+
+def evaluate_model(
+    model: MultiViT, info: DatasetInfo, batch: int, device: torch.device, ids: ClassIds | None = None
+) -> dict[str, float]:
+    """The task's metrics over the whole split under the model config's protocol (`task.eval_protocol`)."""
+    return score_split(model, info, batch, device, ids).metric.result()
 
 
 # ------------------------------------------------------------------------------------------------ the job
@@ -205,7 +263,7 @@ class FinetuneJob:
     verb: str = "fine-tuned"
     export_label: str = "best checkpoint"
     best: float | None = None  # the best value of the main validation metric so far
-    best_record: dict[str, Any] | None = None  # {"step", "val"} of the best validation so far
+    best_record: dict[str, Any] | None = None  # {"step", "val", "protocol"} of the best validation so far
     train_ids: ClassIds | None = None  # the training split's class ids -> the model's
     val_ids: ClassIds | None = None  # the validation split's
 
@@ -287,7 +345,7 @@ class FinetuneJob:
         assert isinstance(t.model, MultiViT)
         result = evaluate_model(t.model, self.val_info, t.cfg.data.batch_size, t.dist.device, self.val_ids)
         main = result[t.model.spec.main_metric]
-        record = {"step": t.state.step, "val": result}
+        record = {"step": t.state.step, "val": result, "protocol": t.cfg.task.eval_protocol}
         with (t.run_dir / "val.jsonl").open("a") as f:
             f.write(json.dumps(record) + "\n")
         if t.log is not None:
@@ -344,6 +402,8 @@ class EvalResult:
     data: Location
     task: str
     metrics: dict[str, float]
+    protocol: str = "center"
+    samples: int = 0  # every sample of the split
     notes: tuple[str, ...] = ()  # what a person should know about the numbers (ids taken by position)
 
     def metrics_text(self) -> str:
@@ -393,33 +453,89 @@ def evaluate(
     device: str = "cpu",
     batch: int = 16,
     source: str | None = None,
+    protocol: str | None = None,
 ) -> EvalResult:
-    """The task's metrics of `checkpoint` over `data`; `source`: where the checkpoint came from, for the JSON
-    record (a store URL, when `checkpoint` is its local copy). Every check comes before the first forward, as
-    `finetune`'s before its first step: the options (`check_evaluate_options`), the checkpoint's kind, the
-    split's members and classes (mapped onto the model's by name)."""
-    where = check_evaluate_options(device, json_path, batch)
+    """The task's metrics of `checkpoint` over `data`, each image placed by `protocol` (None: the checkpoint's
+    `task.eval_protocol`); `source`: where the checkpoint came from, for the JSON record (a store URL, when
+    `checkpoint` is its local copy). Every check comes before the first forward, as `finetune`'s before its
+    first step: the options (`check_evaluate_options`), the checkpoint's kind, the split's members and classes
+    (mapped onto the model's by name)."""
+    where = check_evaluate_options(device, json_path, batch, protocol)
     ckpt, cfg, classes = read_finetuned(checkpoint)
     info = load_dataset(data)
     require_members(info, cfg)
     ids, note = split_ids(info, cfg, classes)
     model = build_finetuned(ckpt, cfg, classes, where)
-    metrics = evaluate_model(model, info, batch, where, ids)
-    notes = (note,) if note else ()
-    result = EvalResult(checkpoint=checkpoint, data=data, task=cfg.task.name, metrics=metrics, notes=notes)
+    scored = score_split(model, info, batch, where, ids, eval_protocol(protocol or cfg.task.eval_protocol))
+    metrics, notes = scored.metric.result(), (note,) if note else ()
+    result = EvalResult(
+        checkpoint=checkpoint,
+        data=data,
+        task=cfg.task.name,
+        metrics=metrics,
+        protocol=scored.protocol.name,
+        samples=scored.samples,
+        notes=notes,
+    )
     if json_path is not None:
-        units = {k: u for k, u in transfer_task(cfg.task.name).units.items() if k in metrics}
-        doc = {"checkpoint": source or str(checkpoint), "data": str(data), "task": result.task, "metrics": metrics}
-        fs.write_json_atomic(Path(json_path), doc | {"units": units, "notes": list(notes)})
+        write_metrics(Path(json_path), result, scored, cfg, source or str(checkpoint))
     return result
 
 
-def check_evaluate_options(device: str, json_path: Path | None, batch: int) -> torch.device:
+def write_metrics(path: Path, result: EvalResult, scored: Scored, cfg: FinetuneConfig, source: str) -> None:
+    """The metrics JSON: checkpoint, data, task, protocol, samples, metrics with units, notes; per class (by the
+    checkpoint's class names, NaN as null) and the confusion matrix file beside it, for tasks that have them."""
+    units = {k: u for k, u in transfer_task(result.task).units.items() if k in result.metrics}
+    doc: dict[str, Any] = {
+        "checkpoint": source,
+        "data": str(result.data),
+        "task": result.task,
+        "protocol": scored.protocol.record(cfg.model.image_size),
+        "samples": result.samples,
+        "metrics": result.metrics,
+        "units": units,
+        "notes": list(result.notes),
+    }
+    if isinstance(scored.metric, PerClassMetrics):
+        names = class_labels(cfg.task.classes, scored.metric.confusion.shape[0])
+        per = {k: v.tolist() for k, v in scored.metric.per_class().items()}
+        doc["per_class"] = [{"class": n} | {k: _percent(v[i]) for k, v in per.items()} for i, n in enumerate(names)]
+        doc["units"] = units | {f"per_class.{k}": "%" for k in per}
+        confusion = path.with_name(f"{path.stem}.confusion.csv")
+        fs.write_bytes_atomic(confusion, confusion_csv(scored.metric.confusion, names))
+        doc["confusion"] = confusion.name
+    fs.write_json_atomic(path, doc)
+
+
+def class_labels(names: tuple[str, ...], count: int) -> list[str]:
+    """The name of each class id: the checkpoint's `task.classes`, `class N` for an id it does not name."""
+    return [names[i] if i < len(names) else f"class {i}" for i in range(count)]
+
+
+def _percent(value: float) -> float | None:
+    return None if math.isnan(value) else 100.0 * value
+
+
+def confusion_csv(confusion: Tensor, names: list[str]) -> bytes:
+    """Pixels counted by target class (rows) and predicted class (columns), both labelled by name."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["target \\ prediction", *names])
+    for name, row in zip(names, confusion.long().tolist(), strict=True):
+        writer.writerow([name, *row])
+    return out.getvalue().encode()
+
+
+def check_evaluate_options(
+    device: str, json_path: Path | None, batch: int, protocol: str | None = None
+) -> torch.device:
     """`evaluate`'s options, each a ConfigError of one line: the device ("auto" included; CUDA present), the
-    JSON file's folder (present and writable), the batch size; the device is returned."""
+    JSON file's folder (present and writable), the batch size, the protocol's name; the device is returned."""
     where = pick_device(str(device), 0)
     if batch < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch}")
+    if protocol is not None and protocol not in EVAL_PROTOCOLS:
+        raise ConfigError(f"--protocol {protocol!r}: known protocols are {', '.join(EVAL_PROTOCOLS)}")
     if json_path is not None:
         path = Path(json_path)
         if path.is_dir():

@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from labelers.plugins import load_entry_points
 from pipeline.format.codecs import CODECS, decode_member, dequantize_depth
 from pipeline.format.contract import Manifest
-from trainer.data.augment import Crop, resample
+from trainer.data.augment import Crop, View
 from trainer.errors import DataError
 from trainer.model.losses import berhu, valid_l1
 from trainer.model.modalities import MODALITIES, ModelShape
@@ -113,6 +113,16 @@ class Metrics(Protocol):
     def result(self) -> dict[str, float]: ...
 
 
+@runtime_checkable
+class PerClassMetrics(Protocol):
+    """Metrics with a class table too (`evaluate --json` writes it): per-class values by id, (K,) each (NaN
+    where undefined), and the confusion matrix (K, K), rows target, columns prediction."""
+
+    confusion: Tensor
+
+    def per_class(self) -> dict[str, Tensor]: ...
+
+
 @dataclass(frozen=True, kw_only=True)
 class MainInput:
     """Where the main input (`task.main_input`) sits in the encoder's output."""
@@ -144,8 +154,14 @@ class TargetSample:
     value: Any  # the member as its codec decodes it
     sample: Mapping[str, bytes]  # the whole raw sample (its json member holds the encodings)
     crop: Crop  # the inputs' crop (and flip)
-    size: int  # the model's image size: the side the crop is resampled to
+    size: int  # the model's image size: the side the crop is resampled to in training
     task: TaskSettings
+    view: View | None = None  # where the inputs landed (an evaluation protocol's); None: the crop at `size`
+
+    def place(self, x: Tensor, mode: str, fill: float) -> Tensor:
+        """(C, H, W) -> the target where the inputs are: cropped, resized and flipped as they were, and padded
+        with `fill` (a value the task's metrics ignore) where an evaluation protocol pads them."""
+        return (self.view or View.square(self.crop, self.size)).place(x, mode, fill)
 
 
 HeadFactory = Callable[[FinetuneShape, int], nn.Module]  # (config, classes) -> head
@@ -247,17 +263,17 @@ def class_index(s: TargetSample) -> Tensor:
 
 
 def class_map(s: TargetSample) -> Tensor:
-    """Class ids resampled nearest-exact (no label is blended): (size, size) long."""
+    """Class ids resampled nearest-exact (no label is blended), padding the ignore id: (h, w) long."""
     ids = torch.from_numpy(np.array(s.value, dtype=np.uint8)).float().unsqueeze(0)
-    return resample(ids, s.crop, s.size, "nearest-exact")[0].long()
+    return s.place(ids, "nearest-exact", s.task.ignore_id)[0].long()
 
 
 def metric_depth(s: TargetSample) -> Tensor:
-    """The decoded depth (the sample json's encoding) x `task.depth_scale`, nearest-exact, 0 = invalid."""
+    """The decoded depth (the sample json's encoding) x `task.depth_scale`, nearest-exact, 0 = invalid (padding)."""
     raw, meta = s.value, decode_member(JSON, s.sample[JSON])
     values = dequantize_depth(raw, meta[s.member]) * s.task.depth_scale if s.member in meta else raw.astype(np.float32)
     depth = torch.from_numpy(np.asarray(values, dtype=np.float32)).unsqueeze(0)
-    return resample(depth, s.crop, s.size, "nearest-exact")[0].clamp_min(0)
+    return s.place(depth, "nearest-exact", 0.0)[0].clamp_min(0)
 
 
 # ------------------------------------------------------------------------------------------------ classes

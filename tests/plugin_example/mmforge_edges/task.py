@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainer.data.augment import resample
 from trainer.model.modalities import MODALITIES
 from trainer.transfer.tasks import (
     FinetuneShape,
@@ -59,7 +58,7 @@ class EdgeMetrics:
 
 def edge_target(s: TargetSample) -> Tensor:
     strength = torch.from_numpy(np.asarray(s.value, dtype=np.float32) / 255.0).unsqueeze(0)  # png / 255
-    return resample(strength, s.crop, s.size, "bilinear")[0]  # (size, size) in [0, 1]
+    return s.place(strength, "bilinear", 0.0)[0]  # where the inputs are (an evaluation protocol's too), in [0, 1]
 
 
 def edge_head(cfg: FinetuneShape, classes: int) -> nn.Module:
