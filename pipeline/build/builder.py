@@ -9,6 +9,8 @@ workers publish their shards themselves (`pipeline.build.sink`).
 
 from __future__ import annotations
 
+import hashlib
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,17 @@ from pipeline.build.recipe import BuildConfig, ConfigError
 from pipeline.build.shard import ShardContext
 from pipeline.format import fs, ownership, stores
 from pipeline.format.contract import DatasetPaths, DocumentError, Manifest, ShardStats, document_name, read_stats
+from pipeline.format.locations import FolderStage
+
+# Below this many images to build, `--executor auto` runs in-process: Ray's start-up (a local cluster, one actor
+# per labeler loading its weights) costs more than it saves. Measured in benchmarks/RESULTS.md ("Executor").
+LOCAL_MAX_IMAGES = 500
+
+
+@dataclass(frozen=True)
+class Executor:
+    name: str  # "local" or "ray"
+    reason: str  # why, for the summary
 
 
 @dataclass(frozen=True)
@@ -32,6 +45,9 @@ class BuildResult:
     manifest: Manifest
     seconds: float
     images_this_run: int
+    executor: Executor | None = None  # None: nothing was left to build
+    checked: int = 0  # shards an earlier run left, checked against their stats
+    repaired: tuple[str, ...] = ()  # of those, the damaged or lost ones this run rebuilt
 
     @property
     def ok(self) -> bool:
@@ -118,6 +134,11 @@ class _Publish:
             self.stage.remove(rels)
             self.listing = {r: e for r, e in self.listing.items() if r not in set(rels)}
 
+    @property
+    def local(self) -> bool:
+        """Whether the shards are local files (an object-store OUT's are objects, listed, not downloaded)."""
+        return isinstance(self.stage, FolderStage)
+
     def tar_size(self, shard: str) -> int | None:
         tar = self.paths.shard_tar(shard)
         entry = self.listing.get(self.paths.rel(tar))
@@ -142,22 +163,53 @@ def _new_plan(cfg: BuildConfig, paths: DatasetPaths, publish: _Publish) -> Plan:
     return plan
 
 
-def _completed(paths: DatasetPaths, plan: Plan, publish: _Publish) -> dict[str, ShardStats]:
-    """Stats of the shards a previous run finished: a valid marker of this plan, the tar's size matches it,
-    and no image failed in labelling (that may have been the labeller's fault, so a rerun tries it again)."""
-    done = {}
-    for shard in plan.shards:
-        size = publish.tar_size(shard.name)
-        if not paths.shard_stats(shard.name).is_file() or size is None:
-            continue
-        try:
-            stats = read_stats(paths, shard.name)
-        except DocumentError:
-            continue  # redone: the sink replaces the tar, then the marker
-        retry = any(f.stage == "label" for f in stats.failures)
-        if stats.bytes == size and stats.plan_id == plan.plan_id and not retry:
-            done[shard.name] = stats
-    return done
+@dataclass(frozen=True)
+class Kept:
+    """What a rerun found in OUT: the shards it keeps (each checked against its stats marker) and the ones it
+    rebuilds because they were damaged or lost after their build (shard name -> why)."""
+
+    stats: dict[str, ShardStats]
+    damaged: dict[str, str]
+    checked: int  # markers checked against their tars
+
+
+def _tar_sha256(paths: DatasetPaths, shard: str) -> str:
+    with paths.shard_tar(shard).open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _damage(paths: DatasetPaths, plan: Plan, publish: _Publish, shard: str, hashed: bool) -> str | ShardStats:
+    """The stats of a shard whose tar is what its marker records, or why it is not."""
+    try:
+        stats = read_stats(paths, shard)
+    except DocumentError as err:
+        return f"its stats marker is unreadable ({err})"
+    if stats.plan_id != plan.plan_id:
+        return "its stats marker is of another plan"
+    size = publish.tar_size(shard)
+    if size is None:
+        return "the tar is missing (its stats marker says it was written)"
+    if size != stats.bytes:
+        return f"the tar is {size} bytes, its stats say {stats.bytes}"
+    if hashed and _tar_sha256(paths, shard) != stats.sha256:
+        return "the tar's sha256 differs from its stats (damaged after its build)"
+    return stats
+
+
+def _completed(paths: DatasetPaths, plan: Plan, publish: _Publish) -> Kept:
+    """The shards a previous run finished, each checked against its stats marker (size, and the sha256 of a
+    local tar). A marker without an intact tar is a damaged shard: rebuilt. A tar without a marker is an
+    unfinished one (rebuilt, as ever). A shard where an image failed in labelling is tried again (that may
+    have been the labeller's fault)."""
+    done, damaged = {}, {}
+    marked = [s.name for s in plan.shards if paths.shard_stats(s.name).is_file()]
+    for name in marked:
+        found = _damage(paths, plan, publish, name, hashed=publish.local)
+        if isinstance(found, str):
+            damaged[name] = found
+        elif not any(f.stage == "label" for f in found.failures):
+            done[name] = found
+    return Kept(done, damaged, len(marked))
 
 
 def _context(cfg: BuildConfig, plan: Plan) -> ShardContext:
@@ -174,10 +226,24 @@ def _context(cfg: BuildConfig, plan: Plan) -> ShardContext:
     )
 
 
-def _run(cfg: BuildConfig, todo: list[ShardSpec], ctx: ShardContext, cb: Callbacks) -> None:
+def choose_executor(cfg: BuildConfig, images: int) -> Executor:
+    """Ray with `--address` or `--executor ray`; in-process with `--executor local`; with `auto` (the default),
+    in-process for fewer than LOCAL_MAX_IMAGES images to build in this run, Ray beyond."""
+    if cfg.address:
+        return Executor("ray", f"--address {cfg.address}")
+    if cfg.executor != "auto":
+        return Executor(cfg.executor, f"--executor {cfg.executor}")
+    if images < LOCAL_MAX_IMAGES:
+        return Executor(
+            "local", f"auto: {images} images to build, under {LOCAL_MAX_IMAGES}; Ray's start-up would cost more"
+        )
+    return Executor("ray", f"auto: {images} images to build, {LOCAL_MAX_IMAGES} or more")
+
+
+def _run(cfg: BuildConfig, executor: Executor, todo: list[ShardSpec], ctx: ShardContext, cb: Callbacks) -> None:
     if not todo:
         return
-    if cfg.executor == "local":
+    if executor.name == "local":
         run_local(todo, ctx, cfg.recipe.runtime, cb)
     else:
         init_ray(cfg.address, cfg.quiet)
@@ -224,14 +290,32 @@ def _claim(cfg: BuildConfig, stage: stores.Stage, paths: DatasetPaths) -> _Publi
     return _Publish(paths, stage, listing)
 
 
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _check_kept(paths: DatasetPaths, plan: Plan, publish: _Publish) -> Kept:
+    """Check the shards an earlier run left against their markers, saying so (hashing takes ~1 s per GB)."""
+    marked = sum(paths.shard_stats(s.name).is_file() for s in plan.shards)
+    if marked:
+        how = "size, sha256" if publish.local else "size (an object store's tars are not downloaded)"
+        _say(f"checking {marked} kept shards against their stats ({how})")
+    kept = _completed(paths, plan, publish)
+    for name, why in kept.damaged.items():
+        _say(f"repairing shard {name}: {why}")
+    return kept
+
+
 def _build(cfg: BuildConfig, paths: DatasetPaths, publish: _Publish) -> BuildResult:
     started = time.perf_counter()
     plan = _resume_plan(cfg, paths) or _new_plan(cfg, paths, publish)
     for folder in (paths.root, paths.plan_dir, paths.shards_dir):
         fs.remove_temps(folder)
-    stats = _completed(paths, plan, publish)
+    kept = _check_kept(paths, plan, publish)
+    stats = dict(kept.stats)
     todo = [s for s in plan.shards if s.name not in stats]
     done_images = sum(len(s.entries) for s in plan.shards if s.name in stats)
+    executor = choose_executor(cfg, plan.num_inputs - done_images)
     bar = BuildProgress(
         images=plan.num_inputs,
         shards=len(plan.shards),
@@ -251,12 +335,20 @@ def _build(cfg: BuildConfig, paths: DatasetPaths, publish: _Publish) -> BuildRes
         bar.shard_failed(shard.name, len(shard.entries))
 
     try:
-        _run(cfg, todo, _context(cfg, plan), Callbacks(bar.images, done, lost, bar.stalled))
+        _run(cfg, executor, todo, _context(cfg, plan), Callbacks(bar.images, done, lost, bar.stalled))
     finally:
         bar.close()
-    manifest = write_dataset_files(paths, plan, cfg.recipe, stats, failed)
+    manifest = write_dataset_files(paths, plan, cfg.recipe, stats, failed, cfg.command)
     publish.files(paths.index, paths.wids_index, paths.manifest)
-    return BuildResult(cfg.out, manifest, time.perf_counter() - started, plan.num_inputs - done_images)
+    return BuildResult(
+        cfg.out,
+        manifest,
+        time.perf_counter() - started,
+        plan.num_inputs - done_images,
+        executor=executor,
+        checked=kept.checked,
+        repaired=tuple(s for s in kept.damaged if s in stats),
+    )
 
 
 def summary(result: BuildResult, max_listed: int = 20) -> str:
@@ -278,6 +370,13 @@ def summary(result: BuildResult, max_listed: int = 20) -> str:
             )
     for s in m.failed_shards:
         lines.append(f"  shard {s.shard} failed ({s.planned} images): {s.error.splitlines()[0] if s.error else '?'}")
+    if result.checked:
+        lines.append(
+            f"  {result.checked} kept shards checked against their stats, {len(result.repaired)} repaired"
+            + (f": {', '.join(result.repaired[:max_listed])}" if result.repaired else "")
+        )
+    if result.executor is not None and result.images_this_run:
+        lines.append(f"  executor: {result.executor.name} ({result.executor.reason})")
     if m.meaningless_labels:
         lines.append("  note: labels come from random-weight smoke models and are meaningless")
     return "\n".join(lines)

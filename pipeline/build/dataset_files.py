@@ -101,7 +101,9 @@ def node_throughput(stats: dict[str, ShardStats]) -> dict[str, NodeThroughput]:
     return out
 
 
-def manifest_doc(plan: Plan, recipe: Recipe, stats: dict[str, ShardStats], failed_shards: dict[str, str]) -> Manifest:
+def manifest_doc(
+    plan: Plan, recipe: Recipe, stats: dict[str, ShardStats], failed_shards: dict[str, str], command: str = ""
+) -> Manifest:
     failures = tuple(f for s in plan.shards if s.name in stats for f in stats[s.name].failures)
     lost = tuple(
         LostShard(shard=s.name, planned=len(s.entries), error=failed_shards[s.name])
@@ -145,15 +147,21 @@ def manifest_doc(plan: Plan, recipe: Recipe, stats: dict[str, ShardStats], faile
         failed_shards=lost,
         complete=not lost and len(stats) == len(plan.shards),
         nodes=node_throughput(stats),
+        command=command,
     )
 
 
 def write_dataset_files(
-    paths: DatasetPaths, plan: Plan, recipe: Recipe, stats: dict[str, ShardStats], failed_shards: dict[str, str]
+    paths: DatasetPaths,
+    plan: Plan,
+    recipe: Recipe,
+    stats: dict[str, ShardStats],
+    failed_shards: dict[str, str],
+    command: str = "",
 ) -> Manifest:
     index = index_doc(plan, stats)
     contract.write_doc(paths.index, index)
     contract.write_doc(paths.wids_index, wids_doc(index, f"{recipe.name}-{plan.split}"))
-    manifest = manifest_doc(plan, recipe, stats, failed_shards)
+    manifest = manifest_doc(plan, recipe, stats, failed_shards, command)
     contract.write_doc(paths.manifest, manifest)
     return manifest

@@ -225,11 +225,25 @@ def run_ray(shards: Sequence[ShardSpec], ctx: ShardContext, runtime: RuntimeConf
 
         watchdog = Watchdog(runtime.stall_minutes, cb.stalled)
         _drive(list(shards), start, progress, in_flight, attempts, watchdog)
+    except KeyboardInterrupt:
+        _stop_quietly()
+        raise
     finally:
-        for pool in actors.values():
-            for actor in pool:
-                ray.kill(actor)
-        ray.kill(progress)
+        if ray.is_initialized():
+            for pool in actors.values():
+                for actor in pool:
+                    ray.kill(actor)
+            ray.kill(progress)
+
+
+def _stop_quietly() -> None:
+    """Ctrl-C: leave Ray without its report of every task and actor call the stop cut short (each an
+    ActorDiedError or TaskCancelledError, printed in colour as an 'unhandled error'). Finished shards are
+    kept; the shards in flight leave only temp files, which the rerun discards."""
+    import ray
+
+    os.environ["RAY_IGNORE_UNHANDLED_ERRORS"] = "1"
+    ray.shutdown()
 
 
 def _drive(

@@ -254,8 +254,9 @@ class BuildConfig:
     recipe: Recipe
     overwrite: bool = False
     address: str | None = None
-    executor: str = "ray"  # ray | local (in-process, no Ray: debugging and tests)
+    executor: str = "auto"  # auto (local below a size, else Ray: builder.choose_executor) | ray | local (in-process)
     quiet: bool = False
+    command: str = ""  # the command line that repeats this build (recorded in manifest.json; verify quotes it)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "src", location(self.src))

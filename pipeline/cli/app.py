@@ -80,7 +80,10 @@ def build_dataset_cmd(
     address: Annotated[
         str | None, typer.Option(help="Ray cluster address ('auto' or host:port); default: local Ray.")
     ] = None,
-    executor: Annotated[str, typer.Option(help="'ray' (default) or 'local' (in-process, no Ray).")] = "ray",
+    executor: Annotated[
+        str,
+        typer.Option(help="'auto' (in-process for a small build, else Ray; the summary says why), 'ray' or 'local'."),
+    ] = "auto",
     quiet: Annotated[bool, typer.Option(help="No progress bar; log lines only.")] = False,
 ) -> None:
     """Label every image in SRC with depth and semantic segmentation and write aligned shards to OUT."""
@@ -88,8 +91,10 @@ def build_dataset_cmd(
     from pipeline.build.recipe import BuildConfig, ConfigError, load_recipe
 
     try:
-        if executor not in ("ray", "local"):
-            raise ConfigError(f"--executor must be 'ray' or 'local', got {executor!r}")
+        if executor not in ("auto", "ray", "local"):
+            raise ConfigError(f"--executor must be 'auto', 'ray' or 'local', got {executor!r}")
+        if executor == "local" and address:
+            raise ConfigError("--executor local runs in this process; --address needs Ray")
         flags = {"shards.size": shard_size, "runtime.batch_size": batch_size, "source.split": split}
         resolved = load_recipe(recipe, flags, sets or ())
         cfg = BuildConfig(
@@ -100,14 +105,50 @@ def build_dataset_cmd(
             address=address,
             executor=executor,
             quiet=quiet,
+            command=_rebuild_command(src, out, recipe, sets, flags, address, executor),
         )
         typer.echo(describe(cfg), err=True)
         result = build_dataset(cfg)
     except ConfigError as err:
         raise fail(str(err)) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted: rerun the same command to resume", err=True)
+        raise typer.Exit(130) from None
     typer.echo(summary(result))
     if not result.ok:
         raise typer.Exit(1)
+
+
+def _rebuild_command(
+    src: str,
+    out: str,
+    recipe: Path | None,
+    sets: list[str] | None,
+    flags: Mapping[str, Any],
+    address: str | None,
+    executor: str,
+) -> str:
+    """The command line that repeats a build from anywhere (paths made absolute; no --overwrite, which would
+    start over, and no --quiet), recorded in manifest.json for `verify` to quote."""
+    import shlex
+
+    def absolute(value: str) -> str:
+        return str(location(value).absolute())
+
+    names = {"shards.size": "--shard-size", "runtime.batch_size": "--batch-size", "source.split": "--split"}
+    words = ["mmforge", "build-dataset", absolute(src), absolute(out)]
+    if recipe is not None:
+        words += ["--recipe", str(recipe.resolve()) if recipe.is_file() else str(recipe)]
+    for item in sets or ():
+        words += ["--set", item]
+    for key, flag in names.items():
+        if flags.get(key) is not None:
+            words += [flag, str(flags[key])]
+    if address:
+        words += ["--address", address]
+    if executor != "auto":
+        words += ["--executor", executor]
+    return shlex.join(words)
 
 
 @app.command("scenes")

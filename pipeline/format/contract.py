@@ -267,6 +267,7 @@ class Manifest:
     failed_shards: tuple[LostShard, ...] = ()
     complete: bool
     nodes: dict[str, NodeThroughput] = field(default_factory=dict)  # by stats `node`; shards of every run
+    command: str = ""  # the command that repeats the build (rerun it to finish or repair the dataset)
 
     @property
     def ok(self) -> bool:

@@ -71,6 +71,7 @@ class VerifyReport:
     defects: list[Defect] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)  # recorded bad inputs (not defects)
     totals: dict[str, Any] = field(default_factory=dict)
+    remedy: list[str] = field(default_factory=list)  # what to run to repair the defects found
 
     @property
     def ok(self) -> bool:
@@ -245,7 +246,87 @@ def _report(docs: DatasetDocs, results: list[ShardResult], cfg: VerifyConfig) ->
         "failed": sum(st.failed for st in docs.stats.values()) + lost,
     }
     report.samples, report.bytes = sum(r.samples for r in results), sum(r.bytes for r in results)
+    report.remedy = _remedy(docs, results, report.defects)
     return report
+
+
+# Defects a rerun of the build repairs wherever they are: it rewrites these documents and removes temp files.
+_REWRITTEN = {"index.json", "wids-index.json", "manifest.json"}
+_RERUN_KINDS = {"stray_temp_file", "totals_mismatch", "failures_mismatch", "not_in_index", "index_mismatch"}
+_FOREIGN_KINDS = {"unexpected_file", "extra_shard"}
+
+
+def _rebuilt_by_rerun(docs: DatasetDocs, results: list[ShardResult]) -> set[str]:
+    """The planned shards a rerun of the build rebuilds (the build's own check of what it keeps): no readable
+    stats marker of this plan, no tar, or a tar whose size or sha256 is not what its marker records."""
+    read = {r.name: (r.bytes, r.sha256) for r in results}
+    rebuilt = set()
+    for shard in docs.planned:
+        stats = docs.stats.get(shard)
+        if stats is None or stats.plan_id != docs.plan_id or read.get(shard) != (stats.bytes, stats.sha256):
+            rebuilt.add(shard)
+    return rebuilt
+
+
+def _build_command(docs: DatasetDocs) -> str | None:
+    """The command recorded in manifest.json, or None."""
+    return docs.manifest.command if docs.manifest is not None and docs.manifest.command else None
+
+
+def _rerun_words(docs: DatasetDocs) -> str:
+    """How to say "rerun the build": the recorded command, else one made from the recorded source."""
+    command = _build_command(docs)
+    if command:
+        return f"rerun `{command}` (the same command)"
+    source = docs.manifest.source.path if docs.manifest is not None else docs.plan.source if docs.plan else "SRC"
+    return (
+        f"rerun the build that made it, `mmforge build-dataset {source} {docs.where}` with the same recipe and "
+        "options (this manifest does not record the command),"
+    )
+
+
+def _remedy(docs: DatasetDocs, results: list[ShardResult], defects: list[Defect]) -> list[str]:
+    """What to run for the defects found: which of them a rerun of the same build repairs, and what else."""
+    if not defects:
+        return []
+    rebuilt = _rebuilt_by_rerun(docs, results)
+    in_rebuilt = [d for d in defects if d.shard is not None and d.shard in rebuilt and d.kind not in _FOREIGN_KINDS]
+    damaged = sorted({d.shard for d in in_rebuilt if d.shard is not None})
+    rewritten = [
+        d
+        for d in defects
+        if d.kind in _RERUN_KINDS
+        or (d.kind in ("missing_file", "bad_document") and d.shard is None and d.member in _REWRITTEN)
+        or (d.kind in ("sha256_mismatch", "bytes_mismatch") and d not in in_rebuilt)  # index.json's record only
+    ]
+    rest = [d for d in defects if d not in rewritten and d not in in_rebuilt]
+    lines = []
+    if any(d.kind == "build_in_progress" for d in rest):
+        lines.append("a build is writing this dataset: verify again when it has finished")
+        rest = [d for d in rest if d.kind != "build_in_progress"]
+    if damaged:
+        lines.append(f"{_rerun_words(docs)} to rebuild the {len(damaged)} damaged shards ({_names(damaged)})")
+    elif rewritten:
+        lines.append(f"{_rerun_words(docs)} to rewrite the dataset's documents (index.json, manifest.json)")
+    foreign = [d for d in rest if d.kind in _FOREIGN_KINDS]
+    if foreign:
+        lines.append(
+            f"move away the {len(foreign)} files that are not this dataset's (listed above); a build refuses them"
+        )
+    others = [d for d in rest if d.kind not in _FOREIGN_KINDS]
+    if others:
+        kinds = ", ".join(sorted({d.kind for d in others}))
+        command = _build_command(docs) or f"mmforge build-dataset SRC {docs.where}"
+        lines.append(
+            f"{len(others)} defects ({kinds}) are not repaired by a rerun (the shard matches its stats, or the plan "
+            f"is wrong): `{command} --overwrite` builds the whole dataset again"
+        )
+    return lines
+
+
+def _names(shards: list[str], at_most: int = 5) -> str:
+    more = f" and {len(shards) - at_most} more" if len(shards) > at_most else ""
+    return ", ".join(shards[:at_most]) + more
 
 
 def _expected_samples(docs: DatasetDocs) -> int:
@@ -294,4 +375,5 @@ def summary(report: VerifyReport, max_listed: int = 20) -> str:
     lines += [f"  failed input: {f.get('path')}: {f.get('error')}" for f in report.failures[:5]]
     if len(report.failures) > 5:
         lines.append(f"  ... {len(report.failures) - 5} more failed inputs (use --json)")
+    lines += [f"repair: {line}" for line in report.remedy]
     return "\n".join(lines)
