@@ -245,7 +245,7 @@ def test_a_torn_last_metrics_line_does_not_stop_resume(tmp_path: Path) -> None:
     assert run(*common, "--steps", "2").exit_code == 0
     with (run_dir / "metrics.jsonl").open("a") as f:
         f.write('{"step": 3, "loss": 1.2')  # a kill in the middle of a write
-    result = run(*common, "--steps", "4")
+    result = run(*common, "--steps", "4", "--reschedule")  # a longer run, said so
     assert result.exit_code == 0, result.output
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]

@@ -100,11 +100,16 @@ DRAWINGS: dict[str, Drawing] = {
 }
 
 
-def picture(value: np.ndarray, kind: str, palette: Sequence[int] | None = None) -> np.ndarray:
+def picture(
+    value: np.ndarray, kind: str, palette: Sequence[int] | None = None, valid: np.ndarray | None = None
+) -> np.ndarray:
     """A member's array (as its codec decodes it, or a model's output of the same kind) as an RGB picture
-    (uint8 H x W x 3), drawn by its codec `kind`; `palette` (a flat 256 x RGB list) for class maps."""
+    (uint8 H x W x 3), drawn by its codec `kind`; `palette` (a flat 256 x RGB list) for class maps; `valid`
+    (H x W bool) for value maps: the colour range comes from those pixels only (a depth map's holes)."""
     if kind not in DRAWINGS:
         raise ValueError(f"a {kind} member is not drawn as a picture (drawn kinds: {', '.join(DRAWINGS)})")
+    if valid is not None and kind == "value_map":
+        return colormap(value if value.ndim == 2 else value[..., 0], valid)
     return DRAWINGS[kind].draw(value, palette)
 
 

@@ -61,7 +61,7 @@ from pipeline.format.contract import LOCK, MARKER, TOOL, DatasetPaths
 from pipeline.format.ownership import BuildLock
 from pipeline.format.samples import read_samples
 from pipeline.format.stores import Location, location
-from pipeline.pictures.figures import class_colours, class_legend, colorbar, colormap, png_bytes, stack
+from pipeline.pictures.figures import class_colours, class_legend, colorbar, picture, png_bytes, stack
 from trainer.config import ModelConfig
 from trainer.data.augment import Crop, augment
 from trainer.data.dataset import DatasetInfo, load_dataset
@@ -180,7 +180,7 @@ class DepthWriter(MapWriter):
         q = np.clip(np.rint(np.nan_to_num(depth, nan=0.0) / DEPTH_SCALE), 0, DEPTH_LEVELS).astype(np.uint16)
         valid = q > 0
         lo, hi = np.percentile(depth[valid], (2, 98)) if valid.any() else (0.0, 0.0)
-        im = Image.fromarray(colormap(depth, valid))
+        im = Image.fromarray(picture(depth, "value_map", valid=valid))
         text = f"{self.task} 2-98 %: {lo:.3g} .. {hi:.3g} (bright = larger); values = {self.task}.png x {DEPTH_SCALE:g}"
         return encode_depth(q), png_bytes(stack([im, colorbar(text, max(im.width, 320))]))
 
