@@ -50,7 +50,7 @@ def test_plugin_modality_build_verify_pretrain_resume(tmp_path: Path) -> None:
     args = ("pretrain", "--data", str(out), "--config", str(PLUGIN / "pretrain.toml"), "--out", str(run))
     trained = mmforge(*args, "--device", "cpu", "--steps", "4")
     assert trained.returncode == 0, trained.stderr[-3000:]
-    resumed = mmforge(*args, "--device", "cpu", "--steps", "6")
+    resumed = mmforge(*args, "--device", "cpu", "--steps", "6", "--reschedule")  # a longer run, said so
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming at step 4" in resumed.stdout + resumed.stderr
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
