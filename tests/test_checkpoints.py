@@ -24,14 +24,13 @@ from pipeline.cli.app import app
 from pipeline.synth.rectangles import write_dataset
 from trainer.config import FinetuneConfig, ModelConfig, PretrainConfig
 from trainer.engine.checkpoint import (
-    KINDS,
     RESUME_KEYS,
     Checkpoint,
-    Kind,
     from_payload,
     payload,
     read_checkpoint,
 )
+from trainer.engine.checkpoint_kind import KINDS, Kind, peek
 from trainer.engine.run import RunOptions
 from trainer.errors import CheckpointError
 from trainer.train import build_config, pretrain
@@ -268,6 +267,47 @@ def test_broken_files_are_one_line_checkpoint_errors(name: str, tmp_path: Path) 
     assert fragment in str(caught.value) and "\n" not in str(caught.value), str(caught.value)
 
 
+PEEK_DIFFERS = {  # what peek (no torch) says otherwise than read_checkpoint, and why
+    "namespace.pt": "no 'model' state dict",  # torch refuses the Namespace; peek sees a stand-in, no 'model'
+    "pickle.pt": None,  # not torch.save's zip: left to torch (None)
+    "bad-config.pt": "pretrain-run",  # the kind is known; the config is loaded (and refused) with the tensors
+}
+
+
+@pytest.mark.parametrize("name", list(BROKEN))
+def test_peek_without_torch_refuses_what_read_checkpoint_refuses(name: str, tmp_path: Path) -> None:
+    content, fragment = BROKEN[name]
+    (tmp_path / name).write_bytes(content)
+    expected = PEEK_DIFFERS.get(name, fragment)
+    if expected is None or expected in KINDS:
+        assert peek(tmp_path / name) == expected
+        return
+    with pytest.raises(CheckpointError) as caught:
+        peek(tmp_path / name)
+    assert expected in str(caught.value) and "\n" not in str(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize("path", list(FIXTURES), ids=lambda p: str(p.relative_to(OLD)))
+def test_peek_tells_every_kind_as_read_checkpoint_does(path: Path) -> None:
+    assert peek(path) == FIXTURES[path][0]
+
+
+def test_peek_never_imports_or_calls_what_a_pickle_names(tmp_path: Path) -> None:
+    """A zip whose data.pkl calls os.system: peek reads the structure, nothing runs (no file appears)."""
+    witness = tmp_path / "ran"
+
+    class Hostile:
+        def __reduce__(self):
+            return (os.system, (f"touch {witness}",))
+
+    buf = io.BytesIO()
+    torch.save({"model": {"a": torch.ones(1)}, "payload": Hostile()}, buf, _use_new_zipfile_serialization=True)
+    (tmp_path / "hostile.pt").write_bytes(buf.getvalue())
+    with pytest.raises(CheckpointError, match="unknown layout"):
+        peek(tmp_path / "hostile.pt")
+    assert not witness.exists()
+
+
 def test_missing_files_folders_and_fifos_are_one_line_checkpoint_errors(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"^cannot read checkpoint .*missing\.pt: No such file"):
         read_checkpoint(tmp_path / "missing.pt")
@@ -276,6 +316,9 @@ def test_missing_files_folders_and_fifos_are_one_line_checkpoint_errors(tmp_path
     os.mkfifo(tmp_path / "fifo.pt")
     with pytest.raises(CheckpointError, match="not a regular file"):
         read_checkpoint(tmp_path / "fifo.pt")  # never opened blocking
+    for reader in (read_checkpoint, peek):
+        with pytest.raises(CheckpointError, match="not a regular file"):
+            reader(tmp_path / "fifo.pt")
 
 
 def test_a_broken_checkpoint_is_one_line_from_the_command_line(tmp_path: Path, data: Path) -> None:

@@ -229,9 +229,8 @@ def test_bad_input_is_one_line_before_any_compute(
         "error: --batch-size must be >= 1, got 0"
     )
     if not torch.cuda.is_available():
-        assert error_line(mmforge("predict", ckpt, str(images), out, "--device", "cuda")) == (
-            "error: --device cuda:0: CUDA is not available on this machine"
-        )
+        cuda = error_line(mmforge("predict", ckpt, str(images), out, "--device", "cuda"))
+        assert cuda.startswith("error: --device cuda") and cuda.endswith(": CUDA is not available on this machine")
     empty = tmp_path / "empty"
     empty.mkdir()
     assert error_line(mmforge("predict", ckpt, str(empty), out)).startswith(f"error: {empty}: no images")

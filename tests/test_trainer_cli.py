@@ -68,10 +68,10 @@ def typer_flags(name: str) -> set[str]:
     return {opt for p in command(name).params for opt in (*p.opts, *p.secondary_opts) if opt.startswith("--")}
 
 
-def test_cli_and_torchrun_entry_share_one_option_set() -> None:
+def test_cli_and_torchrun_entry_share_one_option_set(data: Path) -> None:
     cli = {opt for p in command("pretrain").params for opt in p.opts if opt.startswith("--") and opt != "--help"}
     assert cli == OPTIONS
-    args = parse_args(["--data", "d", "--out", "o", "--no-resume", "--steps", "3", "--batch-size", "2"])
+    args = parse_args(["--data", str(data), "--out", "o", "--no-resume", "--steps", "3", "--batch-size", "2"])
     assert (args.resume, args.steps, args.batch_size, args.workers) == (False, 3, 2, None)
 
 
@@ -117,11 +117,11 @@ def captured(monkeypatch: pytest.MonkeyPatch, module: str, name: str) -> list[tu
     return calls
 
 
-def test_set_and_options_reach_the_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_set_and_options_reach_the_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, data: Path) -> None:
     calls = captured(monkeypatch, "trainer.train", "pretrain")
     sets = ["--set", "optim.base_lr=3e-4", "--set", "data.workers=8", "--set", 'train.precision="bf16"']
     sets += ["--set", "data.crop_scale=[0.5, 1]", "--set", "train.compile=true", "--set", "train.steps=7"]
-    result = invoke("--data", "d", "--out", str(tmp_path / "r"), "--config", "smoke", "--steps", "3", *sets)
+    result = invoke("--data", str(data), "--out", str(tmp_path / "r"), "--config", "smoke", "--steps", "3", *sets)
     assert result.exit_code == 0, result.output
     cfg, run = calls[0]
     assert (cfg.optim.base_lr, cfg.data.workers, cfg.train.precision) == (3e-4, 8, "bf16")
@@ -156,35 +156,47 @@ def test_the_torchrun_entry_takes_set_and_names(monkeypatch: pytest.MonkeyPatch,
         (["optim.betas.x=1"], "error: options: optim.betas is a list, not a table: optim.betas.x cannot be set"),
     ],
 )
-def test_each_bad_set_is_one_line_and_exit_2(sets: list[str], message: str, tmp_path: Path) -> None:
+def test_each_bad_set_is_one_line_and_exit_2(sets: list[str], message: str, tmp_path: Path, data: Path) -> None:
     args = [a for item in sets for a in ("--set", item)]
-    result = invoke("--data", "d", "--out", str(tmp_path / "r"), "--config", "smoke", *args)
+    result = invoke("--data", str(data), "--out", str(tmp_path / "r"), "--config", "smoke", *args)
     assert result.exit_code == 2
     assert error_line(result).startswith(message), error_line(result)
     assert not (tmp_path / "r").exists()
 
 
-def test_every_bad_set_is_listed_at_once(tmp_path: Path) -> None:
+def test_every_bad_set_is_listed_at_once(tmp_path: Path, data: Path) -> None:
     sets = ["--set", "data.workers=-1", "--set", "optim.nope=1", "--set", "x=y", "--steps", "-2"]
-    result = invoke("--data", "d", "--out", str(tmp_path / "r"), "--config", "smoke", *sets)
+    result = invoke("--data", str(data), "--out", str(tmp_path / "r"), "--config", "smoke", *sets)
     assert result.exit_code == 2
     lines = result.output.splitlines()
     assert lines[0] == "error: options: 4 problems" and len(lines) == 5, result.output
 
 
-def test_config_by_name_and_unknown_names(tmp_path: Path) -> None:
+def test_config_by_name_and_unknown_names(tmp_path: Path, data: Path) -> None:
     assert load_run_config("pretrain", "smoke") == load_run_config("pretrain", SMOKE)
     assert load_run_config("probe", "probe-smoke").task.probe
-    result = invoke("--data", "d", "--out", str(tmp_path / "r"), "--config", "smok")
+    result = invoke("--data", str(data), "--out", str(tmp_path / "r"), "--config", "smok")
     assert result.exit_code == 2
     line = error_line(result)
     assert line.startswith("error: trainer config smok is neither a file nor a shipped name; known names: ")
     assert {"smoke", "multimae-b-1600e", "probe-smoke"} <= set(line.split("known names: ")[1].split(", "))
 
 
-def test_probe_is_a_classification_probe_whatever_the_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_probe_is_a_classification_probe_whatever_the_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, data: Path
+) -> None:
     calls = captured(monkeypatch, "trainer.transfer.finetune", "finetune")
-    args = ["probe", "--data", "d", "--out", str(tmp_path / "r"), "--config", "finetune-cls-smoke", "--steps", "2"]
+    args = [
+        "probe",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "r"),
+        "--config",
+        "finetune-cls-smoke",
+        "--steps",
+        "2",
+    ]
     result = runner.invoke(app, [*args, "--set", "task.layer_decay=0.5"])
     assert result.exit_code == 0, result.output
     cfg, _, weights, val = calls[0]
@@ -192,9 +204,9 @@ def test_probe_is_a_classification_probe_whatever_the_file(monkeypatch: pytest.M
     assert weights is None and val is None
 
 
-def test_finetune_inputs_and_task_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_finetune_inputs_and_task_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, data: Path) -> None:
     calls = captured(monkeypatch, "trainer.transfer.finetune", "finetune")
-    args = ["finetune", "--data", "d", "--out", str(tmp_path / "r"), "--config", "finetune-semseg-smoke"]
+    args = ["finetune", "--data", str(data), "--out", str(tmp_path / "r"), "--config", "finetune-semseg-smoke"]
     result = runner.invoke(app, [*args, "--inputs", "rgb, depth", "--set", "task.eval_every=5"])
     assert result.exit_code == 0, result.output
     cfg = calls[0][0]

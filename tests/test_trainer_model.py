@@ -221,3 +221,19 @@ def test_ignored_input_pixels_embed_as_zeros() -> None:
     other = ids.clone()
     other[ignored] = 0
     assert not torch.allclose(adapter(other), adapter(ids))  # 255 is not read as class 0
+
+
+@pytest.mark.parametrize("p", [0.0, 0.1, 0.5, 1.0])
+def test_drop_path_matches_timms_from_the_same_draws(p: float) -> None:
+    from timm.layers import DropPath as TimmDropPath
+
+    from trainer.model.layers import DropPath
+
+    x = torch.randn(64, 5, 8)
+    ours, theirs = DropPath(p).train(), TimmDropPath(p).train()
+    torch.manual_seed(3)
+    a = ours(x)
+    torch.manual_seed(3)
+    b = theirs(x)
+    assert torch.equal(a, b)
+    assert torch.equal(ours.eval()(x), x)

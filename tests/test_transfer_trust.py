@@ -279,7 +279,7 @@ def test_evaluate_refuses_bad_input_before_any_compute(
     assert kind == f"error: {pretrained} is a pretraining checkpoint; evaluate needs a fine-tuning checkpoint"
     if not torch.cuda.is_available():
         cuda = error_line(mmforge("evaluate", best, "--data", val, "--device", "cuda"))
-        assert cuda == "error: --device cuda:0: CUDA is not available on this machine"
+        assert cuda.startswith("error: --device cuda") and cuda.endswith(": CUDA is not available on this machine")
 
 
 def test_evaluate_takes_device_auto(cls_run: Path, digits: dict[str, Path]) -> None:
@@ -325,10 +325,10 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
     ],
 )
 def test_finetune_without_a_config_reads_the_tasks_recipe(
-    args: list[str], recipe: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    args: list[str], recipe: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, digits: dict[str, Path]
 ) -> None:
     calls = captured(monkeypatch)
-    done = mmforge("finetune", "--data", "d", "--out", str(tmp_path / "r"), *args)
+    done = mmforge("finetune", "--data", str(digits["val"]), "--out", str(tmp_path / "r"), *args)
     assert done.exit_code == 0, done.output
     assert f"no --config: reading {recipe}, the task's recipe" in done.output
     cfg = calls[0][0]
@@ -337,13 +337,13 @@ def test_finetune_without_a_config_reads_the_tasks_recipe(
     assert load_finetune_config(None, task=cfg.task.name) == expected
 
 
-def test_an_unknown_task_without_a_config_is_named(tmp_path: Path) -> None:
-    line = error_line(mmforge("finetune", "--data", "d", "--out", str(tmp_path / "r"), "--task", "nope"))
+def test_an_unknown_task_without_a_config_is_named(tmp_path: Path, digits: dict[str, Path]) -> None:
+    line = error_line(mmforge("finetune", "--data", str(digits["val"]), "--out", str(tmp_path / "r"), "--task", "nope"))
     assert line.startswith("error: options: task.name must be one of cls, semseg, depth")
 
 
-def test_a_probe_without_a_config_asks_for_one(tmp_path: Path) -> None:
-    line = error_line(mmforge("probe", "--data", "d", "--out", str(tmp_path / "r")))
+def test_a_probe_without_a_config_asks_for_one(tmp_path: Path, digits: dict[str, Path]) -> None:
+    line = error_line(mmforge("probe", "--data", str(digits["val"]), "--out", str(tmp_path / "r")))
     assert line == (
         "error: probe without --config: a linear probe of the cls task ships no recipe; pass --config NAME|PATH "
         "(mmforge list configs)"

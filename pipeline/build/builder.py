@@ -54,9 +54,14 @@ class BuildResult:
         return self.manifest.ok
 
 
+def check_source_folder(src: stores.Location) -> None:
+    """The source is a folder (or a store prefix with objects): checked first, before the recipe's labelers load."""
+    if not src.is_folder():
+        raise ConfigError(f"source folder {src} does not exist or is not a folder")
+
+
 def _check_source(cfg: BuildConfig) -> None:
-    if not cfg.src.is_folder():
-        raise ConfigError(f"source folder {cfg.src} does not exist or is not a folder")
+    check_source_folder(cfg.src)
     if cfg.out.inside(cfg.src):
         raise ConfigError(f"output {cfg.out} must not be inside the source {cfg.src.noun} {cfg.src}")
     if any(is_files(s) for s in cfg.recipe.labelers):

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 import typer
 
 from pipeline.cli import options as opts
-from pipeline.format.locations import local_location
+from pipeline.format.locations import LocalPath, local_location
 from pipeline.format.stores import Location, location
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -87,10 +87,12 @@ def build_dataset_cmd(
     quiet: Annotated[bool, typer.Option(help="No progress bar; log lines only.")] = False,
 ) -> None:
     """Label every image in SRC with depth and semantic segmentation and write aligned shards to OUT."""
-    from pipeline.build.builder import build_dataset, describe, summary
+    from pipeline.build.builder import build_dataset, check_source_folder, describe, summary
     from pipeline.build.recipe import BuildConfig, ConfigError, load_recipe
 
     try:
+        if isinstance(location(src), LocalPath):  # before the labelers (and torch) load; a store's: in the build
+            check_source_folder(location(src))
         if executor not in ("auto", "ray", "local"):
             raise ConfigError(f"--executor must be 'auto', 'ray' or 'local', got {executor!r}")
         if executor == "local" and address:
@@ -347,10 +349,13 @@ def _train(kind: Literal["pretrain", "finetune", "probe"], values: Mapping[str, 
     from trainer.config import load_run_config
     from trainer.errors import USER_ERRORS
     from trainer.options import config_overrides
-    from trainer.train import pretrain, run_options
+    from trainer.preflight import check_run
 
     try:
+        check_run(kind, values)  # paths, device, --init: before torch is imported
         overrides, sets = config_overrides(values), values["sets"] or ()
+        from trainer.train import pretrain, run_options
+
         if kind == "pretrain":
             result = pretrain(load_run_config(kind, values["config"], overrides, sets), run_options(values))
         else:
@@ -431,9 +436,15 @@ def evaluate_cmd(
     an evaluation protocol (recorded in --json, with per-class values and a confusion matrix file beside it).
     The split's classes are mapped onto the model's by name; every check comes before the first forward."""
     from trainer.errors import USER_ERRORS
-    from trainer.transfer.finetune import check_evaluate_options, evaluate
+    from trainer.preflight import check_checkpoint, check_data, check_device, check_output_file
 
     try:
+        check_device(device)  # before torch is imported
+        check_output_file(json_path, "--json")
+        check_checkpoint(checkpoint, "finetune-run", use="evaluate")
+        check_data(data)
+        from trainer.transfer.finetune import check_evaluate_options, evaluate
+
         check_evaluate_options(device, json_path, batch_size, protocol)  # before a checkpoint is fetched
         with location(checkpoint).fetched() as weights:
             result = evaluate(
@@ -475,10 +486,15 @@ def predict_cmd(
     """The model's predictions for every image, at the image's own size: depth (16-bit PNG, millimetres) or class
     maps (class-id PNG), each with a coloured picture, or a CSV of the top-5 classes. Rerun to resume."""
     from trainer.errors import USER_ERRORS
-    from trainer.transfer.finetune import check_evaluate_options
-    from trainer.transfer.predict import predict
+    from trainer.preflight import check_checkpoint, check_device, check_input
 
     try:
+        check_device(device)  # before torch is imported
+        check_checkpoint(checkpoint, "finetune-run", use="predict")
+        check_input(inputs, "predict takes a folder of images or a dataset")
+        from trainer.transfer.finetune import check_evaluate_options
+        from trainer.transfer.predict import predict
+
         check_evaluate_options(device, None, batch_size)  # before a checkpoint on a store is fetched
         with location(checkpoint).fetched() as weights:
             result = predict(weights, location(inputs), out, device, batch_size, source=str(checkpoint), quiet=quiet)
@@ -510,8 +526,9 @@ def export_cmd(
     """Export to timm (timm.create_model("local-dir:OUT", pretrained=True): a fine-tuned classifier with its
     head, else the encoder) or to the official layout."""
     from pipeline.format.schema import ConfigError
+    from trainer.engine.checkpoint_kind import EXPORTABLE
     from trainer.errors import USER_ERRORS
-    from trainer.transfer.export import encoder_state, export_official, export_timm_checkpoint
+    from trainer.preflight import check_checkpoint
 
     try:
         if format not in ("timm", "official"):
@@ -519,6 +536,9 @@ def export_cmd(
         target = location(out)
         if target.exists(folder=format == "timm"):
             raise ConfigError(f"{out} exists; export writes a new {'file' if format == 'official' else 'folder'}")
+        check_checkpoint(checkpoint, *EXPORTABLE, use="export")  # before torch is imported
+        from trainer.transfer.export import encoder_state, export_official, export_timm_checkpoint
+
         with location(checkpoint).fetched() as weights, target.published() as local:
             if format == "timm":
                 held = export_timm_checkpoint(weights, local)
@@ -585,7 +605,20 @@ def reconstruct_cmd(
 ) -> None:
     """Show what a checkpoint predicts: masked input | prediction | prediction + visible | target, per modality."""
     from pipeline.format.schema import ConfigError
+    from trainer.engine.checkpoint_kind import RECONSTRUCTS
     from trainer.errors import USER_ERRORS
+    from trainer.preflight import check_checkpoint, check_device, check_output_file
+
+    try:  # before torch is imported
+        check_device(device)
+        check_checkpoint(checkpoint, *RECONSTRUCTS, use="reconstruct")
+        if not 32 <= tile <= 1024:
+            raise ConfigError(f"--tile must be 32..1024, got {tile}")
+        figure = location(out)
+        if isinstance(figure, LocalPath) and (image is not None or sample is not None or score is None):
+            check_output_file(figure.path, "--out")
+    except (*USER_ERRORS, ConfigError) as err:
+        raise fail(str(err)) from None
     from trainer.pretrain.reconstruct import ReconstructConfig, reconstruct
 
     if score is not None and image is None and sample is None:
@@ -606,8 +639,6 @@ def reconstruct_cmd(
             device=device,
             tile=tile,
         )
-        if not 32 <= tile <= 1024:
-            raise ConfigError(f"--tile must be 32..1024, got {tile}")
         with stack:
             result = reconstruct(cfg)
     except (*USER_ERRORS, ConfigError) as err:
@@ -648,6 +679,12 @@ def convert_weights_cmd(
     ],
 ) -> None:
     """Convert original-layout DPT-Hybrid weights (e.g. omnidata_rgb2depth_dpt_hybrid.pth) to a transformers folder."""
+    if not src.is_file():  # the library's first checks, before it imports torch and transformers
+        raise fail(f"DPT-Hybrid checkpoint not found: {src}")
+    if dst.exists():
+        raise fail(f"{dst} exists; convert-weights writes a new folder")
+    if not dst.parent.is_dir():
+        raise fail(f"cannot write {dst}: the folder {dst.parent} does not exist")
     from labelers.dpt_original import CheckpointLayoutError, convert_weights
 
     try:

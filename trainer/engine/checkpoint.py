@@ -33,7 +33,7 @@ import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any
 
 import torch
 from safetensors import safe_open
@@ -42,21 +42,19 @@ from torch import Tensor
 from pipeline.format import fs, stores
 from pipeline.format.schema import ConfigError, load
 from trainer.config import FinetuneConfig, ModelConfig, PretrainConfig, config_to_dict
+from trainer.engine.checkpoint_kind import (
+    LAST,
+    Kind,
+    checkpoint_file,
+    file_format,
+    kind_of,
+    require_kind,
+    timm_layout_problem,
+)
 from trainer.errors import CheckpointError
 
-Kind = Literal["pretrain-run", "finetune-run", "official-pretrained", "official-finetuned", "timm-export"]
-KINDS: dict[Kind, str] = {  # each kind as a sentence names it
-    "pretrain-run": "a pretraining checkpoint",
-    "finetune-run": "a fine-tuning checkpoint",
-    "official-pretrained": "an official MultiMAE pretrained checkpoint",
-    "official-finetuned": "an official MultiMAE fine-tuned checkpoint",
-    "timm-export": "a timm export",
-}
 FORMAT = 2
-FORMATS = (1, 2)  # the payload formats this code reads
 RESUME_KEYS = ("epoch", "micro", "world_size", "optimizer", "scaler", "ranks", "nonfinite")
-LAST = "checkpoint-last.pt"
-TIMM_FILE = "model.safetensors"  # the tensors of a timm export folder
 _NUMBERED = re.compile(r"^checkpoint-(\d+)\.pt$")
 _PLAIN = (str, int, float, bool, type(None), torch.Tensor, torch.dtype, torch.device, torch.Size)
 
@@ -84,9 +82,7 @@ class Checkpoint:
 
     def require(self, *kinds: Kind, use: str) -> Checkpoint:
         """This checkpoint if it is one of `kinds`, else a one-line refusal naming what `use` needs."""
-        if self.kind not in kinds:
-            wanted = " or ".join(KINDS[k] for k in kinds)
-            raise CheckpointError(f"{self.source} is {KINDS[self.kind]}; {use} needs {wanted}")
+        require_kind(self.kind, kinds, use=use, source=self.source)
         return self
 
 
@@ -168,10 +164,7 @@ def read_checkpoint(where: str | Path) -> Checkpoint:
 
 
 def _read(path: Path, source: str) -> Checkpoint:
-    if path.is_dir():
-        if not (path / TIMM_FILE).is_file():
-            raise CheckpointError(f"{source} is a folder without {TIMM_FILE}: not a checkpoint (timm exports hold one)")
-        path = path / TIMM_FILE
+    path = checkpoint_file(path, source)
     try:
         with fs.open_regular(path) as (f, size):
             if _is_safetensors(f, size, source):
@@ -186,13 +179,7 @@ def _is_safetensors(f: IO[bytes], size: int, source: str) -> bool:
     """From the first bytes: safetensors (8-byte header length, then JSON) or torch.save's zip or pickle."""
     head = f.read(16)
     f.seek(0)
-    if not head:
-        raise CheckpointError(f"cannot read checkpoint {source}: the file is empty")
-    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):  # torch.save: a zip (or a legacy pickle)
-        return False
-    if len(head) > 8 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8:
-        return True
-    raise CheckpointError(f"cannot read checkpoint {source}: neither a PyTorch file (torch.save) nor safetensors")
+    return file_format(head, size, source) == "safetensors"
 
 
 def _torch_load(f: IO[bytes], source: str) -> Any:
@@ -232,32 +219,16 @@ def first_sentence(text: str, limit: int = 300) -> str:
 
 def from_payload(raw: Any, source: str) -> Checkpoint:
     """What `torch.load` gave, typed: our payload (it has a config) or the official layout (a state dict only)."""
-    if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
-        what = f"a {type(raw).__name__}" if not isinstance(raw, dict) else f"a dict of {sorted(map(str, raw))[:5]}"
-        raise CheckpointError(f"{source} is not a checkpoint: it holds {what}, no 'model' state dict")
+    kind = kind_of(raw, source, lambda value: isinstance(value, Tensor))  # the rules `peek` applies too
     tensors = raw["model"]
-    wrong = [k for k, v in tensors.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
-    if wrong:
-        raise CheckpointError(f"{source} is not a checkpoint: its 'model' is not a state dict ({wrong[0]!r})")
-    if "config" in raw:
-        return _ours(raw, dict(tensors), source)
-    return _official(raw, dict(tensors), source)
-
-
-def _ours(raw: dict[str, Any], tensors: dict[str, Tensor], source: str) -> Checkpoint:
-    fmt, config = raw.get("format", 1), raw["config"]
-    if fmt not in FORMATS:
-        raise CheckpointError(f"{source}: checkpoint format {fmt!r}; this code reads formats {list(FORMATS)}")
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{source}: its config is a {type(config).__name__}, not a table")
-    kind: Kind = "finetune-run" if "task" in config else "pretrain-run"
-    if raw.get("kind", kind) != kind:
-        raise CheckpointError(f"{source} says it is {raw['kind']!r}, but its config is {KINDS[kind]}'s")
+    if kind not in ("pretrain-run", "finetune-run"):  # the official layout: a state dict, no config
+        extra = {k: v for k, v in raw.items() if k != "model"}
+        return Checkpoint(kind=kind, config=None, tensors=dict(tensors), extra=extra, source=source)
     step = raw.get("step")
     return Checkpoint(
         kind=kind,
-        config=_typed_config(kind, config, source),
-        tensors=tensors,
+        config=_typed_config(kind, raw["config"], source),
+        tensors=dict(tensors),
         step=step if isinstance(step, int) and not isinstance(step, bool) else None,
         extra={k: v for k, v in raw.items() if k not in ("format", "kind", "step", "config", "model")},
         source=source,
@@ -271,33 +242,13 @@ def _typed_config(kind: Kind, raw: dict[str, Any], source: str) -> PretrainConfi
         raise CheckpointError(f"{source}: its config does not load ({'; '.join(err.problems)})") from None
 
 
-def _official(raw: dict[str, Any], tensors: dict[str, Tensor], source: str) -> Checkpoint:
-    names = list(tensors)
-    if not any(n.startswith("input_adapters.") for n in names) or not any(n.startswith("encoder.") for n in names):
-        raise CheckpointError(
-            f"{source}: unknown layout: a state dict without config whose names are not MultiMAE's "
-            f"(no input_adapters.*, encoder.*; it starts {names[:3]})"
-        )
-    outputs = {n.split(".")[1] for n in names if n.startswith("output_adapters.")}
-    heads = [o for o in outputs if f"output_adapters.{o}.out_proj.weight" not in tensors]
-    return Checkpoint(
-        kind="official-finetuned" if heads else "official-pretrained",
-        config=None,
-        tensors=tensors,
-        extra={k: v for k, v in raw.items() if k != "model"},
-        source=source,
-    )
-
-
 def _timm_export(path: Path, source: str) -> Checkpoint:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata, tensors = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     except Exception as err:  # safetensors raises its own error type for a bad header or short data
         raise CheckpointError(f"cannot read checkpoint {source}: {_failure(err)}") from None
-    if "patch_embed.proj.weight" not in tensors or not any(k.startswith("blocks.") for k in tensors):
-        raise CheckpointError(
-            f"{source}: unknown layout: safetensors without timm ViT names (patch_embed.*, blocks.*; it starts "
-            f"{list(tensors)[:3]})"
-        )
+    problem = timm_layout_problem(list(tensors), source)
+    if problem:
+        raise CheckpointError(problem)
     return Checkpoint(kind="timm-export", config=None, tensors=tensors, extra={"metadata": metadata}, source=source)

@@ -31,14 +31,17 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.format import fs
 from pipeline.format.contract import LOCK, MARKER, TOOL, DatasetPaths, DocumentError, parse_doc
 from pipeline.format.ownership import BuildLock
 from pipeline.format.schema import ConfigError, setting
 from pipeline.format.stores import Location, Stage
-from trainer.engine.checkpoint import LAST, Kind
-from trainer.engine.distributed import DistInfo, gather_objects
+from trainer.engine.checkpoint_kind import LAST, Kind
+
+if TYPE_CHECKING:  # the ownership checks run before torch is imported (`trainer.preflight`)
+    from trainer.engine.distributed import DistInfo
 
 log = logging.getLogger(__name__)
 RUN_MARKER = "mmforge-run.json"
@@ -183,6 +186,8 @@ def _pull(folder: RunFolder, kind: Kind, main: bool) -> None:
 
 def _agree(work: Callable[[], None], dist: DistInfo) -> None:
     """Run `work` on this rank; every rank raises (its own error, or the first rank's refusal) or none does."""
+    from trainer.engine.distributed import gather_objects
+
     error: Exception | None = None
     try:
         work()

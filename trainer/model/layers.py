@@ -9,10 +9,29 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath
 from torch import Tensor, nn
 
 LN_EPS = 1e-6
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: in training, each sample's residual branch is zeroed with probability `p` and the
+    kept ones scaled by 1 / (1 - p); the identity in evaluation. (timm's `DropPath` computes the same, from the
+    same random draws; importing timm for it would add seconds to every trainer command.)"""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        draws = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * (draws / keep if keep > 0 else draws)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 def layer_norm(dim: int) -> nn.LayerNorm:

@@ -40,6 +40,7 @@ from pipeline.verify.docs import DatasetDocs, NotADatasetError, check_documents,
 from trainer.config import ModelConfig
 from trainer.data.augment import augment, center_square
 from trainer.engine.checkpoint import first_sentence, read_checkpoint
+from trainer.engine.checkpoint_kind import RECONSTRUCTS
 from trainer.engine.distributed import pick_device
 from trainer.errors import CheckpointError, DataError
 from trainer.model.masking import draw_masks, random_mask
@@ -76,7 +77,7 @@ class Reconstruction:
 
 def load_model(path: Path, device: str = "cpu") -> MultiMAE:
     """Our pretraining checkpoint (its model config inside) or an official pretrained one (ViT-B), loaded strictly."""
-    ckpt = read_checkpoint(path).require("pretrain-run", "official-pretrained", use="reconstruct")
+    ckpt = read_checkpoint(path).require(*RECONSTRUCTS, use="reconstruct")
     cfg = ckpt.model_config
     model = MultiMAE(cfg)
     try:

@@ -43,11 +43,11 @@ from torch import Tensor
 
 from pipeline.format import fs
 from trainer.config import FinetuneConfig, ModelConfig
-from trainer.engine.checkpoint import Kind, read_checkpoint
+from trainer.engine.checkpoint import read_checkpoint
+from trainer.engine.checkpoint_kind import EXPORTABLE, Kind
 from trainer.transfer.heads import PROBE_BN_EPS
 
 MISSING_IN_MULTIMAE = ("norm.weight", "norm.bias", "head.weight", "head.bias")
-EXPORTABLE: tuple[Kind, ...] = ("pretrain-run", "finetune-run", "official-pretrained", "official-finetuned")
 CLS_HEAD = "output_adapters.cls."  # the classification head's tensors (the official fine-tuning layout)
 METADATA = {"format": "pt", "source": "multimae-forge"}
 

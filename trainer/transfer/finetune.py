@@ -26,7 +26,6 @@ import io
 import json
 import logging
 import math
-import os
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -50,6 +49,7 @@ from trainer.engine.optim import layer_decay_groups
 from trainer.engine.run import RunOptions, RunSummary, RunView
 from trainer.errors import CheckpointError, ConfigError, DataError
 from trainer.model.modalities import MODALITIES
+from trainer.preflight import check_output_file
 from trainer.transfer.classes import (
     ClassIds,
     ModelClasses,
@@ -536,12 +536,5 @@ def check_evaluate_options(
         raise ConfigError(f"--batch-size must be >= 1, got {batch}")
     if protocol is not None and protocol not in EVAL_PROTOCOLS:
         raise ConfigError(f"--protocol {protocol!r}: known protocols are {', '.join(EVAL_PROTOCOLS)}")
-    if json_path is not None:
-        path = Path(json_path)
-        if path.is_dir():
-            raise ConfigError(f"--json {path} is a folder; it takes a file name")
-        if not path.parent.is_dir():
-            raise ConfigError(f"--json {path}: the folder {path.parent} does not exist")
-        if not os.access(path.parent, os.W_OK | os.X_OK):
-            raise ConfigError(f"--json {path}: the folder {path.parent} cannot be written")
+    check_output_file(json_path, "--json")
     return where

@@ -28,10 +28,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch.nn.functional as F
-from timm.layers import DropPath
 from torch import Tensor, nn
 
-from trainer.model.layers import layer_norm
+from trainer.model.layers import DropPath, layer_norm
 
 PROBE_BN_EPS = 1e-6  # the linear probe's BatchNorm (MAE's); the timm export folds it into the Linear with this eps
 
