@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from collections.abc import Mapping
@@ -271,76 +272,28 @@ def preview_cmd(
     typer.echo(f"{result.rows} samples x {len(result.columns)} columns ({', '.join(result.columns)}): {wrote}")
 
 
-@app.command("pretrain")
-def pretrain_cmd(
-    ctx: typer.Context,
-    data: opts.Data,
-    out: opts.Out,
-    config: opts.Config = None,
-    sets: opts.Sets = None,
-    device: opts.Device = "auto",
-    resume: opts.Resume = True,
-    reschedule: opts.Reschedule = False,
-    steps: opts.Steps = None,
-    epochs: opts.Epochs = None,
-    batch_size: opts.BatchSize = None,
-    workers: opts.Workers = None,
-    allow_defects: opts.AllowDefects = False,
-    tensorboard: opts.Tensorboard = None,
-    wandb: opts.Wandb = None,
-) -> None:
-    """Pretrain MultiMAE on a dataset's shards. Several GPUs: torchrun ... -m trainer.train (same options)."""
-    _train("pretrain", ctx.params)
+RUN_COMMANDS = {
+    "pretrain": "Pretrain MultiMAE on a dataset's shards. Several GPUs: torchrun ... -m trainer.train (same options).",
+    "finetune": "Fine-tune a pretrained MultiMAE on classification, semantic segmentation or depth, from RGB or RGB-D.",
+    "probe": "Linear probe (frozen encoder, BatchNorm + Linear): a fast signal of what pretraining learnt.",
+}
 
 
-@app.command("finetune")
-def finetune_cmd(
-    ctx: typer.Context,
-    data: opts.Data,
-    out: opts.Out,
-    task: opts.Task = None,
-    init: opts.Init = None,
-    val: opts.Val = None,
-    config: opts.Config = None,
-    sets: opts.Sets = None,
-    inputs: opts.Inputs = None,
-    device: opts.Device = "auto",
-    resume: opts.Resume = True,
-    reschedule: opts.Reschedule = False,
-    steps: opts.Steps = None,
-    epochs: opts.Epochs = None,
-    batch_size: opts.BatchSize = None,
-    workers: opts.Workers = None,
-    allow_defects: opts.AllowDefects = False,
-    tensorboard: opts.Tensorboard = None,
-    wandb: opts.Wandb = None,
-) -> None:
-    """Fine-tune a pretrained MultiMAE on classification, semantic segmentation or depth, from RGB or RGB-D."""
-    _train("finetune", ctx.params)
+def _run_command(kind: Literal["pretrain", "finetune", "probe"], summary: str) -> None:
+    """Register `mmforge KIND`: its options are `trainer.options`' for the kind (`opts.run_parameters`), and
+    their values go on by name to `_train`."""
+
+    def command(ctx: typer.Context, **_: Any) -> None:
+        _train(kind, ctx.params)
+
+    context = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
+    command.__signature__ = inspect.Signature([context, *opts.run_parameters(kind)])  # type: ignore[attr-defined]
+    command.__doc__, command.__name__ = summary, f"{kind}_cmd"
+    app.command(kind)(command)
 
 
-@app.command("probe")
-def probe_cmd(
-    ctx: typer.Context,
-    data: opts.Data,
-    out: opts.Out,
-    init: opts.Init = None,
-    val: opts.Val = None,
-    config: opts.Config = None,
-    sets: opts.Sets = None,
-    device: opts.Device = "auto",
-    resume: opts.Resume = True,
-    reschedule: opts.Reschedule = False,
-    steps: opts.Steps = None,
-    epochs: opts.Epochs = None,
-    batch_size: opts.BatchSize = None,
-    workers: opts.Workers = None,
-    allow_defects: opts.AllowDefects = False,
-    tensorboard: opts.Tensorboard = None,
-    wandb: opts.Wandb = None,
-) -> None:
-    """Linear probe (frozen encoder, BatchNorm + Linear): a fast signal of what pretraining learnt."""
-    _train("probe", ctx.params)
+for _kind, _summary in RUN_COMMANDS.items():
+    _run_command(_kind, _summary)  # type: ignore[arg-type]
 
 
 def _train(kind: Literal["pretrain", "finetune", "probe"], values: Mapping[str, Any]) -> None:

@@ -2,18 +2,20 @@
 
 The options of the commands that train (pretrain, finetune, probe) are made from their one declaration,
 `trainer.options.OPTIONS` (the torchrun entry's argparse is made from it too): a command lists the ones it
-takes, `steps: Steps = None`, and passes their values on by name (`click.Context.params`).
+is made from the options its kind takes (`run_parameters`) and passes their values on by name
+(`click.Context.params`).
 """
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from pipeline.format.locations import local_location
-from trainer.options import option
+from trainer.options import TrainingOption, option, options_of
 
 
 def _typer(name: str) -> Any:
@@ -23,26 +25,25 @@ def _typer(name: str) -> Any:
     return typer.Option(flag, parser=spec.parse, metavar=spec.metavar, help=spec.help)
 
 
-# Every run that trains
-Data = Annotated[str, _typer("data")]
-Out = Annotated[str, _typer("out")]
-Config = Annotated[Path | None, _typer("config")]
-Sets = Annotated[list[str] | None, _typer("sets")]
-Device = Annotated[str, _typer("device")]
-Resume = Annotated[bool, _typer("resume")]
-Reschedule = Annotated[bool, _typer("reschedule")]
-Steps = Annotated[int | None, _typer("steps")]
-Epochs = Annotated[int | None, _typer("epochs")]
-BatchSize = Annotated[int | None, _typer("batch_size")]
-Workers = Annotated[int | None, _typer("workers")]
-AllowDefects = Annotated[bool, _typer("allow_defects")]
-Tensorboard = Annotated[bool | None, _typer("tensorboard")]
-Wandb = Annotated[bool | None, _typer("wandb")]
-# Fine-tuning and probing
-Task = Annotated[str | None, _typer("task")]
-Inputs = Annotated[str | None, _typer("inputs")]
-Init = Annotated[str | None, _typer("init")]
-Val = Annotated[str | None, _typer("val")]
+def run_parameters(kind: str) -> list[inspect.Parameter]:
+    """The parameters of `mmforge KIND` (pretrain, finetune, probe): one per option of `options_of(kind)`, in
+    its order, each typed and declared as Typer reads it, with the option's default."""
+    keyword, required = inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.empty
+    return [
+        inspect.Parameter(
+            spec.name, keyword, default=required if spec.required else spec.default, annotation=_annotated(spec)
+        )
+        for spec in options_of(kind)
+    ]
+
+
+def _annotated(spec: TrainingOption) -> Any:
+    """`Annotated[type, typer.Option(...)]` of one option: the type its values take (None: not given)."""
+    kind: Any = list[str] if spec.repeat else Path if spec.parse is local_location else spec.value
+    if spec.default is None and not spec.required:
+        kind = kind | None
+    return Annotated[kind, _typer(spec.name)]
+
 
 # build-dataset
 Recipe = Annotated[
