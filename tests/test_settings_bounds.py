@@ -318,3 +318,17 @@ def test_build_dataset_sets_are_checked_against_the_bounds(tmp_path: Path) -> No
     assert result.exit_code == 2, result.output
     assert "options: 3 problems" in result.stderr, result.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("key", "good", "bad", "fragment"),
+    [
+        ("labelers.depth.size", 8192, 8193, "size and max_side must be <= 8192 pixels"),
+        ("labelers.semseg.max_side", 8192, 8193, "size and max_side must be <= 8192 pixels"),
+        ("labelers.semseg.min_side", 1, 0, "min_side >= 1"),
+    ],
+)
+def test_a_labelers_sides_are_bounded(key: str, good: int, bad: int, fragment: str) -> None:
+    load_recipe("demo", sets=[f"{key}={good}"])
+    with pytest.raises(ConfigError, match=fragment):
+        load_recipe("demo", sets=[f"{key}={bad}"])
