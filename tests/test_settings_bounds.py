@@ -28,6 +28,7 @@ from pipeline.build.recipe import (
 )
 from pipeline.cli.app import app
 from pipeline.format.schema import ConfigError, load, problems_of
+from pipeline.format.stores import location
 from pipeline.pictures.preview import PreviewConfig
 from pipeline.synth.scenes import MAX_SCENES, MAX_WORKERS, SceneConfig, ScenesError
 from tests.conftest import DEMO_RECIPE, EXAMPLES
@@ -102,7 +103,7 @@ def problems(cls: type, name: str, value: Any) -> list[str]:
     """The problems of `cls` with `name` = `value`: loaded from a table as a file is (a preview's config is built
     by its command, then checked)."""
     if cls is PreviewConfig:
-        return problems_of(PreviewConfig(data=".", **{name: value}))
+        return problems_of(PreviewConfig(data=location("."), **{name: value}))
     try:
         load(cls, {**REQUIRED.get(cls, {}), name: value})
     except ConfigError as err:
@@ -221,16 +222,18 @@ def test_range_and_cross_field_problems_of_every_table_are_listed_at_once() -> N
 
 
 @pytest.mark.parametrize(
-    ("change", "fragment"),
+    ("name", "bound", "fragment"),
     [
-        ({"n": MAX_SCENES + 1}, f"n must be at least 1 and at most {MAX_SCENES:,}"),
-        ({"workers": MAX_WORKERS + 1}, f"workers must be at least 1 and at most {MAX_WORKERS}"),
+        ("n", MAX_SCENES, f"n must be at least 1 and at most {MAX_SCENES:,}"),
+        ("workers", MAX_WORKERS, f"workers must be at least 1 and at most {MAX_WORKERS}"),
     ],
 )
-def test_scene_settings_are_bounded(change: dict[str, int], fragment: str) -> None:
-    SceneConfig(**{"n": 1, "seed": 0, "workers": 1, **{k: v - 1 for k, v in change.items()}})
+def test_scene_settings_are_bounded(name: str, bound: int, fragment: str) -> None:
+    base = SceneConfig(n=1, seed=0, workers=1)
+    at_bound: dict[str, Any] = {name: bound}
+    assert getattr(dataclasses.replace(base, **at_bound), name) == bound
     with pytest.raises(ScenesError, match=fragment):
-        SceneConfig(**{"n": 1, "seed": 0, "workers": 1, **change})
+        dataclasses.replace(base, **{**at_bound, name: bound + 1})
 
 
 # ------------------------------------------------------------------------------------------- shipped files
