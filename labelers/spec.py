@@ -21,6 +21,7 @@ OUTPUT_MEMBER_KIND = {
     "normal": "vector_map",
 }
 GEOMETRIES = ("square", "short_side", "multiple_of_32")
+MAX_SIDE = 8192  # pixels a labeler's network is fed on a side (its size, max_side): 4x the largest shipped
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,6 +72,8 @@ class LabelerSpec:
                 )
         if self.size < 32 or self.min_side > self.max_side:
             raise ValueError(f"{self.name}: size must be >= 32 and min_side <= max_side")
+        if self.size > MAX_SIDE or self.max_side > MAX_SIDE or self.min_side < 1:
+            raise ValueError(f"{self.name}: size and max_side must be <= {MAX_SIDE} pixels, min_side >= 1")
 
     @property
     def labeler_id(self) -> str:

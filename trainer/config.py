@@ -47,24 +47,36 @@ __all__ = [
 ]
 
 
+MAX_EPOCHS = 100_000  # the paper's longest schedule is 2,000 epochs (NYUv2 depth)
+MAX_COUNT = 2**31 - 1  # steps and step counts: any a run can reach
+MAX_GRID = 256  # patches per side of an input (4096 px at patch 16): bounds the position embeddings
+
+
+def _twice(names: Sequence[str]) -> list[str]:
+    return sorted({n for n in names if names.count(n) > 1})
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     """MultiMAE shape. Defaults are the official ViT-B pretraining model."""
 
-    image_size: int = setting(224, ge=1)
-    patch_size: int = setting(16, ge=4)
-    dim: int = setting(768, ge=4)
-    depth: int = setting(12, ge=1)
-    heads: int = setting(12, ge=1)
-    mlp_ratio: float = setting(4.0, gt=0)
-    num_global_tokens: int = setting(1, ge=0)
-    decoder_dim: int = setting(256, ge=4)
-    decoder_depth: int = setting(2, ge=0)
-    decoder_heads: int = setting(8, ge=1)
-    num_visible: int = setting(98, ge=1)
-    dirichlet_alpha: float = setting(1.0, gt=0)
+    # The upper bounds stop a mistyped value before any model is built (image_size = 1000000 asked for
+    # position embeddings of billions of tokens); they are above any published ViT (ViT-22B: dim 6144,
+    # 48 blocks, 48 heads).
+    image_size: int = setting(224, ge=4, le=4096)  # a multiple of patch_size
+    patch_size: int = setting(16, ge=4, le=64)  # a multiple of each modality's stride (semseg: 4)
+    dim: int = setting(768, ge=4, le=8192)  # a multiple of heads and of 4
+    depth: int = setting(12, ge=1, le=128)
+    heads: int = setting(12, ge=1, le=128)
+    mlp_ratio: float = setting(4.0, gt=0, le=16)
+    num_global_tokens: int = setting(1, ge=0, le=64)
+    decoder_dim: int = setting(256, ge=4, le=8192)  # a multiple of decoder_heads and of 4
+    decoder_depth: int = setting(2, ge=0, le=64)
+    decoder_heads: int = setting(8, ge=1, le=128)
+    num_visible: int = setting(98, ge=1, le=2**20)  # pretraining: < the inputs' tokens
+    dirichlet_alpha: float = setting(1.0, gt=0, le=1000)
     num_classes: int = setting(133, ge=0, le=255)  # semseg classes; 0: the dataset manifest's count
-    class_emb_dim: int = setting(64, ge=1)
+    class_emb_dim: int = setting(64, ge=1, le=4096)
     inputs: tuple[str, ...] = ("rgb", "depth", "semseg")
     outputs: tuple[str, ...] = ("rgb", "depth", "semseg", "norm_rgb")
 
@@ -82,15 +94,32 @@ class ModelConfig:
         found += [f"outputs: unknown task {n!r}; known: {sorted(TASKS)}" for n in self.outputs if n not in TASKS]
         if not self.inputs:
             found.append("inputs must name at least one modality")
+        found += [f"inputs names {n!r} twice" for n in _twice(self.inputs)]
+        found += [f"outputs names {n!r} twice" for n in _twice(self.outputs)]
         if self.image_size % self.patch_size:
             found.append(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
+        elif self.image_size // self.patch_size > MAX_GRID:
+            found.append(f"image_size / patch_size must be <= {MAX_GRID} ({MAX_GRID**2} tokens per input)")
+        found += [
+            f"patch_size {self.patch_size} must be a multiple of {m.stride} (the {m.name} modality's stride)"
+            for m in (MODALITIES[n] for n in sorted(self._modalities()) if n in MODALITIES)
+            if self.patch_size % m.stride
+        ]
         if self.dim % self.heads or self.dim % 4:
             found.append(f"dim {self.dim} must be a multiple of heads {self.heads} and of 4")
         if self.decoder_dim % self.decoder_heads or self.decoder_dim % 4:
             found.append(f"decoder_dim {self.decoder_dim} must be a multiple of decoder_heads and of 4")
+        if int(min(self.dim, self.decoder_dim) * self.mlp_ratio) < 1:
+            found.append(f"mlp_ratio {self.mlp_ratio} leaves an MLP without units")
         if self.inputs and self.outputs and self.num_visible >= self.num_tokens:  # masking: pretraining only
             found.append(f"num_visible {self.num_visible} must be < the {self.num_tokens} tokens of the inputs")
         return found
+
+    def _modalities(self) -> set[str]:
+        """The modalities the model reads or predicts (an output's source)."""
+        from trainer.model.modalities import TASKS
+
+        return {*self.inputs, *(TASKS[n].source for n in self.outputs if n in TASKS)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,14 +134,14 @@ class DataConfig:
     and normalises the batch (`trainer.data.batch_resize`); "auto": "device" when training on a GPU, else "worker".
     """
 
-    batch_size: int = setting(256, ge=1)
-    workers: int = setting(10, ge=0)
-    shuffle_buffer: int = setting(1000, ge=1)
-    open_shards: int = setting(4, ge=1)
+    batch_size: int = setting(256, ge=1, le=65536)
+    workers: int = setting(10, ge=0, le=256)
+    shuffle_buffer: int = setting(1000, ge=1, le=100_000)  # <= 100,000 samples: ~30 GB a worker at 0.3 MB
+    open_shards: int = setting(4, ge=1, le=1024)
     crop_scale: tuple[float, float] = (0.2, 1.0)
     crop_ratio: tuple[float, float] = (0.75, 4.0 / 3.0)
     hflip: float = setting(0.5, ge=0, le=1)
-    max_corrupt: int = setting(1000, ge=0)
+    max_corrupt: int = setting(1000, ge=0, le=MAX_COUNT)
     verify_checksums: bool = False
     augment_on: str = setting("auto", choices=("auto", "worker", "device"))
 
@@ -120,20 +149,21 @@ class DataConfig:
         lo, hi = self.crop_scale
         found = [] if 0 < lo <= hi <= 1 else [f"crop_scale must be 0 < low <= high <= 1, got {list(self.crop_scale)}"]
         rlo, rhi = self.crop_ratio
-        return found + ([] if 0 < rlo <= rhi else [f"crop_ratio must be 0 < low <= high, got {list(self.crop_ratio)}"])
+        ok = 0.1 <= rlo <= rhi <= 10
+        return found + ([] if ok else [f"crop_ratio must be 0.1 <= low <= high <= 10, got {list(self.crop_ratio)}"])
 
 
 @dataclass(frozen=True, kw_only=True)
 class OptimConfig:
     """AdamW with warmup-cosine; lr = base_lr x global batch / 256."""
 
-    base_lr: float = setting(1e-4, gt=0)
+    base_lr: float = setting(1e-4, gt=0, le=10)
     betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = setting(0.05, ge=0)
-    warmup_epochs: float = setting(40.0, ge=0)
-    min_lr: float = setting(0.0, ge=0)
-    clip_grad: float = setting(0.0, ge=0)
-    accum_steps: int = setting(1, ge=1)
+    weight_decay: float = setting(0.05, ge=0, le=10)
+    warmup_epochs: float = setting(40.0, ge=0, le=MAX_EPOCHS)
+    min_lr: float = setting(0.0, ge=0, le=10)  # <= base_lr
+    clip_grad: float = setting(0.0, ge=0, le=1e6)  # 0: no clipping
+    accum_steps: int = setting(1, ge=1, le=4096)
 
     def problems(self) -> list[str]:
         found = [] if all(0 <= b < 1 for b in self.betas) else [f"betas must be in [0, 1), got {list(self.betas)}"]
@@ -144,18 +174,20 @@ class OptimConfig:
 class TrainConfig:
     """Loop: length, precision, checkpoints, logging and the non-finite-loss policy."""
 
-    epochs: int = setting(1600, ge=0)
-    steps: int = setting(0, ge=0)
+    epochs: int = setting(1600, ge=0, le=MAX_EPOCHS)
+    steps: int = setting(0, ge=0, le=MAX_COUNT)
     seed: int = setting(0, ge=0, le=2**31 - 1)
     precision: str = setting("auto", choices=("auto", *PRECISIONS))
     compile: bool = False
-    checkpoint_every: int = setting(1000, ge=1)
-    keep_last: int = setting(3, ge=1)
+    checkpoint_every: int = setting(1000, ge=1, le=MAX_COUNT)
+    keep_last: int = setting(3, ge=1, le=1000)
     nonfinite: str = setting("skip", choices=("skip", "stop"))
-    max_nonfinite: int = setting(20, ge=0)
+    max_nonfinite: int = setting(20, ge=0, le=MAX_COUNT)
     tensorboard: bool = True  # scalars and figures under run/tensorboard
     wandb: bool = False  # Weights & Biases (the `wandb` extra); WANDB_MODE=offline works without a network
-    figure_every: int = setting(1000, ge=0)  # reconstruction figure of a fixed sample every N steps (0: never)
+    figure_every: int = setting(
+        1000, ge=0, le=MAX_COUNT
+    )  # reconstruction figure of a fixed sample every N steps (0: never)
     progress: bool = True
 
     def problems(self) -> list[str]:
@@ -207,18 +239,18 @@ class TaskConfig:
     layer_decay: float = setting(0.75, gt=0, le=1)
     drop_path: float = setting(0.1, ge=0, lt=1)
     label_smoothing: float = setting(0.1, ge=0, lt=1)
-    mixup: float = setting(0.0, ge=0)  # Beta(alpha, alpha) of timm's Mixup; 0 = off
-    cutmix: float = setting(0.0, ge=0)
+    mixup: float = setting(0.0, ge=0, le=100)  # Beta(alpha, alpha) of timm's Mixup; 0 = off
+    cutmix: float = setting(0.0, ge=0, le=100)
     ignore_id: int = setting(255, ge=0, le=255)
-    head_embed_dim: int = setting(6144, ge=16)  # ConvNeXt head: preds_per_patch x channels
-    preds_per_patch: int = setting(16, ge=1)
-    head_depth: int = setting(4, ge=0)
+    head_embed_dim: int = setting(6144, ge=16, le=65536)  # ConvNeXt head: preds_per_patch x channels
+    preds_per_patch: int = setting(16, ge=1, le=1024)  # a square (4 x 4 sub-patches) dividing head_embed_dim
+    head_depth: int = setting(4, ge=0, le=64)
     hooks: tuple[int, ...] = (2, 5, 8, 11)  # DPT head: encoder blocks whose outputs it reads
     layer_dims: tuple[int, ...] = (96, 192, 384, 768)
-    features: int = setting(256, ge=2)
-    depth_scale: float = setting(1.0, gt=0)  # depth target = decoded value x depth_scale (0.001: mm -> m)
+    features: int = setting(256, ge=2, le=8192)
+    depth_scale: float = setting(1.0, gt=0, le=1e6)  # depth target = decoded value x depth_scale (0.001: mm -> m)
     depth_loss: str = setting("berhu", choices=("berhu", "l1"))  # over valid pixels: berHu or the masked L1
-    eval_every: int = setting(0, ge=0)  # evaluate on --val every N steps (0: at the end only)
+    eval_every: int = setting(0, ge=0, le=MAX_COUNT)  # evaluate on --val every N steps (0: at the end only)
     # how validation (and `evaluate`, unless --protocol) places an image: `trainer.transfer.protocols`
     eval_protocol: str = setting("center", choices=eval_protocol_names)
 

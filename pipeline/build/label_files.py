@@ -61,7 +61,7 @@ class FileLabels:
     classes: str | None = None  # class maps: the class table (labelers.classes), for names and colours
     reduce_zero_label: bool = False  # class maps: file id 0 -> ignore, k -> k - 1 (ADE20K, NYUv2)
     ignore_values: tuple[int, ...] = ()  # class maps: file ids that mean "ignore" (after reduce_zero_label)
-    scale: float = setting(1.0, gt=0)  # value maps: stored value x scale = the value (0.001: mm -> m)
+    scale: float = setting(1.0, gt=0, le=1e6)  # value maps: stored value x scale = the value (0.001: mm -> m)
     license: str = "the dataset's own (see its terms)"
     notes: str = ""
 

@@ -64,9 +64,11 @@ class SourceConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class ImageConfig:
-    max_side: int = setting(0, ge=0)  # 0 keeps the original size
-    max_pixels: int = setting(89_478_485, ge=1)  # decompression-bomb limit (Pillow's default)
-    max_file_bytes: int = setting(256 * 2**20, ge=1)  # larger source files are recorded failures, never read
+    max_side: int = setting(0, ge=0, le=65_536)  # 0 keeps the original size; a larger image is shrunk to it
+    # decompression-bomb limit (Pillow's default); <= 2^30 pixels (3 GiB decoded RGB)
+    max_pixels: int = setting(89_478_485, ge=1, le=2**30)
+    # larger source files are recorded failures, never read; <= 4 GiB
+    max_file_bytes: int = setting(256 * 2**20, ge=1, le=2**32)
     jpeg_quality: int = setting(95, ge=1, le=100)
 
 
@@ -87,12 +89,13 @@ class RuntimeConfig:
 
     batch_size: int = setting(16, ge=1, le=4096)
     precision: str = setting("bf16", choices=PRECISIONS)  # on GPU; CPU always runs fp32
-    gpus_per_actor: float = setting(0.5, ge=0)  # depth and semseg actors share one GPU
-    cpus_per_actor: float = setting(0.0, ge=0)  # 0 = auto (1 with GPUs, 0.5 on CPU-only nodes)
-    actors_per_labeler: int = setting(0, ge=0)  # 0 = auto (one per GPU, else 1)
+    gpus_per_actor: float = setting(0.5, ge=0, le=64)  # depth and semseg actors share one GPU
+    cpus_per_actor: float = setting(0.0, ge=0, le=1024)  # 0 = auto (1 with GPUs, 0.5 on CPU-only nodes)
+    actors_per_labeler: int = setting(0, ge=0, le=65_536)  # 0 = auto (one per GPU, else 1)
     max_retries: int = setting(2, ge=0, le=100)  # per shard, then the shard is reported failed
-    shards_in_flight: int = setting(0, ge=0)  # 0 = auto (2 x cluster CPUs)
-    stall_minutes: float = setting(10.0, ge=0)  # name shards that made no progress this long (0 = never)
+    shards_in_flight: int = setting(0, ge=0, le=1_000_000)  # 0 = auto (2 x cluster CPUs)
+    # name shards that made no progress this long (0 = never); <= 10,080 (a week)
+    stall_minutes: float = setting(10.0, ge=0, le=10_080)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -6,7 +6,9 @@ of a table at once.
   `tuple[X, ...]`, `tuple[X, Y]`, `list[X]`, `dict[str, X]`, `Any` and nested dataclasses.
 - Ranges and choices come from `setting(default, ge=..., le=..., choices=..., pattern=...)`; `choices` may be
   a function, called when a value is checked (the names of a registry that plugins fill).
-- Cross-field rules come from the class's own `problems() -> list[str]` method.
+- Cross-field rules come from the class's own `problems() -> list[str]` method, listed with the range problems;
+  a rule that fails on a value out of range (divides by a `patch_size` of 0) is left out, as the range
+  problem names that value.
 - Unknown keys are problems, never ignored.
 - The command line changes a file's table before it is loaded (`with_command_line`: an option by its dotted key,
   `--set KEY=VALUE` with a TOML value), so a value typed there is checked exactly as one in the file.
@@ -83,10 +85,7 @@ def problems_of(obj: Any, where: str = "") -> list[str]:
         found += _rule_problems(name, value, f.metadata.get("rules", {}))
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             found += problems_of(value, name)
-    rules = getattr(obj, "problems", None)
-    if callable(rules):
-        found += [f"{where}: {p}" if where else p for p in rules()]
-    return found
+    return found + _cross_field(obj, where, in_range=not found)
 
 
 def validate(obj: Any, heading: str = "") -> None:
@@ -241,21 +240,34 @@ def _dataclass(cls: type, raw: Any, where: str, problems: list[str]) -> Any:
     if len(problems) > before:  # wrong types or keys: the table cannot be built, its rules cannot run
         problems += ranges
         return None
-    obj = _construct(cls, values, where, problems)
+    obj = _construct(cls, values, where, problems, in_range=not ranges)
     problems += ranges
     return None if ranges else obj
 
 
-def _construct(cls: type, values: dict[str, Any], where: str, problems: list[str]) -> Any:
+def _construct(cls: type, values: dict[str, Any], where: str, problems: list[str], in_range: bool) -> Any:
     try:
         obj = cls(**values)
     except (TypeError, ValueError) as err:
         problems.append(f"{where or cls.__name__}: {err}")
         return None
-    rules = getattr(obj, "problems", None)
-    if callable(rules):
-        problems += [f"{where}: {p}" if where else p for p in rules()]
+    problems += _cross_field(obj, where, in_range)
     return obj
+
+
+def _cross_field(obj: Any, where: str, in_range: bool) -> list[str]:
+    """`obj.problems()`, its cross-field rules. With a value out of range a rule may fail on it (`patch_size = 0`
+    divides by zero): its findings are then left out, as the range problem already names the value."""
+    rules = getattr(obj, "problems", None)
+    if not callable(rules):
+        return []
+    try:
+        found = rules()
+    except Exception:
+        if in_range:
+            raise
+        return []
+    return [f"{where}: {p}" if where else p for p in found]
 
 
 def _coerce(hint: Any, value: Any, where: str, problems: list[str]) -> Any:
@@ -323,7 +335,10 @@ def _rule_problems(where: str, value: Any, rules: dict[str, Any]) -> list[str]:
             ("lt", lambda v, b: v < b, "<"),
         ):
             if rule in rules and not ok(value, rules[rule]):
-                found.append(f"{where} must be {text} {rules[rule]:g}; got {value!r}")
+                bound = rules[rule]  # an int in full (2^32 is 4294967296, never 4.29497e+09)
+                found.append(
+                    f"{where} must be {text} {bound if isinstance(bound, int) else f'{bound:g}'}; got {value!r}"
+                )
     return found
 
 

@@ -53,11 +53,11 @@ _MAX_LEGEND_CLASSES = 48
 class PreviewConfig:
     data: Location  # a dataset folder or store prefix
     n: int = setting(16, ge=1, le=1024)  # rows of the grid
-    seed: int = setting(0, ge=0)
+    seed: int = setting(0, ge=0, le=2**63 - 1)
     out: Location | None = None  # the grid as PNG (a file or store object)
     html: Location | None = None  # a folder (or prefix) for index.html
     tile: int = setting(160, ge=32, le=1024)  # pixels per tile
-    stats_samples: int = setting(256, ge=1)  # samples behind the class shares and the depth histogram
+    stats_samples: int = setting(256, ge=1, le=100_000)  # samples behind the class shares and the depth histogram
 
     def __post_init__(self) -> None:  # a str or Path is resolved to its Location
         object.__setattr__(self, "data", location(self.data))

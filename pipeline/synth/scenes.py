@@ -100,6 +100,8 @@ GENERATOR_VERSION = 1
 TASKS = ("rgb", "depth", "semseg", "normal")  # task folders; rgb is renamed into place last
 SIZE_RANGE = (32, 1024)
 MAX_OBJECTS = 12
+MAX_SCENES = 10_000_000  # of one split (a render plans every index up front)
+MAX_WORKERS = 1024  # processes
 VOID = 255  # class id where nothing is hit (the ignore id of class maps)
 FACING = (0.0, 0.0, 1.0)  # the stored normal where none is known
 FOV_DEG, NEAR, FAR = 60.0, 0.05, 20.0  # vertical field of view (square images), clip planes in metres
@@ -329,7 +331,7 @@ class SceneConfig:
     def problems(self) -> list[str]:
         lo, hi = SIZE_RANGE
         checks = [
-            (self.n >= 1, f"n must be at least 1, got {self.n}"),
+            (1 <= self.n <= MAX_SCENES, f"n must be at least 1 and at most {MAX_SCENES:,}, got {self.n}"),
             (0 <= self.seed < 2**63, f"seed must be 0..2^63-1, got {self.seed}"),
             (lo <= self.size <= hi, f"size must be {lo}..{hi} pixels, got {self.size}"),
             (
@@ -347,7 +349,10 @@ class SceneConfig:
                 f"distance must be {DISTANCE_RANGE[0]} <= lo <= hi <= {DISTANCE_RANGE[1]} metres, got "
                 f"{self.distance[0]}..{self.distance[1]}",
             ),
-            (self.workers >= 1, f"workers must be at least 1, got {self.workers}"),
+            (
+                1 <= self.workers <= MAX_WORKERS,
+                f"workers must be at least 1 and at most {MAX_WORKERS}, got {self.workers}",
+            ),
         ]
         return [message for ok, message in checks if not ok]
 

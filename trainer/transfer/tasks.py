@@ -28,6 +28,7 @@ from a `multimae_forge.codecs` entry point, and a map's modality from `multimae_
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -343,8 +344,20 @@ def hooked_main_tokens(head: nn.Module, e: Encoded) -> Tensor:
     return head([h[:, main.span] for h in e.hooked], main.grid)
 
 
+def convnext_problems(t: TaskSettings) -> list[str]:
+    side = math.isqrt(t.preds_per_patch)
+    if side * side == t.preds_per_patch and t.head_embed_dim % t.preds_per_patch == 0:
+        return []
+    return [
+        f"preds_per_patch {t.preds_per_patch} must be a square (4 x 4 = 16) dividing head_embed_dim {t.head_embed_dim}"
+    ]
+
+
 def dpt_problems(t: TaskSettings) -> list[str]:
-    return [] if len(t.hooks) == 4 and len(t.layer_dims) == 4 else ["the depth head takes 4 hooks and 4 layer_dims"]
+    found = [] if len(t.hooks) == 4 and len(t.layer_dims) == 4 else ["the depth head takes 4 hooks and 4 layer_dims"]
+    if not all(1 <= d <= 8192 for d in t.layer_dims):
+        found.append(f"layer_dims must be 1..8192 channels, got {list(t.layer_dims)}")
+    return found
 
 
 # ------------------------------------------------------------------------------------------------ losses
@@ -430,6 +443,7 @@ _BUILT_IN = (
         metrics=segmentation_metrics,
         main_metric="miou",
         probe=dense_probe_head,
+        config_problems=convnext_problems,
         recipe="finetune-ade20k-semseg",
         units={"miou": PERCENT, "mean_acc": PERCENT, "pixel_acc": PERCENT, "classes_present": COUNT},
         output="class_map",
