@@ -30,6 +30,7 @@ from pipeline.cli.app import app
 from pipeline.format.schema import ConfigError, load, problems_of
 from pipeline.format.stores import location
 from pipeline.pictures.preview import PreviewConfig
+from pipeline.synth.rectangles import write_dataset
 from pipeline.synth.scenes import MAX_SCENES, MAX_WORKERS, SceneConfig, ScenesError
 from tests.conftest import DEMO_RECIPE, EXAMPLES
 from trainer.config import (
@@ -281,10 +282,10 @@ def test_pretrain_lists_every_bad_set_exits_2_and_builds_nothing(
         raise AssertionError("the run started: its config was not checked first")
 
     monkeypatch.setattr(trainer.train, "pretrain", never)
-    out = tmp_path / "run"
+    out, data = tmp_path / "run", write_dataset(tmp_path / "data", [2])  # a real dataset: the paths pass
     sets = ["model.image_size=1000000", "model.patch_size=0", "data.shuffle_buffer=10000000", "optim.base_lr=1e3"]
     args = [a for item in sets for a in ("--set", item)]
-    result = runner.invoke(app, ["pretrain", "--data", str(tmp_path), "--out", str(out), "--config", "smoke", *args])
+    result = runner.invoke(app, ["pretrain", "--data", str(data), "--out", str(out), "--config", "smoke", *args])
     assert result.exit_code == 2, result.output
     lines = _error_lines(result.output)
     assert lines[0] == "error: options: 4 problems" and len(lines) == 5, result.output
