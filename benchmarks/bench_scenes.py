@@ -63,6 +63,10 @@ INITS: dict[str, tuple[str, str] | None] = {
     "multimae-gt": ("scenes-pretrain.toml", "gt"),  # the ceiling
     "multimae-teacher": ("scenes-pretrain.toml", "teacher"),  # the claim
     "multimae-smoke": ("scenes-pretrain.toml", "smoke"),  # the control
+    # the same three with every visible token from rgb: depth and semseg are targets only (predicted everywhere)
+    "rgb-visible-gt": ("scenes-pretrain-rgb-visible.toml", "gt"),
+    "rgb-visible-teacher": ("scenes-pretrain-rgb-visible.toml", "teacher"),
+    "rgb-visible-smoke": ("scenes-pretrain-rgb-visible.toml", "smoke"),
 }
 TASKS = {"depth": "scenes-finetune-depth.toml", "semseg": "scenes-finetune-semseg.toml"}
 MODES = ("finetuned", "probe")

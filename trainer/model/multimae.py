@@ -101,12 +101,16 @@ class MultiMAE(MultiModalEncoder):
     def forward_loss(
         self, preds: Mapping[str, Tensor], targets: Mapping[str, Tensor], masks: Mapping[str, Tensor]
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Sum of the per-task losses on masked patches (unweighted), and each of them (fp32)."""
+        """Sum of the per-task losses on masked patches (unweighted), and each of them (fp32). A target whose
+        modality is not an input (`model.outputs` beyond `model.inputs`) is predicted at every patch."""
         per_task = {}
         for name, pred in preds.items():
             task = TASKS[name]
             grid = self._grid({task.source: targets[task.source]})
-            per_task[name] = task.loss(pred.float(), targets[task.source], masks[task.source], grid)
+            mask = masks.get(task.source)
+            if mask is None:
+                mask = pred.new_ones((pred.shape[0], grid[0] * grid[1]), dtype=torch.long)
+            per_task[name] = task.loss(pred.float(), targets[task.source], mask, grid)
         return torch.stack(list(per_task.values())).sum(), per_task
 
     def _grid(self, inputs: Mapping[str, Tensor]) -> tuple[int, int]:

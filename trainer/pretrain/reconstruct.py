@@ -278,15 +278,16 @@ def render(
         target, pred = inputs[name][0].float(), preds[name][0].float().cpu()
         if target.ndim == 2:  # class ids (h, w)
             target = inputs[name][0]
-        masked = _pixel_mask(masks[name].cpu(), target.shape[-1], grid)
+        mask = masks[name] if name in masks else torch.ones(1, grid * grid, dtype=torch.long)  # a target only
+        masked = _pixel_mask(mask.cpu(), target.shape[-1], grid)
         pics = _pictures(name, pred, target.cpu(), masked, palette)
-        visible = int((masks[name] == 0).sum())
+        visible = int((mask == 0).sum())
         kind = CODECS[MODALITIES[name].codec].kind
         if missing and name in missing:
             pics[3] = np.full_like(pics[3], 230)
         tiles.append([fit_picture(p, kind, tile - 2) for p in pics])
         labels.append(
-            f"{name}: {visible} of {masks[name].shape[1]} tokens visible"
+            f"{name}: {visible} of {mask.shape[1]} tokens visible"
             + (" (no target)" if missing and name in missing else "")
         )
     return Grid(titles=list(COLUMNS), labels=labels, tiles=tiles, tile=tile)
