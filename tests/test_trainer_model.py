@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -237,3 +238,22 @@ def test_drop_path_matches_timms_from_the_same_draws(p: float) -> None:
     b = theirs(x)
     assert torch.equal(a, b)
     assert torch.equal(ours.eval()(x), x)
+
+
+def test_a_target_that_is_not_an_input_is_predicted_at_every_patch() -> None:
+    """inputs rgb, outputs rgb + depth + semseg: depth and semseg are scored over every patch (an all-masked
+    mask), from the rgb tokens alone."""
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(TINY, inputs=("rgb",), outputs=("rgb", "depth", "semseg"), num_visible=4)
+    model = MultiMAE(cfg)
+    inputs = tiny_inputs()
+    preds, masks = model({"rgb": inputs["rgb"]})
+    assert set(masks) == {"rgb"} and set(preds) == {"rgb", "depth", "semseg"}
+    _, per_task = model.forward_loss(preds, inputs, masks)
+    everywhere = {"rgb": masks["rgb"], "depth": torch.ones(2, 16, dtype=torch.long)}
+    everywhere["semseg"] = everywhere["depth"]
+    _, expected = model.forward_loss(preds, inputs, everywhere)
+    for name in ("depth", "semseg"):
+        assert torch.isfinite(per_task[name]) and torch.equal(per_task[name], expected[name])
+    per_task["semseg"].backward()
+    assert model.input_adapters["rgb"].proj.weight.grad.abs().sum() > 0  # the classes are learnt through rgb
