@@ -36,7 +36,9 @@ from typing import Any
 
 from tqdm import tqdm
 
+from labelers.plugins import unavailable
 from pipeline.format.codecs import BY_SUFFIX, CODECS, IGNORE_ID
+from pipeline.format.codecs import ENTRY_POINT_GROUP as CODEC_PLUGINS
 from pipeline.format.contract import url_problem
 from pipeline.format.schema import to_plain
 from pipeline.format.stores import Location
@@ -106,7 +108,7 @@ def _maps(docs: DatasetDocs) -> tuple[MapSpec, ...]:
         if info.member not in BY_SUFFIX:
             docs.add(
                 "bad_document",
-                f"modality {name!r} names member {info.member!r}, not in the codec table",
+                f"modality {name!r} names member {info.member!r}, not in the codec table{unavailable(CODEC_PLUGINS)}",
                 member="manifest.json",
             )
             continue
