@@ -351,7 +351,8 @@ def convert_weights(src: Source, dst: str | Path) -> Path:
     if dst.exists():
         raise FileExistsError(f"{dst} exists; convert-weights writes a new folder")
     model = load_dpt_hybrid_original(src)
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    tail = f".tmp-{os.getpid()}"  # a legal temp name beside a DST whose name is long but legal (255 bytes)
+    tmp = dst.with_name(f".{os.fsencode(dst.name)[: 254 - len(tail)].decode('utf-8', 'ignore')}{tail}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     mean, std = ([0.5] * 3, [0.5] * 3) if model.config.num_output_channels == 1 else ([0.0] * 3, [1.0] * 3)
