@@ -332,6 +332,9 @@ def reconstruct(cfg: ReconstructConfig) -> Reconstruction:
     """Write the reconstruction figure of `cfg.checkpoint` on one input to `cfg.out`."""
     if (cfg.image is None) == (cfg.sample is None):
         raise ConfigError("give exactly one of --image FILE and --sample OUT:SHARD/KEY")
+    problem = fs.output_file_problem(Path(cfg.out))
+    if problem:
+        raise ConfigError(f"--out {cfg.out} {problem}")
     model = load_model(cfg.checkpoint, cfg.device)
     arrays, manifest = read_sample(cfg.sample) if cfg.sample else label_image(cfg.image, cfg.labels_from)  # type: ignore[arg-type]
     try:
