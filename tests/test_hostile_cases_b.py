@@ -19,6 +19,12 @@ g. a checkpoint write that fails (ENOSPC): `test_a_checkpoint_write_that_fails_i
 h. an unreachable store endpoint (a loopback port with nothing listening):
    `test_an_unreachable_store_endpoint_is_one_line`; tests/test_object_store.py::
    test_a_missing_bucket_or_object_is_a_one_line_error (a missing bucket, on a real S3 API)
+i. output paths that are folders, files or too long, for the commands' output options:
+   `test_output_paths_that_are_folders_or_files` (verify --json, preview --out/--html, reconstruct --out, export,
+   build-dataset, scenes, pretrain --out), `test_names_over_255_bytes_are_refused_before_anything_runs` (usage
+   error, exit 2, from the one local-path parser), `test_a_long_legal_name_gets_a_legal_temp_name` (temp names of
+   fs.temp_name and convert-weights); tests/test_hostile.py::test_recipe_not_utf8_and_output_that_cannot_be_created
+j. `verify --json` into a folder blamed the dataset: `test_output_paths_that_are_folders_or_files` (its first case)
 """
 
 from __future__ import annotations
@@ -322,3 +328,84 @@ def test_an_unreachable_store_endpoint_is_one_line(tmp_path: Path, monkeypatch) 
             assert not out.exists()
         finally:
             s3fs.S3FileSystem.clear_instance_cache()
+
+
+# --------------------------------------------------------------------------- i, j. output paths
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return write_dataset(tmp_path / "data", [2])
+
+
+def test_output_paths_that_are_folders_or_files(tmp_path: Path, data: Path, smoke_checkpoint: Path) -> None:
+    """Each output option given a folder where a file goes, or a file where a folder goes: one line that names
+    the option, said before any work; `verify --json` used to blame the dataset ("cannot read OUT")."""
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("mine")
+    folder, file = str(tmp_path / "folder"), str(tmp_path / "file")
+    image = str(EXAMPLES / "brick.jpg")
+    cases = {
+        ("verify", str(data), "--quiet", "--json", folder): "--json",
+        ("verify", str(data), "--quiet", "--json", f"{file}/report.json"): "is a file, not a folder",
+        ("preview", str(data), "--n", "1", "--out", folder): "--out",
+        ("preview", str(data), "--n", "1", "--html", file): "--html",
+        ("reconstruct", str(smoke_checkpoint), "--image", image, "--out", folder): "--out",
+        ("export", str(smoke_checkpoint), folder, "--format", "official"): "exists",
+        ("export", str(smoke_checkpoint), file): "exists",
+        ("build-dataset", str(EXAMPLES), file, "--recipe", str(DEMO_RECIPE), "--quiet"): "not a folder",
+        ("scenes", file, "--n", "1", "--quiet"): "not a folder",
+        ("pretrain", "--data", str(data), "--out", file, "--config", str(SMOKE), "--device", "cpu"): "run folder",
+    }
+    for args, named in cases.items():
+        line = one_line_error(run(*args))
+        assert named in line and "cannot read" not in line, (args, line)
+    assert (tmp_path / "file").read_text() == "mine" and not any((tmp_path / "folder").iterdir())
+
+
+def test_names_over_255_bytes_are_refused_before_anything_runs(tmp_path: Path, data: Path) -> None:
+    too_long = str(tmp_path / ("x" * 256))
+    for args in (
+        ("verify", str(data), "--json", too_long),
+        ("build-dataset", str(EXAMPLES), too_long, "--recipe", str(DEMO_RECIPE)),
+        ("scenes", too_long, "--n", "1"),
+        ("pretrain", "--data", str(data), "--out", too_long, "--config", str(SMOKE)),
+        ("reconstruct", "ckpt.pt", "--image", too_long),
+    ):
+        result = run(*args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "a file or folder name has at most 255" in " ".join(result.stderr.split()).replace("│", ""), args
+        assert "Traceback" not in result.output
+
+
+def test_a_long_legal_name_gets_a_legal_temp_name(tmp_path: Path, data: Path, smoke_checkpoint: Path, monkeypatch):
+    """A name of 240 bytes is legal; its temp name `.{name}.tmp-{pid}-{hex}` was not (ENAMETOOLONG)."""
+    for name in ("n" * 255, "é" * 127, "a" + "é" * 127):
+        temp = fs.temp_name(tmp_path / name)
+        assert len(os.fsencode(temp.name)) <= 255 and fs.is_temp(temp)
+        temp.write_bytes(b"")  # a name the file system takes
+    image = str(EXAMPLES / "brick.jpg")
+    long = "n" * 240
+    for args, made in (
+        (("verify", str(data), "--quiet", "--json", str(tmp_path / f"{long}.json")), f"{long}.json"),
+        (("preview", str(data), "--n", "1", "--out", str(tmp_path / f"{long}.png")), f"{long}.png"),
+        (
+            ("reconstruct", str(smoke_checkpoint), "--image", image, "--out", str(tmp_path / f"r{long}.png")),
+            f"r{long}.png",
+        ),
+        (("export", str(smoke_checkpoint), str(tmp_path / f"{long}.pth"), "--format", "official"), f"{long}.pth"),
+    ):
+        result = run(*args)
+        assert result.exit_code == 0, (args, result.output)
+        assert (tmp_path / made).is_file()
+
+    from transformers import DPTForDepthEstimation
+
+    from labelers import dpt_original
+    from labelers.smoke import tiny_dpt_config
+
+    config = tiny_dpt_config(True)
+    config.num_output_channels = 1  # what convert_weights reads off a converted model
+    monkeypatch.setattr(dpt_original, "load_dpt_hybrid_original", lambda src: DPTForDepthEstimation(config))
+    dst = tmp_path / ("d" * 250)
+    assert dpt_original.convert_weights("any.pth", dst) == dst and (dst / "config.json").is_file()
