@@ -62,6 +62,11 @@ def open_input(path: str | Path | Location, block_size: int = 8 << 20) -> Iterat
         yield opened
 
 
+class StoreUnreachableError(ConfigError, ConnectionError):
+    """A store's endpoint that cannot be reached: a ConfigError (every command says it in one line, exit 2) and
+    a ConnectionError (an OSError: what handles a store it cannot read or write handles this one too)."""
+
+
 def _connection_failure(err: BaseException) -> bool:
     """Whether a store client's exception says the endpoint was never reached (as opposed to an answer from
     it): botocore's connection errors are not OSErrors (gcsfs's aiohttp ones are, and pass as they are)."""
@@ -75,14 +80,13 @@ def _connection_failure(err: BaseException) -> bool:
 
 @contextmanager
 def reaching(url: str) -> Iterator[None]:
-    """Around calls to a store: a connection that fails becomes a builtin ConnectionError (an OSError, so every
-    `except OSError` that reports a store it cannot read or write reports this one too) naming the store."""
+    """Around calls to a store: a connection that fails becomes a StoreUnreachableError naming the store."""
     try:
         yield
     except Exception as err:
         if not _connection_failure(err):
             raise
-        raise ConnectionError(f"cannot reach the store of {url} ({' '.join(str(err).split())})") from None
+        raise StoreUnreachableError(f"cannot reach the store of {url} ({' '.join(str(err).split())})") from None
 
 
 @dataclass(frozen=True)
@@ -311,10 +315,10 @@ def check_writable(store: Store) -> None:
             found = store.fs.exists(bucket)  # s3fs answers False for any failure, an unreachable endpoint too
             if not found:
                 _probe(store, bucket)
+    except StoreUnreachableError:
+        raise
     except OSError as err:
-        raise ConfigError(
-            str(err) if isinstance(err, ConnectionError) else f"cannot reach {store.url}: {err}"
-        ) from None
+        raise ConfigError(f"cannot reach {store.url}: {err}") from None
     if not found:
         raise ConfigError(f"{store.url}: the bucket {bucket!r} does not exist (or these credentials cannot see it)")
 
