@@ -326,6 +326,19 @@ def test_an_unreachable_store_endpoint_is_one_line(tmp_path: Path, monkeypatch) 
             )
             assert "cannot reach the store of s3://bucket/out" in line and "does not exist" not in line
             assert not out.exists()
+            data, image = write_dataset(tmp_path / "data", [2]), str(EXAMPLES / "brick.jpg")
+            smoke = ["--config", str(SMOKE), "--device", "cpu", "--steps", "1"]
+            for args in (  # every other command that reads or writes a store: one line too
+                ("build-dataset", "s3://bucket/src", str(out), "--recipe", str(DEMO_RECIPE), "--quiet"),
+                ("pretrain", "--data", "s3://bucket/data", "--out", str(tmp_path / "run"), *smoke),
+                ("pretrain", "--data", str(data), "--out", "s3://bucket/run", *smoke),
+                ("preview", "s3://bucket/data", "--n", "1"),
+                ("preview", str(data), "--n", "1", "--out", "s3://bucket/grid.png"),
+                ("reconstruct", "s3://bucket/ckpt.pt", "--image", image),
+                ("export", "s3://bucket/ckpt.pt", str(tmp_path / "export")),
+            ):
+                assert "cannot reach the store of s3://bucket/" in one_line_error(run(*args)), args
+            assert not out.exists() and not (tmp_path / "run").exists() and not (tmp_path / "export").exists()
         finally:
             s3fs.S3FileSystem.clear_instance_cache()
 
