@@ -20,10 +20,12 @@ h. an unreachable store endpoint (a loopback port with nothing listening):
    `test_an_unreachable_store_endpoint_is_one_line`; tests/test_object_store.py::
    test_a_missing_bucket_or_object_is_a_one_line_error (a missing bucket, on a real S3 API)
 i. output paths that are folders, files or too long, for the commands' output options:
-   `test_output_paths_that_are_folders_or_files` (verify --json, preview --out/--html, reconstruct --out, export,
-   build-dataset, scenes, pretrain --out), `test_names_over_255_bytes_are_refused_before_anything_runs` (usage
-   error, exit 2, from the one local-path parser), `test_a_long_legal_name_gets_a_legal_temp_name` (temp names of
-   fs.temp_name and convert-weights); tests/test_hostile.py::test_recipe_not_utf8_and_output_that_cannot_be_created
+   `test_output_paths_that_are_folders_or_files` (verify --json, evaluate --json, preview --out/--html,
+   reconstruct --out, export, build-dataset, scenes, pretrain --out);
+   `test_names_over_255_bytes_are_refused_before_anything_runs` (a usage error, exit 2, from the one local-path
+   parser); `test_a_long_legal_name_gets_a_legal_temp_name` (temp names of fs.temp_name and convert-weights);
+   tests/test_hostile.py::test_recipe_not_utf8_and_output_that_cannot_be_created;
+   tests/test_transfer_trust.py::test_evaluate_refuses_bad_input_before_any_compute
 j. `verify --json` into a folder blamed the dataset: `test_output_paths_that_are_folders_or_files` (its first case)
 """
 
@@ -361,6 +363,7 @@ def test_output_paths_that_are_folders_or_files(tmp_path: Path, data: Path, smok
     cases = {
         ("verify", str(data), "--quiet", "--json", folder): "--json",
         ("verify", str(data), "--quiet", "--json", f"{file}/report.json"): "is a file, not a folder",
+        ("evaluate", "any.pt", "--data", str(data), "--json", f"{file}/metrics.json"): "is a file, not a folder",
         ("preview", str(data), "--n", "1", "--out", folder): "--out",
         ("preview", str(data), "--n", "1", "--html", file): "--html",
         ("reconstruct", str(smoke_checkpoint), "--image", image, "--out", folder): "--out",

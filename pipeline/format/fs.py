@@ -105,23 +105,25 @@ def write_json_atomic(final: Path, value: Any) -> None:
 
 
 def output_file_problem(path: Path) -> str | None:
-    """Why a file cannot be written at `path` (None when it can): a folder is there, or its folder is missing
-    or is a file. Said before the work whose result it is to hold."""
+    """Why a file cannot be written at `path` (None when it can), to follow the option and path in a message
+    (`f"--json {path}{problem}"`): a folder is there, or its folder is missing or is a file. Said before the
+    work whose result it is to hold."""
     path = Path(path)
     if path.is_dir():
-        return "is a folder; this option takes a file name"
+        return " is a folder; it takes a file name"
     if path.parent.exists() and not path.parent.is_dir():
-        return f"cannot be written: {path.parent} is a file, not a folder"
+        return f": {path.parent} is a file, not a folder"
     if not path.parent.is_dir():
-        return f"cannot be written: the folder {path.parent} does not exist"
+        return f": the folder {path.parent} does not exist"
     return None
 
 
 def output_folder_problem(path: Path) -> str | None:
-    """Why a folder cannot be made or written at `path` (None when it can): a file is there or on the way."""
+    """Why a folder cannot be made or written at `path` (None when it can; as `output_file_problem`'s): a file
+    is there or on the way."""
     for part in (Path(path), *Path(path).parents):
         if part.exists():
-            return None if part.is_dir() else f"cannot be a folder: {part} is a file"
+            return None if part.is_dir() else f": {part} is a file, not a folder"
     return None
 
 

@@ -72,7 +72,7 @@ class PreviewConfig:
             where = getattr(self, name)
             problem = check(where.path) if isinstance(where, LocalPath) else None
             if problem:
-                found.append(f"--{name} {where} {problem}")
+                found.append(f"--{name} {where}{problem}")
         return found
 
 

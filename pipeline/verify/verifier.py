@@ -343,7 +343,7 @@ def verify_dataset(cfg: VerifyConfig) -> VerifyReport:
     started = time.perf_counter()
     problem = fs.output_file_problem(cfg.json_path) if cfg.json_path is not None else None
     if problem:  # said before the dataset is read, and never blamed on it
-        raise ConfigError(f"--json {cfg.json_path} {problem}")
+        raise ConfigError(f"--json {cfg.json_path}{problem}")
     with checked_documents(cfg.out) as docs:
         return _verify(cfg, docs, started)
 

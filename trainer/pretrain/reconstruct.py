@@ -334,7 +334,7 @@ def reconstruct(cfg: ReconstructConfig) -> Reconstruction:
         raise ConfigError("give exactly one of --image FILE and --sample OUT:SHARD/KEY")
     problem = fs.output_file_problem(Path(cfg.out))
     if problem:
-        raise ConfigError(f"--out {cfg.out} {problem}")
+        raise ConfigError(f"--out {cfg.out}{problem}")
     model = load_model(cfg.checkpoint, cfg.device)
     arrays, manifest = read_sample(cfg.sample) if cfg.sample else label_image(cfg.image, cfg.labels_from)  # type: ignore[arg-type]
     try:

@@ -538,10 +538,9 @@ def check_evaluate_options(
         raise ConfigError(f"--protocol {protocol!r}: known protocols are {', '.join(EVAL_PROTOCOLS)}")
     if json_path is not None:
         path = Path(json_path)
-        if path.is_dir():
-            raise ConfigError(f"--json {path} is a folder; it takes a file name")
-        if not path.parent.is_dir():
-            raise ConfigError(f"--json {path}: the folder {path.parent} does not exist")
+        problem = fs.output_file_problem(path)
+        if problem:
+            raise ConfigError(f"--json {path}{problem}")
         if not os.access(path.parent, os.W_OK | os.X_OK):
             raise ConfigError(f"--json {path}: the folder {path.parent} cannot be written")
     return where
