@@ -37,9 +37,9 @@ def load_entry_points(group: str) -> list[PluginError]:
                     f"{type(err).__name__}: {err}"
                 )
             )
-    FAILED[group] = [str(err) for err in failed]
-    for err in failed:
-        log.warning("warning: %s; left out", err)
+    FAILED[group] = [str(failure) for failure in failed]
+    for failure in failed:
+        log.warning("warning: %s; left out", failure)
     return failed
 
 
