@@ -9,7 +9,6 @@ of the same form names a table of one's own. With no table, a class map gets `ge
 from __future__ import annotations
 
 import colorsys
-import csv
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -36,23 +35,45 @@ class ClassTable:
         return flat
 
 
+class ClassTableError(ValueError):
+    """A class table that cannot be read: named with its file and line, never a traceback."""
+
+
+def _rows(name: str, text: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """Header and (line number, fields) of each row: plain tab-separated text, no quoting, one field per column."""
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip() and not line.startswith("#")]
+    if not lines:
+        raise ClassTableError(f"class table {name}: no header line (need columns index, name, r, g, b)")
+    split = [(n, line.rstrip("\r").split("\t")) for n, line in lines]
+    header = split[0][1]
+    for n, fields in split:
+        if any('"' in f for f in fields):
+            raise ClassTableError(f'class table {name}, line {n}: a quote (") where plain tab-separated text belongs')
+        if len(fields) != len(header):
+            raise ClassTableError(f"class table {name}, line {n}: {len(fields)} field(s), the header has {len(header)}")
+    return header, split[1:]
+
+
 def _parse(name: str, text: str) -> ClassTable:
-    rows = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
-    reader = csv.DictReader(rows, delimiter="\t")
-    missing = {"index", "name", "r", "g", "b"} - set(reader.fieldnames or ())
+    header, rows = _rows(name, text)
+    missing = {"index", "name", "r", "g", "b"} - set(header)
     if missing:
-        raise ValueError(f"class table {name}: missing column(s) {sorted(missing)} (need index, name, r, g, b)")
+        raise ClassTableError(f"class table {name}: missing column(s) {sorted(missing)} (need index, name, r, g, b)")
     names, colors = [], []
-    for expected, row in enumerate(reader):
-        if int(row["index"]) != expected:
-            raise ValueError(f"class table {name}: row {expected} has index {row['index']} (ids must be 0, 1, ...)")
-        rgb = tuple(int(row[c]) for c in "rgb")
+    for expected, (line, fields) in enumerate(rows):
+        row = dict(zip(header, fields, strict=True))
+        try:
+            index, rgb = int(row["index"]), tuple(int(row[c]) for c in "rgb")
+        except ValueError:
+            raise ClassTableError(f"class table {name}, line {line}: index, r, g and b must be integers") from None
+        if index != expected:
+            raise ClassTableError(f"class table {name}: row {expected} has index {index} (ids must be 0, 1, ...)")
         if not all(0 <= v <= 255 for v in rgb):
-            raise ValueError(f"class table {name}: colour of {row['name']!r} is outside 0..255")
+            raise ClassTableError(f"class table {name}: colour of {row['name']!r} is outside 0..255")
         names.append(row["name"])
         colors.append((rgb[0], rgb[1], rgb[2]))
     if not 0 < len(names) < 255:
-        raise ValueError(f"class table {name}: needs 1..254 classes (255 is the ignore id), has {len(names)}")
+        raise ClassTableError(f"class table {name}: needs 1..254 classes (255 is the ignore id), has {len(names)}")
     return ClassTable(name, tuple(names), tuple(colors))
 
 
@@ -63,8 +84,11 @@ def class_table(name: str) -> ClassTable:
         return _parse(name, resources.files("labelers").joinpath(f"data/{name}.tsv").read_text())
     path = Path(name).expanduser()
     if path.suffix == ".tsv" and path.is_file():
-        return _parse(name, path.read_text())
-    raise ValueError(f"unknown class table {name!r}: one of {', '.join(BUNDLED)} or a path to a .tsv file")
+        try:
+            return _parse(name, path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as err:
+            raise ClassTableError(f"class table {name}: cannot read it as UTF-8 text ({err})") from None
+    raise ClassTableError(f"unknown class table {name!r}: one of {', '.join(BUNDLED)} or a path to a .tsv file")
 
 
 def generated_palette(num_classes: int) -> list[int]:

@@ -220,20 +220,46 @@ def read_original_state_dict(path: str | Path) -> StateDict:
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"DPT-Hybrid checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        obj: object = load_file(str(path))
-    else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            raise CheckpointLayoutError(
-                f"{path}: holds Python objects beyond tensors and plain containers, and is only read with "
-                f"torch.load(weights_only=True). Where you trust the file, re-save its state dict alone: "
-                f"torch.save(ckpt['state_dict'], 'weights.pth'). ({err})"
-            ) from err
+    obj = _load_file(path)
     return strip_prefix(_unwrap(obj, str(path)), str(path))
+
+
+def _load_file(path: Path) -> object:
+    """What a `.safetensors` or `torch.save` file holds; a file that is neither, truncated or holding other
+    Python objects is a one-line CheckpointLayoutError (torch's own messages run to paragraphs)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(4)
+    except OSError as err:
+        raise CheckpointLayoutError(f"{path}: cannot be read ({err.strerror or err})") from None
+    if not head:
+        raise CheckpointLayoutError(f"{path}: the file is empty")
+    if path.suffix != ".safetensors" and not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save: zip or pickle
+        raise CheckpointLayoutError(f"{path}: not a PyTorch file (torch.save) nor .safetensors")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only" not in str(err).lower():
+            raise CheckpointLayoutError(f"{path}: truncated or not a checkpoint ({_first_line(err)})") from None
+        raise CheckpointLayoutError(
+            f"{path}: holds Python objects beyond tensors and plain containers, and is only read with "
+            f"torch.load(weights_only=True). Where you trust the file, re-save its state dict alone: "
+            f"torch.save(ckpt['state_dict'], 'weights.pth')"
+        ) from None
+    except OSError as err:
+        raise CheckpointLayoutError(f"{path}: cannot be read ({err.strerror or err})") from None
+    except Exception as err:  # a truncated zip, a broken pickle or safetensors header: many kinds
+        raise CheckpointLayoutError(f"{path}: truncated or not a checkpoint ({_first_line(err)})") from None
+
+
+def _first_line(err: BaseException) -> str:
+    """The first sentence of a library's message, on one line."""
+    text = re.split(r"(?<=[a-z0-9)])\. ", " ".join(str(err).split()), maxsplit=1)[0] or "no message"
+    return f"{type(err).__name__}: {text[:200]}"
 
 
 def _listing(title: str, keys: list[str]) -> str:
@@ -325,7 +351,8 @@ def convert_weights(src: Source, dst: str | Path) -> Path:
     if dst.exists():
         raise FileExistsError(f"{dst} exists; convert-weights writes a new folder")
     model = load_dpt_hybrid_original(src)
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    tail = f".tmp-{os.getpid()}"  # a legal temp name beside a DST whose name is long but legal (255 bytes)
+    tmp = dst.with_name(f".{os.fsencode(dst.name)[: 254 - len(tail)].decode('utf-8', 'ignore')}{tail}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     mean, std = ([0.5] * 3, [0.5] * 3) if model.config.num_output_channels == 1 else ([0.0] * 3, [1.0] * 3)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from importlib import import_module
 from typing import Any
 
-from labelers.plugins import load_entry_points
+from labelers.plugins import load_entry_points, unavailable
 from labelers.spec import Labeler, LabelerSpec
 from labelers.weights import check_weights
 
@@ -65,7 +65,9 @@ def resolve_spec(name: str, overrides: Mapping[str, Any] | None = None) -> Label
     """The registered spec of `name` with recipe overrides applied; unknown names or fields are errors."""
     _load_all()
     if name not in _REGISTRY:
-        raise UnknownLabelerError(f"unknown labeler {name!r}; available: {', '.join(available())}")
+        raise UnknownLabelerError(
+            f"unknown labeler {name!r}; available: {', '.join(available())}{unavailable(ENTRY_POINT_GROUP)}"
+        )
     spec = _REGISTRY[name][0]
     overrides = dict(overrides or {})
     fields = {f.name for f in dataclasses.fields(LabelerSpec)} - {"name", "modality", "output", "model_class"}
@@ -82,7 +84,7 @@ def build_labeler(spec: LabelerSpec, *, device: str = "cpu", precision: str = "f
     """Instantiate (load weights of) the labeler that `spec` describes."""
     _load_all()
     if spec.name not in _REGISTRY:
-        raise UnknownLabelerError(f"unknown labeler {spec.name!r}")
+        raise UnknownLabelerError(f"unknown labeler {spec.name!r}{unavailable(ENTRY_POINT_GROUP)}")
     return _REGISTRY[spec.name][1](spec, device=device, precision=precision)
 
 

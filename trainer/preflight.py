@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pipeline.format import fs
 from pipeline.format.locations import LocalPath
 from pipeline.format.stores import Location, location
 from pipeline.verify.docs import NotADatasetError, check_documents
@@ -108,10 +109,9 @@ def check_output_file(path: Path | None, flag: str) -> None:
     if path is None:
         return
     path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"{flag} {path} is a folder; it takes a file name")
-    if not path.parent.is_dir():
-        raise ConfigError(f"{flag} {path}: the folder {path.parent} does not exist")
+    problem = fs.output_file_problem(path)
+    if problem:
+        raise ConfigError(f"{flag} {path}{problem}")
     if not os.access(path.parent, os.W_OK | os.X_OK):
         raise ConfigError(f"{flag} {path}: the folder {path.parent} cannot be written")
 

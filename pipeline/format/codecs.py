@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from labelers.plugins import load_entry_points
+from labelers.plugins import load_entry_points, unavailable
 from labelers.standards import FACING
 from labelers.standards import IGNORE_ID as IGNORE_ID  # re-exported: the ignore id of class maps
 from pipeline.format.png import encode_png
@@ -357,7 +357,9 @@ def split_member(name: str) -> tuple[str, str]:
 def decode_member(suffix: str, data: bytes) -> Any:
     """Decode one member by its suffix; unknown suffixes are refused (no pickle, no torch.load)."""
     if suffix not in BY_SUFFIX:
-        raise ValueError(f"unknown member type {suffix!r}; allowed: {sorted(BY_SUFFIX)}")
+        raise ValueError(
+            f"unknown member type {suffix!r}; allowed: {sorted(BY_SUFFIX)}{unavailable(ENTRY_POINT_GROUP)}"
+        )
     return CODECS[BY_SUFFIX[suffix]].decode(data)
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 TEMP_MARK = ".tmp-"
+NAME_MAX = 255  # bytes in one file or folder name (ext4, xfs, btrfs, APFS, NTFS in UTF-16 units)
 _TEMP_NAME = re.compile(r"\..+\.tmp-[0-9]+-[0-9a-f]{8}")  # exactly what temp_name makes
 _KINDS = {
     stat.S_IFIFO: "a FIFO (named pipe)",
@@ -35,7 +36,16 @@ class NotRegularFileError(OSError):
 
 
 def temp_name(final: Path) -> Path:
-    return final.with_name(f".{final.name}{TEMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    """`.{name}.tmp-{pid}-{hex}` beside `final`; a long name is shortened (at a character) so that the temp name
+    is a legal name whenever `final`'s is."""
+    tail = f"{TEMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    name = os.fsencode(final.name)
+    if len(name) > NAME_MAX - 1 - len(tail):
+        name = name[: NAME_MAX - 1 - len(tail)]
+        while name and name[-1] >= 0x80 and name[-1] < 0xC0:  # a UTF-8 continuation byte: back to the lead
+            name = name[:-1]
+        name = name[:-1] if name and name[-1] >= 0xC0 else name  # and the lead of the cut character
+    return final.with_name(f".{os.fsdecode(name)}{tail}")
 
 
 def is_temp(path: Path) -> bool:
@@ -92,6 +102,29 @@ def json_bytes(value: Any) -> bytes:
 
 def write_json_atomic(final: Path, value: Any) -> None:
     write_bytes_atomic(final, json_bytes(value))
+
+
+def output_file_problem(path: Path) -> str | None:
+    """Why a file cannot be written at `path` (None when it can), to follow the option and path in a message
+    (`f"--json {path}{problem}"`): a folder is there, or its folder is missing or is a file. Said before the
+    work whose result it is to hold."""
+    path = Path(path)
+    if path.is_dir():
+        return " is a folder; it takes a file name"
+    if path.parent.exists() and not path.parent.is_dir():
+        return f": {path.parent} is a file, not a folder"
+    if not path.parent.is_dir():
+        return f": the folder {path.parent} does not exist"
+    return None
+
+
+def output_folder_problem(path: Path) -> str | None:
+    """Why a folder cannot be made or written at `path` (None when it can; as `output_file_problem`'s): a file
+    is there or on the way."""
+    for part in (Path(path), *Path(path).parents):
+        if part.exists():
+            return None if part.is_dir() else f": {part} is a file, not a folder"
+    return None
 
 
 def read_json(path: Path) -> Any:

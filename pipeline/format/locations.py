@@ -311,12 +311,29 @@ def protocol_problem(scheme: str, *, in_place: bool = False) -> str | None:
 
 
 def local_location(value: str | Path) -> Path:
-    """`value` as a local path, or LocationError (nothing read or written) when it names another store."""
+    """`value` as a local path, or LocationError (nothing read or written) when it names another store or has
+    a name longer than any file system takes."""
     if isinstance(value, Path):
-        return value
+        return _checked_names(value)
     scheme = scheme_of(value)
     if scheme is None:
-        return Path(value)
+        return _checked_names(Path(value))
     if scheme == "file":
-        return _file_path(value)
+        return _checked_names(_file_path(value))
     raise LocationError(f"{value!r}: {protocol_problem(scheme)}")
+
+
+def _checked_names(path: Path) -> Path:
+    """`path`, or LocationError when a part of it is over `fs.NAME_MAX` bytes (every call on it would fail)."""
+    for part in path.parts:
+        size = len(os.fsencode(part))
+        if size > fs.NAME_MAX:
+            raise LocationError(
+                f"{_short(str(path))}: the name {_short(part)} is {size} bytes; a file or folder name has at most "
+                f"{fs.NAME_MAX}"
+            )
+    return path
+
+
+def _short(text: str, keep: int = 60) -> str:
+    return repr(text if len(text) <= keep else f"{text[: keep // 2]}...{text[-keep // 2 :]}")

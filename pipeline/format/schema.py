@@ -106,6 +106,8 @@ def read_toml(path: Path, what: str) -> dict[str, Any]:
         raise ConfigError(f"{what} {path} is not UTF-8 text (byte {err.start}: {err.reason})") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{what} {path} is not valid TOML: {err}") from None
+    except RecursionError:  # tomllib parses nested arrays and inline tables by recursion
+        raise ConfigError(f"{what} {path} nests arrays or tables too deeply to be read") from None
     except OSError as err:
         raise ConfigError(f"{what} {path} cannot be read: {err.strerror}") from None
 
@@ -197,7 +199,7 @@ def _assignments(items: Sequence[str]) -> tuple[list[tuple[str, Any]], list[str]
 def _toml_value(text: str) -> Any:
     try:
         parsed = tomllib.loads(f"value = {text}")
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):
         return _NOT_TOML
     return parsed["value"] if list(parsed) == ["value"] else _NOT_TOML
 

@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -62,6 +62,33 @@ def open_input(path: str | Path | Location, block_size: int = 8 << 20) -> Iterat
         yield opened
 
 
+class StoreUnreachableError(ConfigError, ConnectionError):
+    """A store's endpoint that cannot be reached: a ConfigError (every command says it in one line, exit 2) and
+    a ConnectionError (an OSError: what handles a store it cannot read or write handles this one too)."""
+
+
+def _connection_failure(err: BaseException) -> bool:
+    """Whether a store client's exception says the endpoint was never reached (as opposed to an answer from
+    it): botocore's connection errors are not OSErrors (gcsfs's aiohttp ones are, and pass as they are)."""
+    try:
+        from botocore.exceptions import ConnectionError as ClientConnectionError
+        from botocore.exceptions import HTTPClientError
+    except ImportError:
+        return False
+    return isinstance(err, ClientConnectionError | HTTPClientError)
+
+
+@contextmanager
+def reaching(url: str) -> Iterator[None]:
+    """Around calls to a store: a connection that fails becomes a StoreUnreachableError naming the store."""
+    try:
+        yield
+    except Exception as err:
+        if not _connection_failure(err):
+            raise
+        raise StoreUnreachableError(f"cannot reach the store of {url} ({' '.join(str(err).split())})") from None
+
+
 @dataclass(frozen=True)
 class Store:
     """One prefix of one store; `rel` names are POSIX paths below it."""
@@ -83,7 +110,8 @@ class Store:
         """Every object below the prefix (fresh: no cached listing), by relative name."""
         self.fs.invalidate_cache()
         try:
-            found = self.fs.find(self.root, detail=True)
+            with reaching(self.url):
+                found = self.fs.find(self.root, detail=True)
         except FileNotFoundError:
             return {}
         out = {}
@@ -96,24 +124,28 @@ class Store:
         return out
 
     def read(self, rel: str) -> bytes:
-        return bytes(self.fs.cat_file(self.path(rel)))
+        with reaching(self.url):
+            return bytes(self.fs.cat_file(self.path(rel)))
 
     def put_file(self, local: Path, rel: str) -> None:
         """One upload of a finished local file (a single PUT, or a multipart upload visible only once done)."""
-        self.fs.put_file(str(local), self.path(rel))
+        with reaching(self.url):
+            self.fs.put_file(str(local), self.path(rel))
 
     def put_bytes(self, rel: str, data: bytes) -> None:
-        self.fs.pipe_file(self.path(rel), data)
+        with reaching(self.url):
+            self.fs.pipe_file(self.path(rel), data)
 
     def get_file(self, rel: str, local: Path) -> None:
         """Download to `local` atomically (a killed download leaves no file at `local`)."""
         local.parent.mkdir(parents=True, exist_ok=True)
-        with fs.atomic_open(local) as f, self.fs.open(self.path(rel), "rb") as src:
+        with reaching(self.url), fs.atomic_open(local) as f, self.fs.open(self.path(rel), "rb") as src:
             shutil.copyfileobj(src, f, 1 << 20)
 
     def remove(self, rels: list[str]) -> None:
         if rels:
-            self.fs.rm([self.path(r) for r in rels])
+            with reaching(self.url):
+                self.fs.rm([self.path(r) for r in rels])
 
 
 def open_store(url: str) -> Store:
@@ -170,7 +202,10 @@ class StorePath(Location):
         return True  # a store has no folders: every prefix can be listed
 
     def exists(self, *, folder: bool) -> bool:
-        return bool(self.store.listing()) or bool(self.store.fs.exists(self.store.root))
+        if self.store.listing():
+            return True
+        with reaching(self.store.url):
+            return bool(self.store.fs.exists(self.store.root))
 
     def walk(self, skip: Callable[[str], bool]) -> Found:
         return [
@@ -181,7 +216,7 @@ class StorePath(Location):
 
     @contextmanager
     def reading(self, block_size: int = 8 << 20) -> Iterator[tuple[IO[bytes], int]]:
-        with self.store.fs.open(self.store.root, "rb", block_size=block_size) as f:
+        with reaching(self.store.url), self.store.fs.open(self.store.root, "rb", block_size=block_size) as f:
             yield f, int(f.size)
 
     @contextmanager
@@ -190,7 +225,7 @@ class StorePath(Location):
         with tempfile.TemporaryDirectory(prefix="mmforge-in-", dir=_stage_root()) as tmp:
             local = Path(tmp) / _name(store)
             try:
-                with fs.atomic_open(local) as f, store.fs.open(store.root, "rb") as src:
+                with reaching(store.url), fs.atomic_open(local) as f, store.fs.open(store.root, "rb") as src:
                     shutil.copyfileobj(src, f, 1 << 20)
             except OSError as err:
                 raise ConfigError(f"cannot read {self}: {err.strerror or err}") from None
@@ -206,7 +241,8 @@ class StorePath(Location):
                 for path in sorted(p for p in local.rglob("*") if p.is_file()):
                     store.put_file(path, path.relative_to(local).as_posix())
             elif local.is_file():
-                store.fs.put_file(str(local), store.root)
+                with reaching(store.url):
+                    store.fs.put_file(str(local), store.root)
 
     def stage(self, kind: str, part: str) -> Stage:
         home = stage_dir(self.store.url, kind)
@@ -275,11 +311,23 @@ def check_writable(store: Store) -> None:
     """ConfigError unless the store's bucket (the first part of its path) exists and can be listed."""
     bucket = store.root.split("/", 1)[0]
     try:
-        found = store.fs.exists(bucket)
+        with reaching(store.url):
+            found = store.fs.exists(bucket)  # s3fs answers False for any failure, an unreachable endpoint too
+            if not found:
+                _probe(store, bucket)
+    except StoreUnreachableError:
+        raise
     except OSError as err:
         raise ConfigError(f"cannot reach {store.url}: {err}") from None
     if not found:
         raise ConfigError(f"{store.url}: the bucket {bucket!r} does not exist (or these credentials cannot see it)")
+
+
+def _probe(store: Store, bucket: str) -> None:
+    """A call that raises what `exists` swallows: an endpoint that cannot be reached. Any answer (no such
+    bucket, access denied) is left to the caller's "does not exist"."""
+    with suppress(OSError):
+        store.fs.ls(bucket)
 
 
 def stage_dir(url: str, kind: str) -> Path:

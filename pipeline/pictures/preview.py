@@ -30,7 +30,7 @@ from pipeline.format.codecs import BY_SUFFIX, CODECS, decode_member, dequantize_
 from pipeline.format.contract import IndexEntry, ModalityInfo, url_problem
 from pipeline.format.samples import read_samples
 from pipeline.format.schema import ConfigError, setting
-from pipeline.format.stores import Location, location
+from pipeline.format.stores import LocalPath, Location, location
 from pipeline.pictures.figures import (
     Grid,
     caption,
@@ -64,6 +64,16 @@ class PreviewConfig:
         for name in ("out", "html"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, location(getattr(self, name)))
+
+    def problems(self) -> list[str]:
+        """A local --out that cannot take a file, or --html a folder (said before the samples are read)."""
+        found = []
+        for name, check in (("out", fs.output_file_problem), ("html", fs.output_folder_problem)):
+            where = getattr(self, name)
+            problem = check(where.path) if isinstance(where, LocalPath) else None
+            if problem:
+                found.append(f"--{name} {where}{problem}")
+        return found
 
 
 @dataclass(kw_only=True)

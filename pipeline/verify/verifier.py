@@ -36,9 +36,12 @@ from typing import Any
 
 from tqdm import tqdm
 
+from labelers.plugins import unavailable
+from pipeline.format import fs
 from pipeline.format.codecs import BY_SUFFIX, CODECS, IGNORE_ID
+from pipeline.format.codecs import ENTRY_POINT_GROUP as CODEC_PLUGINS
 from pipeline.format.contract import url_problem
-from pipeline.format.schema import to_plain
+from pipeline.format.schema import ConfigError, to_plain
 from pipeline.format.stores import Location
 from pipeline.verify.docs import DatasetDocs, NotADatasetError, checked_documents
 from pipeline.verify.sample import Defect, MapSpec
@@ -106,7 +109,7 @@ def _maps(docs: DatasetDocs) -> tuple[MapSpec, ...]:
         if info.member not in BY_SUFFIX:
             docs.add(
                 "bad_document",
-                f"modality {name!r} names member {info.member!r}, not in the codec table",
+                f"modality {name!r} names member {info.member!r}, not in the codec table{unavailable(CODEC_PLUGINS)}",
                 member="manifest.json",
             )
             continue
@@ -338,6 +341,9 @@ def _expected_samples(docs: DatasetDocs) -> int:
 def verify_dataset(cfg: VerifyConfig) -> VerifyReport:
     """Check the dataset in `cfg.out`. Raises NotADatasetError when there is no dataset to check."""
     started = time.perf_counter()
+    problem = fs.output_file_problem(cfg.json_path) if cfg.json_path is not None else None
+    if problem:  # said before the dataset is read, and never blamed on it
+        raise ConfigError(f"--json {cfg.json_path}{problem}")
     with checked_documents(cfg.out) as docs:
         return _verify(cfg, docs, started)
 
@@ -350,7 +356,10 @@ def _verify(cfg: VerifyConfig, docs: DatasetDocs, started: float) -> VerifyRepor
     report = _report(docs, results, cfg)
     report.workers, report.seconds = workers, time.perf_counter() - started
     if cfg.json_path is not None:
-        cfg.json_path.write_text(json.dumps(report.to_dict(), indent=1) + "\n", encoding="utf-8")
+        try:
+            fs.write_bytes_atomic(cfg.json_path, (json.dumps(report.to_dict(), indent=1) + "\n").encode())
+        except OSError as err:  # a full disk, a folder that went away: the report, not the dataset
+            raise ConfigError(f"--json {cfg.json_path}: cannot write the report: {err.strerror or err}") from None
     return report
 
 

@@ -119,18 +119,28 @@ def assert_plain(value: Any, where: str = "checkpoint") -> None:
 
 
 def atomic_save(payload: dict[str, Any], path: Path) -> None:
-    """torch.save of a plain payload through the project's one atomic writer (temp, fsync, rename)."""
+    """torch.save of a plain payload through the project's one atomic writer (temp, fsync, rename). A write
+    that fails (a full disk, a folder that went read-only) leaves any earlier file at `path` as it was and is a
+    one-line CheckpointError."""
     assert_plain(payload)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with fs.atomic_open(path) as f:
-        torch.save(payload, f)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with fs.atomic_open(path) as f:
+            torch.save(payload, f)
+    except OSError as err:
+        raise CheckpointError(f"cannot write checkpoint {path}: {err.strerror or err}") from None
 
 
 def save_checkpoint(run_dir: Path, step: int, payload: dict[str, Any], keep_last: int) -> Path:
-    """Write checkpoint-<step>.pt, point checkpoint-last.pt at it (hard link or copy), prune old ones."""
+    """Write checkpoint-<step>.pt, point checkpoint-last.pt at it (hard link or copy), prune old ones; a
+    failed write is a CheckpointError and checkpoint-last.pt still holds the checkpoint before."""
     path = Path(run_dir) / f"checkpoint-{step}.pt"
-    atomic_save(payload, path)
-    _replace_last(path)
+    try:
+        atomic_save(payload, path)
+        _replace_last(path)
+    except (CheckpointError, OSError) as err:
+        why = err if isinstance(err, CheckpointError) else f"cannot point {LAST} at {path}: {err.strerror or err}"
+        raise CheckpointError(f"{why} ({LAST}, if any, still holds the checkpoint before; resume from it)") from None
     for old in numbered_checkpoints(run_dir)[:-keep_last]:
         old.unlink(missing_ok=True)
     return path

@@ -26,6 +26,7 @@ from PIL import Image
 from torch import Tensor
 
 from labelers.classes import full_palette
+from labelers.spec import Labeler, LabelerSpec
 from labelers.standards import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.build.images import decode_image, read_source
 from pipeline.format import fs
@@ -147,16 +148,38 @@ def label_image(path: Path, labels_from: Path | None) -> tuple[dict[str, np.ndar
         return arrays, None
     manifest = _docs(labels_from).manifest
     assert manifest is not None
-    from labelers import build_labeler, resolve_spec
-
     for raw in manifest.labelers:
-        overrides = {
-            k: v for k, v in raw.items() if k in ("weights", "revision", "size", "geometry", "min_side", "max_side")
-        }
-        spec = resolve_spec(str(raw["name"]), overrides)
-        (label,) = build_labeler(spec)([rgb])
+        spec, labeler = _manifest_labeler(raw, labels_from)
+        (label,) = labeler([rgb])
         arrays[spec.modality] = CODECS[spec.modality].store(label, spec.output)[0]
     return arrays, manifest
+
+
+def _manifest_labeler(raw: Mapping[str, Any], dataset: Path) -> tuple[LabelerSpec, Labeler]:
+    """The labeler an entry of a dataset's manifest names, loaded here; an unknown name, a setting of the wrong
+    kind or weights that are missing or unreadable is a one-line ConfigError naming the labeler and dataset."""
+    from labelers import build_labeler, check_labeler, resolve_spec
+    from labelers.registry import UnknownLabelerError
+    from labelers.weights import WeightsUnavailableError
+
+    name = str(raw.get("name"))
+    where = f"labeler {name!r} of {dataset}/manifest.json"
+    overrides = {
+        k: v for k, v in raw.items() if k in ("weights", "revision", "size", "geometry", "min_side", "max_side")
+    }
+    try:
+        spec = resolve_spec(name, overrides)
+        check_labeler(spec)
+    except UnknownLabelerError as err:
+        raise ConfigError(f"{where}: {err.args[0]}") from None
+    except (WeightsUnavailableError, ValueError, TypeError) as err:
+        raise ConfigError(f"{where}: {err}") from None
+    try:
+        return spec, build_labeler(spec)
+    except Exception as err:  # the weights' own loader (transformers, torch, safetensors) raises many kinds
+        raise ConfigError(
+            f"{where}: weights {spec.weights!r} cannot be loaded ({type(err).__name__}: {first_sentence(str(err))})"
+        ) from None
 
 
 def prepare(arrays: Mapping[str, np.ndarray], cfg: ModelConfig) -> tuple[dict[str, Tensor], set[str]]:
@@ -311,6 +334,9 @@ def reconstruct(cfg: ReconstructConfig) -> Reconstruction:
     """Write the reconstruction figure of `cfg.checkpoint` on one input to `cfg.out`."""
     if (cfg.image is None) == (cfg.sample is None):
         raise ConfigError("give exactly one of --image FILE and --sample OUT:SHARD/KEY")
+    problem = fs.output_file_problem(Path(cfg.out))
+    if problem:
+        raise ConfigError(f"--out {cfg.out}{problem}")
     model = load_model(cfg.checkpoint, cfg.device)
     arrays, manifest = read_sample(cfg.sample) if cfg.sample else label_image(cfg.image, cfg.labels_from)  # type: ignore[arg-type]
     try:

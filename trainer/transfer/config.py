@@ -51,7 +51,7 @@ def _set_task(sets: Sequence[str]) -> str | None:
         if sep and key.strip() == "task.name":
             try:
                 found = str(tomllib.loads(f"v = {value.strip()}")["v"])
-            except tomllib.TOMLDecodeError:
+            except (tomllib.TOMLDecodeError, RecursionError):
                 found = value.strip()
     return found
 

@@ -55,12 +55,18 @@ def _has_inputs(names: list[str]) -> bool:
 
 
 def timm_to_multimae(state: dict[str, Tensor], rgb: str = "rgb") -> dict[str, Tensor]:
-    """timm ViT keys (an export of ours) -> MultiMAE encoder keys (the inverse of `export.encoder_to_timm`)."""
+    """timm ViT keys (an export of ours) -> MultiMAE encoder keys (the inverse of `export.encoder_to_timm`);
+    a missing tensor is a KeyError, one of the wrong rank or size a ValueError."""
+    _check_ranks(state)
     prefix = f"input_adapters.{rgb}."
     prefix_tokens = [state[k] for k in ("cls_token", "reg_token") if k in state]  # timm's prefix = our global tokens
     tokens = torch.cat(prefix_tokens, dim=1) if prefix_tokens else state["pos_embed"][:, :0]  # (1, G, D)
     pos = state["pos_embed"][:, tokens.shape[1] :]  # (1, h*w, D), the prefix tokens' rows dropped
     side = int(pos.shape[1] ** 0.5)
+    if side == 0 or side * side != pos.shape[1]:
+        raise ValueError(
+            f"pos_embed has {pos.shape[1]} patch rows after {tokens.shape[1]} prefix rows: not a square grid"
+        )
     out = {
         "global_tokens": tokens,
         prefix + "pos_emb": pos.transpose(1, 2).reshape(1, -1, side, side),
@@ -69,6 +75,19 @@ def timm_to_multimae(state: dict[str, Tensor], rgb: str = "rgb") -> dict[str, Te
     }
     out.update({"encoder." + k.removeprefix("blocks."): v for k, v in state.items() if k.startswith("blocks.")})
     return out
+
+
+_TIMM_RANKS = {"pos_embed": 3, "cls_token": 3, "reg_token": 3, "patch_embed.proj.weight": 4, "patch_embed.proj.bias": 1}
+
+
+def _check_ranks(state: dict[str, Tensor]) -> None:
+    """Each tensor `timm_to_multimae` slices has timm's rank and one batch row (a forged file may not)."""
+    for name, rank in _TIMM_RANKS.items():
+        value = state.get(name)
+        if value is None:
+            continue
+        if value.dim() != rank or (rank == 3 and value.shape[0] != 1):
+            raise ValueError(f"{name} has shape {tuple(value.shape)}, timm's has {rank} dimensions")
 
 
 def read_weights(path: Path) -> tuple[dict[str, Tensor], str]:
@@ -91,10 +110,10 @@ def adapt(state: dict[str, Tensor], model: MultiViT, report: InitReport) -> dict
             report.dropped.append(name)
             continue
         want = target[name]
-        if name.endswith("pos_emb") and value.shape != want.shape:
+        if name.endswith("pos_emb") and value.shape != want.shape and value.dim() == want.dim() == 4:
             value = F.interpolate(value.float(), size=want.shape[-2:], mode="bicubic", align_corners=False)
             report.resized.append(f"{name} {tuple(state[name].shape[-2:])} -> {tuple(want.shape[-2:])}")
-        elif name.endswith("class_emb.weight") and value.shape != want.shape:
+        elif name.endswith("class_emb.weight") and value.shape != want.shape and value.dim() == want.dim():
             if value.shape[0] > want.shape[0] or value.shape[1] != want.shape[1]:
                 raise CheckpointError(f"{name}: the checkpoint has {value.shape[0]} classes, this run {want.shape[0]}")
             value = torch.cat([value, value.new_zeros(want.shape[0] - value.shape[0], value.shape[1])])

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from labelers.plugins import load_entry_points
+from labelers.plugins import load_entry_points, unavailable
 from pipeline.format.codecs import CODECS, decode_member, dequantize_depth
 from pipeline.format.contract import Manifest
 from trainer.data.augment import Crop, View
@@ -499,7 +499,8 @@ def transfer_task(name: str) -> TransferTask:
     try:
         return TRANSFER_TASKS[name]
     except KeyError:
-        raise KeyError(f"unknown transfer task {name!r}; known: {', '.join(TRANSFER_TASKS)}") from None
+        known = ", ".join(TRANSFER_TASKS)
+        raise KeyError(f"unknown transfer task {name!r}; known: {known}{unavailable(ENTRY_POINT_GROUP)}") from None
 
 
 def _load_plugins() -> None:
