@@ -220,13 +220,14 @@ def verify_cmd(
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Prove a dataset is complete and intact. Exit 0: all checks hold; 1: defects (listed); 2: bad usage."""
+    from pipeline.format.schema import ConfigError
     from pipeline.verify.verifier import NotADatasetError, VerifyConfig, summary, verify_dataset
 
     try:
         report = verify_dataset(
             VerifyConfig(out=location(out), deep=deep, workers=workers, json_path=json_path, quiet=quiet)
         )
-    except NotADatasetError as err:
+    except (NotADatasetError, ConfigError) as err:  # ConfigError: --json names a file it must not write
         raise fail(str(err)) from None
     except OSError as err:  # a store that cannot be listed or read (credentials, network)
         raise fail(f"cannot read {out}: {err}") from None

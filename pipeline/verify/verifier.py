@@ -36,8 +36,10 @@ from typing import Any
 
 from tqdm import tqdm
 
+from pipeline.format import fs
 from pipeline.format.codecs import BY_SUFFIX, CODECS, IGNORE_ID
 from pipeline.format.contract import url_problem
+from pipeline.format.outputs import check_output
 from pipeline.format.schema import to_plain
 from pipeline.format.stores import Location
 from pipeline.verify.docs import DatasetDocs, NotADatasetError, checked_documents
@@ -338,6 +340,7 @@ def _expected_samples(docs: DatasetDocs) -> int:
 def verify_dataset(cfg: VerifyConfig) -> VerifyReport:
     """Check the dataset in `cfg.out`. Raises NotADatasetError when there is no dataset to check."""
     started = time.perf_counter()
+    check_output(cfg.json_path, "--json", (cfg.out,))
     with checked_documents(cfg.out) as docs:
         return _verify(cfg, docs, started)
 
@@ -350,7 +353,7 @@ def _verify(cfg: VerifyConfig, docs: DatasetDocs, started: float) -> VerifyRepor
     report = _report(docs, results, cfg)
     report.workers, report.seconds = workers, time.perf_counter() - started
     if cfg.json_path is not None:
-        cfg.json_path.write_text(json.dumps(report.to_dict(), indent=1) + "\n", encoding="utf-8")
+        fs.write_bytes_atomic(cfg.json_path, (json.dumps(report.to_dict(), indent=1) + "\n").encode())
     return report
 
 

@@ -32,6 +32,7 @@ from pipeline.format import fs
 from pipeline.format.codecs import CODECS, decode_member
 from pipeline.format.contract import Manifest, url_problem
 from pipeline.format.locations import LocationError
+from pipeline.format.outputs import check_output
 from pipeline.format.samples import Sample, read_samples
 from pipeline.format.schema import ConfigError
 from pipeline.format.stores import location
@@ -309,6 +310,7 @@ def reconstruct(cfg: ReconstructConfig) -> Reconstruction:
     """Write the reconstruction figure of `cfg.checkpoint` on one input to `cfg.out`."""
     if (cfg.image is None) == (cfg.sample is None):
         raise ConfigError("give exactly one of --image FILE and --sample OUT:SHARD/KEY")
+    check_output(cfg.out, "--out", (cfg.checkpoint, cfg.image, cfg.mask, cfg.labels_from))
     model = load_model(cfg.checkpoint, cfg.device)
     arrays, manifest = read_sample(cfg.sample) if cfg.sample else label_image(cfg.image, cfg.labels_from)  # type: ignore[arg-type]
     try:
