@@ -131,24 +131,26 @@ def atomic_save(payload: dict[str, Any], path: Path) -> None:
 
 
 def save_checkpoint(run_dir: Path, step: int, payload: dict[str, Any], keep_last: int) -> Path:
-    """Write checkpoint-<step>.pt, point checkpoint-last.pt at it (hard link or copy), prune old ones."""
-    path = Path(run_dir) / f"checkpoint-{step}.pt"
-    atomic_save(payload, path)
-    _replace_last(path)
+    """Write checkpoint-last.pt atomically, then checkpoint-<step>.pt as a hard link to it (or a copy), then prune
+    old ones. The last one first: a kill in between leaves a run that resumes, never numbered checkpoints without
+    checkpoint-last.pt (a folder that `trainer.engine.run_folder` refuses to start afresh in)."""
+    last, path = Path(run_dir) / LAST, Path(run_dir) / f"checkpoint-{step}.pt"
+    atomic_save(payload, last)
+    _link(last, path)
     for old in numbered_checkpoints(run_dir)[:-keep_last]:
         old.unlink(missing_ok=True)
     return path
 
 
-def _replace_last(path: Path) -> None:
-    tmp = fs.temp_name(path.parent / LAST)
+def _link(src: Path, dst: Path) -> None:
+    tmp = fs.temp_name(dst)
     try:
-        os.link(path, tmp)
+        os.link(src, tmp)
     except OSError:  # no hard links here: a copy of the bytes, written atomically
-        with path.open("rb") as src, fs.atomic_open(path.parent / LAST) as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
+        with src.open("rb") as f, fs.atomic_open(dst) as out:
+            shutil.copyfileobj(f, out, 1 << 20)
         return
-    os.replace(tmp, path.parent / LAST)
+    os.replace(tmp, dst)
 
 
 def numbered_checkpoints(run_dir: Path) -> list[Path]:
