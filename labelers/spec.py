@@ -55,6 +55,9 @@ class LabelerSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        problems = _setting_problems(self)  # a recipe overrides these: wrong types and ranges named, not guessed
+        if problems:
+            raise ValueError(f"{self.name}: {'; '.join(problems)}")
         if self.output not in OUTPUT_KINDS:
             raise ValueError(f"{self.name}: output must be one of {OUTPUT_KINDS}, got {self.output!r}")
         if self.geometry not in GEOMETRIES:
@@ -85,6 +88,44 @@ class LabelerSpec:
         d["mean"], d["std"] = list(self.mean), list(self.std)
         d["labeler_id"] = self.labeler_id
         return d
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "weights": (str,),
+    "revision": (str, type(None)),
+    "license": (str,),
+    "geometry": (str,),
+    "num_classes": (int, type(None)),
+    "classes": (str, type(None)),
+    "meaningless": (bool,),
+    "notes": (str,),
+    "extra": (dict,),
+}
+_SIDES = {"size": 32, "min_side": 1, "max_side": 1}  # least value; sides are at most MAX_SIDE pixels
+MAX_SIDE = 16384
+
+
+def _setting_problems(spec: LabelerSpec) -> list[str]:
+    """What is wrong with the settings a recipe may override: types, sides, and mean/std (three finite
+    numbers each, std > 0: a zero std divides every pixel by zero and the labeler sees only inf and NaN)."""
+    problems = [
+        f"{key} must be {' or '.join('null' if t is type(None) else t.__name__ for t in kinds)}, got {value!r}"
+        for key, kinds in _TYPES.items()
+        if (value := getattr(spec, key)) is not None or type(None) not in kinds
+        if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool))
+    ]
+    for key, least in _SIDES.items():
+        value = getattr(spec, key)
+        if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= MAX_SIDE:
+            problems.append(f"{key} must be an integer {least}..{MAX_SIDE}, got {value!r}")
+    for key in ("mean", "std"):
+        value = getattr(spec, key)
+        numbers = isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 3
+        if not numbers or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            problems.append(f"{key} must be three numbers, got {value!r}")
+        elif not all(np.isfinite(v) for v in value) or (key == "std" and not all(v > 0 for v in value)):
+            problems.append(f"{key} must be three finite numbers{' > 0' if key == 'std' else ''}, got {list(value)}")
+    return problems
 
 
 class Labeler(Protocol):

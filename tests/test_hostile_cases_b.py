@@ -122,7 +122,8 @@ def test_deeply_nested_toml_is_one_line(tmp_path: Path) -> None:
     assert "nests arrays or tables too deeply" in line and not out.exists()
     config = tmp_path / "run.toml"
     config.write_text(f"[train]\nsteps = {deep}\n")
-    common = ["pretrain", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "run"), "--device", "cpu"]
+    data = write_dataset(tmp_path / "data", [2])  # a real dataset: the paths are checked before the config
+    common = ["pretrain", "--data", str(data), "--out", str(tmp_path / "run"), "--device", "cpu"]
     assert "nests arrays or tables too deeply" in one_line_error(run(*common, "--config", str(config)))
     assert "is not a TOML value" in one_line_error(run(*common, "--set", f"train.steps={deep}"))
     assert not (tmp_path / "run").exists()

@@ -11,6 +11,7 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -96,10 +97,23 @@ def read_source(path: stores.Location | Path | str, *, max_bytes: int, max_pixel
             raise ValueError(f"file is {size} bytes, over the recipe's limit of {max_bytes} ([image] max_file_bytes)")
         _check_header(f, max_pixels)
         f.seek(0)
-        data = f.read(max_bytes + 1)
+        data = _read_at_most(f, max_bytes + 1)
     if len(data) > max_bytes:
         raise ValueError(f"file grew past the recipe's limit of {max_bytes} bytes while being read")
     return data
+
+
+def _read_at_most(f: IO[bytes], limit: int) -> bytes:
+    """Up to `limit` bytes in blocks: `f.read(limit)` would allocate `limit` bytes up front, and a recipe may
+    set `max_file_bytes` far above any memory (every image would then fail with MemoryError)."""
+    parts, total = [], 0
+    while total < limit:
+        block = f.read(min(limit - total, _SOURCE_BLOCK))
+        if not block:
+            break
+        parts.append(block)
+        total += len(block)
+    return b"".join(parts)
 
 
 def _check_header(f: object, max_pixels: int) -> None:

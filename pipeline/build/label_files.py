@@ -142,11 +142,15 @@ def _decode(path: Path, data: bytes, max_pixels: int) -> np.ndarray:
     return arr
 
 
-def _align(arr: np.ndarray, img: DecodedImage, path: Path) -> np.ndarray:
-    """The label on the stored image's grid, turned and resized as the image was (nearest neighbour)."""
+def _check_size(arr: np.ndarray, img: DecodedImage, path: Path) -> None:
     w, h = img.orig_size
     if arr.shape != (h, w):
         raise LabelFileError(f"{path.name}: label is {arr.shape[1]}x{arr.shape[0]}, the image is {w}x{h}")
+
+
+def _align(arr: np.ndarray, img: DecodedImage) -> np.ndarray:
+    """The label (uint8 class ids or float32 values: exact in Pillow's modes I and F) on the stored image's
+    grid, turned and resized as the image was (nearest neighbour)."""
     out_h, out_w = img.rgb.shape[:2]
     if img.orientation in _TRANSPOSE or (out_h, out_w) != arr.shape:
         im = Image.fromarray(arr.astype(np.float32 if arr.dtype.kind == "f" else np.int32))  # mode F or I
@@ -186,9 +190,12 @@ def read_label(
         data = read_source(path, max_bytes=max_bytes, max_pixels=max_pixels)
     except (OSError, ValueError) as err:
         raise LabelFileError(f"{path.name}: {err}") from None
-    arr = _align(_decode(path, data, max_pixels), img, path)
+    arr = _decode(path, data, max_pixels)
+    _check_size(arr, img, path)
+    # mapped first, on the file's own values (an id of 64 bits would wrap in the 32-bit image the turn and
+    # resize use, and could land on a valid class); nearest neighbour commutes with the mapping
     if spec.output == "classes":
-        return _classes(arr, spec, path)
+        return _align(_classes(arr, spec, path), img)
     values = arr.astype(np.float64) * spec.extra["scale"]
     values[~np.isfinite(values) | (values < 0)] = 0.0
-    return values.astype(np.float32)
+    return _align(values.astype(np.float32), img)

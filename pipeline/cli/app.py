@@ -230,7 +230,7 @@ def verify_cmd(
         report = verify_dataset(
             VerifyConfig(out=location(out), deep=deep, workers=workers, json_path=json_path, quiet=quiet)
         )
-    except (NotADatasetError, ConfigError) as err:  # ConfigError: --json cannot take the report
+    except (NotADatasetError, ConfigError) as err:  # ConfigError: --json cannot or must not take the report
         raise fail(str(err)) from None
     except OSError as err:  # a store that cannot be listed or read (credentials, network)
         raise fail(f"cannot read {out}: {err}") from None

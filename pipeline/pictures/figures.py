@@ -170,22 +170,35 @@ class Grid:
 
 
 def _clip(text: str, width: int, font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> str:
-    while text and font.getlength(text) > width - 8:
-        text = text[:-2] + "…" if len(text) > 2 else ""
-    return text
+    """`text`, or its longest prefix + "…" that fits `width` - 8 pixels: a binary search over prefixes of at
+    most `width` characters (a glyph is at least a pixel wide), so a name of a million characters from a
+    dataset's manifest costs a few measurements, not one per character."""
+    room = width - 8
+    if len(text) <= width and font.getlength(text) <= room:
+        return text
+    lo, hi = 0, min(len(text), max(width, 0))  # the longest fitting prefix has lo..hi characters
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if font.getlength(text[:mid] + "…") <= room:
+            lo = mid
+        else:
+            hi = mid - 1
+    return text[:lo] + "…" if lo else ""
 
 
 def _wrapped(draw: ImageDraw.ImageDraw, text: str, at: tuple[int, int], width: int, font: object) -> None:
+    """`text` in at most 8 lines of `width` pixels (a word wider than that clipped); the rest is not measured."""
     lines, line = [], ""
-    for chunk in text.replace("/", "/\u200b").split():
-        for word in chunk.split("\u200b"):
-            if draw.textlength(line + word, font=font) > width and line:  # type: ignore[arg-type]
-                lines.append(line)
-                line = ""
-            line += word
-        line += " "
-    lines.append(line)
-    draw.multiline_text(at, "\n".join(lines[:8]), fill=(0, 0, 0), font=font, spacing=2)  # type: ignore[arg-type]
+    for word in " ".join(text.split()).replace("/", "/\u200b").replace(" ", " \u200b").split("\u200b"):
+        if draw.textlength(line + word, font=font) > width and line:  # type: ignore[arg-type]
+            lines.append(_clip(line, width + 8, font))  # type: ignore[arg-type]
+            line = ""
+            if len(lines) == 8:
+                break
+        line += word
+    else:
+        lines.append(_clip(line, width + 8, font))  # type: ignore[arg-type]
+    draw.multiline_text(at, "\n".join(lines), fill=(0, 0, 0), font=font, spacing=2)  # type: ignore[arg-type]
 
 
 def class_legend(classes: Sequence[tuple[int, str, tuple[int, int, int]]], width: int) -> Image.Image:

@@ -28,6 +28,7 @@ from labelers.classes import full_palette
 from pipeline.format import fs
 from pipeline.format.codecs import BY_SUFFIX, CODECS, decode_member, dequantize_depth, dequantize_normal
 from pipeline.format.contract import IndexEntry, ModalityInfo, url_problem
+from pipeline.format.outputs import check_output
 from pipeline.format.samples import read_samples
 from pipeline.format.schema import ConfigError, setting
 from pipeline.format.stores import LocalPath, Location, location
@@ -226,13 +227,15 @@ def render_grid(cols: list[_Column], samples: list[Sample], tile: int) -> tuple[
 def preview(cfg: PreviewConfig) -> PreviewResult:
     """Write the grid (PNG) and/or the HTML page for the dataset in `cfg.data` (each a file and folder, or
     store locations: written here, then published)."""
+    out = cfg.out if cfg.out is not None or cfg.html is not None else location("preview.png")
+    for where, flag in ((out, "--out"), (cfg.html, "--html")):
+        check_output(where, flag, (cfg.data,))
     with _open(cfg) as docs:
         entries, cols = _entries(docs), _columns(docs)
         if not entries:
             raise ConfigError(f"{cfg.data}: no readable shard with samples to preview")
         samples = read_chosen(docs, choose(entries, cfg.n, cfg.seed))
         _, image = render_grid(cols, samples, cfg.tile)
-        out = cfg.out if cfg.out is not None or cfg.html is not None else location("preview.png")
         if out is not None:
             with out.published() as local:
                 fs.write_bytes_atomic(local, png_bytes(image))

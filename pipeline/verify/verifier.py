@@ -41,6 +41,7 @@ from pipeline.format import fs
 from pipeline.format.codecs import BY_SUFFIX, CODECS, IGNORE_ID
 from pipeline.format.codecs import ENTRY_POINT_GROUP as CODEC_PLUGINS
 from pipeline.format.contract import url_problem
+from pipeline.format.outputs import check_output
 from pipeline.format.schema import ConfigError, to_plain
 from pipeline.format.stores import Location
 from pipeline.verify.docs import DatasetDocs, NotADatasetError, checked_documents
@@ -344,6 +345,7 @@ def verify_dataset(cfg: VerifyConfig) -> VerifyReport:
     problem = fs.output_file_problem(cfg.json_path) if cfg.json_path is not None else None
     if problem:  # said before the dataset is read, and never blamed on it
         raise ConfigError(f"--json {cfg.json_path}{problem}")
+    check_output(cfg.json_path, "--json", (cfg.out,))
     with checked_documents(cfg.out) as docs:
         return _verify(cfg, docs, started)
 

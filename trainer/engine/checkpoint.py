@@ -40,10 +40,10 @@ from safetensors import safe_open
 from torch import Tensor
 
 from pipeline.format import fs, stores
+from pipeline.format.outputs import LAST
 from pipeline.format.schema import ConfigError, load
 from trainer.config import FinetuneConfig, ModelConfig, PretrainConfig, config_to_dict
 from trainer.engine.checkpoint_kind import (
-    LAST,
     Kind,
     checkpoint_file,
     file_format,
@@ -132,29 +132,33 @@ def atomic_save(payload: dict[str, Any], path: Path) -> None:
 
 
 def save_checkpoint(run_dir: Path, step: int, payload: dict[str, Any], keep_last: int) -> Path:
-    """Write checkpoint-<step>.pt, point checkpoint-last.pt at it (hard link or copy), prune old ones; a
-    failed write is a CheckpointError and checkpoint-last.pt still holds the checkpoint before."""
-    path = Path(run_dir) / f"checkpoint-{step}.pt"
+    """Write checkpoint-last.pt atomically, then checkpoint-<step>.pt as a hard link to it (or a copy), then prune
+    old ones. The last one first: a kill in between leaves a run that resumes, never numbered checkpoints without
+    checkpoint-last.pt (a folder that `trainer.engine.run_folder` refuses to start afresh in). A failed write is
+    a one-line CheckpointError: checkpoint-last.pt then still holds the checkpoint before (atomic_save)."""
+    last, path = Path(run_dir) / LAST, Path(run_dir) / f"checkpoint-{step}.pt"
     try:
-        atomic_save(payload, path)
-        _replace_last(path)
-    except (CheckpointError, OSError) as err:
-        why = err if isinstance(err, CheckpointError) else f"cannot point {LAST} at {path}: {err.strerror or err}"
-        raise CheckpointError(f"{why} ({LAST}, if any, still holds the checkpoint before; resume from it)") from None
+        atomic_save(payload, last)
+    except CheckpointError as err:
+        raise CheckpointError(f"{err} ({LAST}, if any, still holds the checkpoint before; resume from it)") from None
+    try:
+        _link(last, path)
+    except OSError as err:
+        raise CheckpointError(f"cannot write {path}: {err.strerror or err} ({LAST} holds step {step})") from None
     for old in numbered_checkpoints(run_dir)[:-keep_last]:
         old.unlink(missing_ok=True)
     return path
 
 
-def _replace_last(path: Path) -> None:
-    tmp = fs.temp_name(path.parent / LAST)
+def _link(src: Path, dst: Path) -> None:
+    tmp = fs.temp_name(dst)
     try:
-        os.link(path, tmp)
+        os.link(src, tmp)
     except OSError:  # no hard links here: a copy of the bytes, written atomically
-        with path.open("rb") as src, fs.atomic_open(path.parent / LAST) as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
+        with src.open("rb") as f, fs.atomic_open(dst) as out:
+            shutil.copyfileobj(f, out, 1 << 20)
         return
-    os.replace(tmp, path.parent / LAST)
+    os.replace(tmp, dst)
 
 
 def numbered_checkpoints(run_dir: Path) -> list[Path]:

@@ -37,7 +37,6 @@ KINDS: dict[Kind, str] = {  # each kind as a sentence names it
 EXPORTABLE: tuple[Kind, ...] = ("pretrain-run", "finetune-run", "official-pretrained", "official-finetuned")
 RECONSTRUCTS: tuple[Kind, ...] = ("pretrain-run", "official-pretrained")  # a model with its pretraining decoders
 FORMATS = (1, 2)  # the payload formats this code reads
-LAST = "checkpoint-last.pt"
 TIMM_FILE = "model.safetensors"  # the tensors of a timm export folder
 _PICKLE_LIMIT = 64 << 20  # a structure larger than this (names and config only) is left to torch.load
 _SAFETENSORS_HEADER_LIMIT = 100 << 20  # safetensors' own limit on its JSON header

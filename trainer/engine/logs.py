@@ -44,7 +44,8 @@ class RunLog:
             return
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        self.bar.set_postfix(loss=f"{record['loss']:.4f}", sps=f"{record['samples_per_s']:.1f}")
+        loss = "non-finite" if record["loss"] is None else f"{record['loss']:.4f}"
+        self.bar.set_postfix(loss=loss, sps=f"{record['samples_per_s']:.1f}")
         self.bar.update(1)
         scalars = _scalars(record)
         if self.board is not None:
@@ -94,9 +95,10 @@ class RunLog:
 
 
 def _scalars(record: dict[str, Any]) -> dict[str, float]:
-    out = {f"loss/{k}": float(v) for k, v in record["losses"].items()}
+    """The record's numbers (a non-finite loss or grad norm, null in the record, is left out)."""
+    out = {f"loss/{k}": float(v) for k, v in record["losses"].items() if v is not None}
     keys = ("loss", "lr", "grad_norm", "data_wait_s", "samples_per_s")
-    return out | {f"train/{k}": float(record[k]) for k in keys}
+    return out | {f"train/{k}": float(record[k]) for k in keys if record[k] is not None}
 
 
 def _board(run_dir: Path) -> Any:

@@ -262,12 +262,13 @@ class Trainer(Generic[C]):
             sums[:-1] += values[:-2]
             sums[-1] = values[-2]  # corrupt samples so far, summed over ranks
             self.stopping = self.stopping or bool(values[-1] > 0)  # a rank was signalled: all stop after this step
+        loss_finite = not skipped  # the sums leave non-finite values out: they would read as a loss of 0.0
         grad_norm = float("nan") if skipped else self._optimizer_step()
         skipped = skipped or not math.isfinite(grad_norm)
         if skipped:
             self.optimizer.zero_grad(set_to_none=True)
         sums[:-1] /= len(micro) * self.dist.world
-        record = self._record(sums, grad_norm, skipped, data_wait)
+        record = self._record(sums, grad_norm, skipped, data_wait, loss_finite)
         record["step_s"] = time.perf_counter() - started
         record["samples_per_s"] = self.schedule.global_batch / record["step_s"]
         self._after_step(record)
@@ -312,14 +313,17 @@ class Trainer(Generic[C]):
             self.state.step, peak=s.peak_lr, warmup_steps=s.warmup_steps, total_steps=s.total_steps, min_lr=floor
         )
 
-    def _record(self, means: torch.Tensor, grad_norm: float, skipped: bool, wait: float) -> dict[str, Any]:
+    def _record(
+        self, means: torch.Tensor, grad_norm: float, skipped: bool, wait: float, loss_finite: bool
+    ) -> dict[str, Any]:
+        """The step's line of metrics.jsonl: a loss or grad norm that was not finite is null (JSON has no NaN)."""
         return {
             "step": self.state.step + 1,
             "epoch": self.state.epoch,
-            "loss": float(means[0]),
-            "losses": {n: float(v) for n, v in zip(self.task_names, means[1:-1], strict=True)},
+            "loss": float(means[0]) if loss_finite else None,
+            "losses": {n: float(v) if loss_finite else None for n, v in zip(self.task_names, means[1:-1], strict=True)},
             "lr": self.lr(),
-            "grad_norm": grad_norm,
+            "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
             "data_wait_s": wait,
             "skipped": skipped,
             "corrupt_samples": int(means[-1]),
@@ -331,9 +335,9 @@ class Trainer(Generic[C]):
         s.step, s.micro = s.step + 1, s.micro + self.cfg.optim.accum_steps
         self._check_nonfinite(record["skipped"])
         record["nonfinite_total"] = s.nonfinite_total
-        self.losses.append(record["loss"])
+        self.losses.append(math.nan if record["loss"] is None else record["loss"])  # the summary leaves NaN out
         for name, value in record["losses"].items():
-            self.task_losses.setdefault(name, []).append(value)
+            self.task_losses.setdefault(name, []).append(math.nan if value is None else value)
         if self.log is not None:
             self.log.write(record)
         self.job.on_step(self)

@@ -3,6 +3,7 @@ progress counters and the summary."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
@@ -140,14 +141,21 @@ class RunSummary:
         ]
         for name, values in self.task_losses.items():
             if values:
-                mean = sum(values) / len(values)
-                lines.append(f"  loss {name}: last {values[-1]:.4f}, mean {mean:.4f} over {len(values)} steps")
+                lines.append(f"  loss {name}: {_losses_text(values)}")
         if self.losses:
-            lines.append(f"  loss total: last {self.losses[-1]:.4f}, mean {sum(self.losses) / len(self.losses):.4f}")
+            lines.append(f"  loss total: {_losses_text(self.losses)}")
         lines.append(f"  run folder {self.run_dir}; checkpoint {self.checkpoint}; {self.export_label} {self.export}")
         if self.published:
             lines.append(f"  published to {self.published} (the run folder above is this machine's stage of it)")
         return "\n".join(lines)
+
+
+def _losses_text(values: list[float]) -> str:
+    """Last value and mean over the finite ones (a non-finite step's loss is NaN here, never a 0.0 in the mean)."""
+    finite = [v for v in values if math.isfinite(v)]
+    mean = f"mean {sum(finite) / len(finite):.4f} over {len(finite)} steps" if finite else "no finite step"
+    left_out = len(values) - len(finite)
+    return f"last {values[-1]:.4f}, {mean}" + (f" ({left_out} non-finite left out)" if left_out else "")
 
 
 def precision(cfg: RunConfig, dist: DistInfo) -> torch.dtype:

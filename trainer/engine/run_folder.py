@@ -5,6 +5,9 @@ Ownership (`claimed`, before anything is written): `--out` must be new, empty, o
 wrote, which carries the marker `mmforge-run.json` (tool, kind of run, format); a folder of an earlier
 version's run (`checkpoint-last.pt` and run files only, no marker) is taken on and said so. Anything else
 (photos, a dataset: `--out` inside `--data` or around it is refused first) is refused with what it holds.
+A run folder without `checkpoint-last.pt` is started afresh only when that loses nothing: one holding numbered
+or best checkpoints, a timm export, or a config.json of a checkpointed step is refused (a fresh start would
+prune those checkpoints and overwrite the rest); a run killed before its first checkpoint holds none of them.
 One writer at a time: rank 0 holds the one-writer lock of `pipeline.format.ownership` (`.mmforge.lock`,
 naming pid, host and command; one left by a killed run is taken over) for the whole run, the other ranks of
 the run never take it, and every rank gets rank 0's verdict. The marker is written once the run is checked
@@ -24,6 +27,7 @@ same checkpoint.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import shlex
@@ -35,22 +39,19 @@ from typing import TYPE_CHECKING
 
 from pipeline.format import fs
 from pipeline.format.contract import LOCK, MARKER, TOOL, DatasetPaths, DocumentError, parse_doc
+from pipeline.format.outputs import LAST, RUN_FILES, RUN_MARKER
 from pipeline.format.ownership import BuildLock
 from pipeline.format.schema import ConfigError, setting
 from pipeline.format.stores import Location, Stage
-from trainer.engine.checkpoint_kind import LAST, Kind
+from trainer.engine.checkpoint_kind import Kind
 
 if TYPE_CHECKING:  # the ownership checks run before torch is imported (`trainer.preflight`)
     from trainer.engine.distributed import DistInfo
 
 log = logging.getLogger(__name__)
-RUN_MARKER = "mmforge-run.json"
 _NUMBERED = re.compile(r"checkpoint-(\d+)\.pt")
 _PULLED = (LAST, "metrics.jsonl", "config.json", "val.jsonl", "checkpoint-best.pt", RUN_MARKER)  # what a resume reads
-_RUN_FILES = re.compile(  # what a run writes at the top of its folder (an earlier version's run: without marker)
-    r"checkpoint-(\d+|last|best)\.pt|config\.json|metrics\.jsonl|val\.jsonl|encoder-timm\.safetensors"
-    r"|figures|tensorboard|wandb"
-)
+_KEPT = re.compile(r"checkpoint-(\d+|best)\.pt|encoder-timm\.safetensors")  # what a fresh start overwrites
 _RUNS = {"pretrain-run": "a pretraining run", "finetune-run": "a fine-tuning run"}
 _LISTED = 5
 
@@ -96,7 +97,7 @@ class RunFolder:
         more = len(entries) - _LISTED
         listed = ", ".join(entries[:_LISTED]) + (f" and {more} more" if more > 0 else "")
         if RUN_MARKER not in entries:
-            if LAST in entries and all(_RUN_FILES.fullmatch(e) for e in entries):
+            if LAST in entries and all(RUN_FILES.fullmatch(e) for e in entries):
                 if not self._taken_on:
                     log.warning("%s: a run folder of an earlier version (no %s): taken on", where, RUN_MARKER)
                 self._taken_on = True
@@ -106,6 +107,8 @@ class RunFolder:
                 f"--out {where} is not empty and has no {RUN_MARKER} marker, so it is {what} ({listed}); "
                 "choose a new or empty folder"
             )
+        if LAST not in entries:  # the run would start afresh: only over a run that has nothing to lose
+            self._check_nothing_kept(entries, where, read_config=read_marker)
         if not read_marker:
             return
         try:
@@ -114,6 +117,21 @@ class RunFolder:
             raise ConfigError(f"--out {where}: {err}; choose a new or empty folder") from None
         if marker.kind != kind:
             raise ConfigError(f"--out {where} holds {_RUNS[marker.kind]}; {_RUNS[kind]} needs its own folder")
+
+    def _check_nothing_kept(self, entries: list[str], where: str, *, read_config: bool) -> None:
+        """ConfigError when a run folder without checkpoint-last.pt holds what a fresh start would prune or
+        overwrite: checkpoints, an export, or a config.json of a checkpointed step (its checkpoints removed).
+        A run killed before its first checkpoint holds none of these, and its rerun starts it again."""
+        kept = [e for e in entries if _KEPT.fullmatch(e)]
+        if read_config and not kept and "config.json" in entries:
+            step = _config_step(self.local / "config.json")
+            kept = [f"config.json of step {step}"] if step != 0 else []
+        if kept:
+            listed = ", ".join(kept[:_LISTED]) + (f" and {len(kept) - _LISTED} more" if len(kept) > _LISTED else "")
+            raise ConfigError(
+                f"--out {where} holds a run without {LAST} ({listed}): starting afresh would overwrite it; "
+                f"choose a new --out (or, to resume, restore {LAST} as a copy of its newest checkpoint)"
+            )
 
     def claim(self, kind: Kind) -> None:
         """Mark the folder ours (rank 0, once the run is checked and about to write)."""
@@ -143,6 +161,16 @@ class RunFolder:
             (int(m[1]), rel) for rel in self.stage.listing() if "/" not in rel and (m := _NUMBERED.fullmatch(rel))
         )
         self.stage.remove([rel for _, rel in numbered[: max(0, len(numbered) - keep_last)]])
+
+
+def _config_step(path: Path) -> int | str:
+    """The checkpoint step config.json records (0: none yet, the run was killed before its first checkpoint);
+    "unknown" for a document this tool did not write (never taken as nothing to lose)."""
+    try:
+        step = json.loads(fs.read_file(path)).get("step")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return "unknown"
+    return 0 if step is None else step if isinstance(step, int) and not isinstance(step, bool) else "unknown"
 
 
 def _signature(path: Path) -> tuple[int, int]:

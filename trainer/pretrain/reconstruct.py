@@ -33,6 +33,7 @@ from pipeline.format import fs
 from pipeline.format.codecs import CODECS, decode_member
 from pipeline.format.contract import Manifest, url_problem
 from pipeline.format.locations import LocationError
+from pipeline.format.outputs import check_output
 from pipeline.format.samples import Sample, read_samples
 from pipeline.format.schema import ConfigError
 from pipeline.format.stores import location
@@ -337,6 +338,7 @@ def reconstruct(cfg: ReconstructConfig) -> Reconstruction:
     problem = fs.output_file_problem(Path(cfg.out))
     if problem:
         raise ConfigError(f"--out {cfg.out}{problem}")
+    check_output(cfg.out, "--out", (cfg.checkpoint, cfg.image, cfg.mask, cfg.labels_from))
     model = load_model(cfg.checkpoint, cfg.device)
     arrays, manifest = read_sample(cfg.sample) if cfg.sample else label_image(cfg.image, cfg.labels_from)  # type: ignore[arg-type]
     try:

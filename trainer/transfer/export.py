@@ -42,6 +42,7 @@ from safetensors.torch import save
 from torch import Tensor
 
 from pipeline.format import fs
+from pipeline.format.outputs import check_output
 from trainer.config import FinetuneConfig, ModelConfig
 from trainer.engine.checkpoint import read_checkpoint
 from trainer.engine.checkpoint_kind import EXPORTABLE, Kind
@@ -106,6 +107,7 @@ def encoder_state(path: Path) -> tuple[dict[str, Tensor], ModelConfig, Kind]:
 
 def export_timm_checkpoint(path: Path, out: Path) -> str:
     """`export_timm_folder` of the checkpoint at `path` (its class names from a fine-tuning run's config)."""
+    check_output(out, "OUT", (path,))
     ckpt = read_checkpoint(path).require(*EXPORTABLE, use="export")
     classes = ckpt.config.task.classes if isinstance(ckpt.config, FinetuneConfig) else ()
     return export_timm_folder(ckpt.tensors, ckpt.model_config, out, classes=classes)
@@ -121,11 +123,14 @@ def export_timm_folder(
     config = timm_config(state, shape, num_classes=num_classes, fc_norm="fc_norm.weight" in head)
     if num_classes and len(classes) == num_classes:
         config["label_names"] = list(classes)
+    tensors = save(encoder_to_timm(state) | head, metadata=METADATA)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    fs.write_bytes_atomic(out / "config.json", (json.dumps(config, indent=2) + "\n").encode())
-    tensors = encoder_to_timm(state) | head
-    fs.write_bytes_atomic(out / "model.safetensors", save(tensors, metadata=METADATA))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()  # an empty folder named for it: replaced by the whole export
+    with fs.atomic_folder(out) as tmp:  # all or nothing: a failed export leaves no half folder to block a rerun
+        fs.write_bytes_atomic(tmp / "config.json", (json.dumps(config, indent=2) + "\n").encode())
+        fs.write_bytes_atomic(tmp / "model.safetensors", tensors)
     return line
 
 
@@ -194,6 +199,7 @@ def export_official(state: Mapping[str, Tensor], out: Path) -> Path:
     import io
 
     out = Path(out)
+    check_output(out, "OUT")
     out.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     torch.save({"model": {k: v.detach().cpu().contiguous() for k, v in state.items()}}, buf)

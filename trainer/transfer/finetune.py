@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from pipeline.format import fs
 from pipeline.format.codecs import CODECS, decode_member
+from pipeline.format.outputs import check_output
 from pipeline.format.samples import Sample, read_samples
 from pipeline.format.stores import Location
 from trainer.data.augment import View, place_arrays, sample_crop
@@ -461,6 +462,9 @@ def evaluate(
     first step: the options (`check_evaluate_options`), the checkpoint's kind, the split's members and classes
     (mapped onto the model's by name)."""
     where = check_evaluate_options(device, json_path, batch, protocol)
+    if json_path is not None:
+        for written in (Path(json_path), confusion_path(Path(json_path))):
+            check_output(written, "--json", (checkpoint, data))
     ckpt, cfg, classes = read_finetuned(checkpoint)
     info = load_dataset(data)
     require_members(info, cfg)
@@ -501,10 +505,15 @@ def write_metrics(path: Path, result: EvalResult, scored: Scored, cfg: FinetuneC
         per = {k: v.tolist() for k, v in scored.metric.per_class().items()}
         doc["per_class"] = [{"class": n} | {k: _percent(v[i]) for k, v in per.items()} for i, n in enumerate(names)]
         doc["units"] = units | {f"per_class.{k}": "%" for k in per}
-        confusion = path.with_name(f"{path.stem}.confusion.csv")
+        confusion = confusion_path(path)
         fs.write_bytes_atomic(confusion, confusion_csv(scored.metric.confusion, names))
         doc["confusion"] = confusion.name
     fs.write_json_atomic(path, doc)
+
+
+def confusion_path(path: Path) -> Path:
+    """The confusion matrix file written beside the metrics JSON at `path`."""
+    return path.with_name(f"{path.stem}.confusion.csv")
 
 
 def class_labels(names: tuple[str, ...], count: int) -> list[str]:

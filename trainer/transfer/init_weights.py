@@ -8,7 +8,8 @@ What is done to the weights, every step reported in `InitReport`:
   at 512 px);
 - a class-map input's class embedding is padded with zero rows when this run has more classes (e.g. one
   more for an ignore class), and refused when it has fewer;
-- an input this run reads that the checkpoint has no adapter for starts random (and is listed).
+- an input this run reads that the checkpoint has no adapter for starts random (and is listed);
+- a kept tensor holding NaN or inf is refused (a fine-tune from it would skip every step and still "succeed").
 """
 
 from __future__ import annotations
@@ -120,6 +121,12 @@ def adapt(state: dict[str, Tensor], model: MultiViT, report: InitReport) -> dict
             report.padded.append(f"{name} {state[name].shape[0]} -> {want.shape[0]} rows")
         if value.shape != want.shape:
             raise CheckpointError(f"{name}: shape {tuple(value.shape)} in the checkpoint, {tuple(want.shape)} here")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(
+                f"{report.source}: {name} holds {bad} non-finite values (NaN or inf); every step from these weights "
+                "would be skipped as non-finite"
+            )
         out[name] = value.to(want.dtype)
     return out
 

@@ -58,6 +58,7 @@ from pipeline.build.recipe import DEFAULT_EXTENSIONS, ImageConfig
 from pipeline.format import fs
 from pipeline.format.codecs import CODECS, DEPTH_LEVELS, encode_depth, encode_semseg
 from pipeline.format.contract import LOCK, MARKER, TOOL, DatasetPaths
+from pipeline.format.outputs import check_output
 from pipeline.format.ownership import BuildLock
 from pipeline.format.samples import read_samples
 from pipeline.format.stores import Location, location
@@ -398,6 +399,7 @@ def open_source(where: Location, cfg: FinetuneConfig) -> Source:
 def check_out(out: Path, source: Location, record: dict[str, Any]) -> None:
     """OUT is new, empty, or `predict`'s output of this checkpoint (its marker); writable; not inside the input.
     A ConfigError of one line otherwise."""
+    check_output(out, "OUT")  # not inside a dataset, not over a run's files
     if location(out).inside(source.absolute()):
         raise ConfigError(f"OUT {out} is inside the input {source}; choose a folder outside it")
     if out.exists() and not out.is_dir():
