@@ -73,10 +73,8 @@ class LabelerSpec:
                     f"{self.name}: class table {self.classes} has {len(table)} classes, "
                     f"num_classes is {self.num_classes}"
                 )
-        if self.size < 32 or self.min_side > self.max_side:
-            raise ValueError(f"{self.name}: size must be >= 32 and min_side <= max_side")
-        if self.size > MAX_SIDE or self.max_side > MAX_SIDE or self.min_side < 1:
-            raise ValueError(f"{self.name}: size and max_side must be <= {MAX_SIDE} pixels, min_side >= 1")
+        if self.min_side > self.max_side:  # each side's own range: _setting_problems
+            raise ValueError(f"{self.name}: min_side must be <= max_side")
 
     @property
     def labeler_id(self) -> str:
@@ -102,7 +100,6 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "extra": (dict,),
 }
 _SIDES = {"size": 32, "min_side": 1, "max_side": 1}  # least value; sides are at most MAX_SIDE pixels
-MAX_SIDE = 16384
 
 
 def _setting_problems(spec: LabelerSpec) -> list[str]:

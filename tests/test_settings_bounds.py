@@ -327,9 +327,9 @@ def test_build_dataset_sets_are_checked_against_the_bounds(tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("key", "good", "bad", "fragment"),
     [
-        ("labelers.depth.size", 8192, 8193, "size and max_side must be <= 8192 pixels"),
-        ("labelers.semseg.max_side", 8192, 8193, "size and max_side must be <= 8192 pixels"),
-        ("labelers.semseg.min_side", 1, 0, "min_side >= 1"),
+        ("labelers.depth.size", 8192, 8193, "size must be an integer 32..8192"),
+        ("labelers.semseg.max_side", 8192, 8193, "max_side must be an integer 1..8192"),
+        ("labelers.semseg.min_side", 1, 0, "min_side must be an integer 1..8192"),
     ],
 )
 def test_a_labelers_sides_are_bounded(key: str, good: int, bad: int, fragment: str) -> None:

@@ -100,7 +100,7 @@ def check_run_folder(out: Location, data: Location, kind: Kind) -> None:
     if out.inside(data) or data.inside(out):
         raise ConfigError(f"--out {out} and --data {data} overlap: a run never writes into its dataset")
     if out.path.exists() and not out.path.is_dir():
-        raise ConfigError(f"--out {out} is a file; a run writes a folder")
+        raise ConfigError(f"--out {out} is a file, not a run folder: choose a new folder")
     RunFolder(out, 0).check_owned(kind)
 
 
