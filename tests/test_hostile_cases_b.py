@@ -18,7 +18,8 @@ f. `reconstruct --labels-from` a dataset whose manifest names unusable labelers:
 g. a checkpoint write that fails (ENOSPC): `test_a_checkpoint_write_that_fails_is_one_line_and_keeps_the_last`
 h. an unreachable store endpoint (a loopback port with nothing listening):
    `test_an_unreachable_store_endpoint_is_one_line`; tests/test_object_store.py::
-   test_a_missing_bucket_or_object_is_a_one_line_error (a missing bucket, on a real S3 API)
+   test_a_missing_bucket_or_object_is_a_one_line_error (a missing bucket, on a real S3 API); store credentials
+   that are missing (item 5): `test_store_credentials_that_are_missing_are_one_line`
 i. output paths that are folders, files or too long, for the commands' output options:
    `test_output_paths_that_are_folders_or_files` (verify --json, evaluate --json, preview --out/--html,
    reconstruct --out, export, build-dataset, scenes, pretrain --out);
@@ -344,6 +345,37 @@ def test_an_unreachable_store_endpoint_is_one_line(tmp_path: Path, monkeypatch) 
             assert not out.exists() and not (tmp_path / "run").exists() and not (tmp_path / "export").exists()
         finally:
             s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_store_credentials_that_are_missing_are_one_line(tmp_path: Path, monkeypatch) -> None:
+    """No credentials anywhere (variables, files, instance metadata): botocore's NoCredentialsError was a
+    traceback with exit 1, the code for defects; now one line naming where credentials are read from."""
+    s3fs = pytest.importorskip("s3fs")
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in {
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        "AWS_EC2_METADATA_DISABLED": "true",  # no instance-role lookup over the network
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",  # never contacted: signing fails first
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        data = write_dataset(tmp_path / "data", [2])
+        smoke = ["--config", str(SMOKE), "--device", "cpu", "--steps", "1"]
+        for args in (
+            ("verify", "s3://bucket/dataset", "--quiet"),
+            ("preview", "s3://bucket/dataset", "--n", "1"),
+            ("build-dataset", "s3://bucket/src", str(tmp_path / "out"), "--recipe", str(DEMO_RECIPE), "--quiet"),
+            ("pretrain", "--data", str(data), "--out", "s3://bucket/run", *smoke),
+        ):
+            line = one_line_error(run(*args))
+            assert "no credentials for the store of s3://bucket/" in line and "AWS_ACCESS_KEY_ID" in line, line
+        assert not (tmp_path / "out").exists()
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
 
 
 # --------------------------------------------------------------------------- i, j. output paths

@@ -78,15 +78,40 @@ def _connection_failure(err: BaseException) -> bool:
     return isinstance(err, ClientConnectionError | HTTPClientError)
 
 
+class StoreCredentialsError(ConfigError, PermissionError):
+    """No credentials were found for a store: a ConfigError (one line, exit 2) and a PermissionError (an OSError,
+    as a refused request already is)."""
+
+
+def _credentials_missing(err: BaseException) -> bool:
+    """Whether a store client's exception says it found no credentials to sign with (botocore's are not
+    OSErrors; a request refused by the store is a PermissionError from s3fs already)."""
+    try:
+        from botocore.exceptions import CredentialRetrievalError, NoCredentialsError, PartialCredentialsError
+    except ImportError:
+        return False
+    return isinstance(err, NoCredentialsError | PartialCredentialsError | CredentialRetrievalError)
+
+
+_WHERE_CREDENTIALS = {
+    "s3": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws/credentials or an instance role",
+}
+
+
 @contextmanager
 def reaching(url: str) -> Iterator[None]:
-    """Around calls to a store: a connection that fails becomes a StoreUnreachableError naming the store."""
+    """Around calls to a store: a connection that fails becomes a StoreUnreachableError naming the store, and
+    credentials that are missing a StoreCredentialsError saying where they are read from."""
     try:
         yield
     except Exception as err:
+        why = " ".join(str(err).split())
+        if _credentials_missing(err):
+            where = _WHERE_CREDENTIALS.get(url.split("://", 1)[0], "the store's own environment and config files")
+            raise StoreCredentialsError(f"no credentials for the store of {url} ({why}): set {where}") from None
         if not _connection_failure(err):
             raise
-        raise StoreUnreachableError(f"cannot reach the store of {url} ({' '.join(str(err).split())})") from None
+        raise StoreUnreachableError(f"cannot reach the store of {url} ({why})") from None
 
 
 @dataclass(frozen=True)
