@@ -300,7 +300,7 @@ for _kind, _summary in RUN_COMMANDS.items():
 def _train(kind: Literal["pretrain", "finetune", "probe"], values: Mapping[str, Any]) -> None:
     """pretrain / finetune / probe: the option values (by name, as parsed: `ctx.params`) -> the typed config and
     the run options -> one library call (the shared loop); one summary, one-line errors with exit 2."""
-    from trainer.config import load_run_config
+    from trainer.config import PretrainConfig, load_run_config
     from trainer.errors import USER_ERRORS
     from trainer.options import config_overrides
     from trainer.preflight import check_run
@@ -308,24 +308,25 @@ def _train(kind: Literal["pretrain", "finetune", "probe"], values: Mapping[str, 
     try:
         check_run(kind, values)  # paths, device, --init: before torch is imported
         overrides, sets = config_overrides(values), values["sets"] or ()
+        source = values["config"]
+        if kind != "pretrain" and source is None:  # the task's own recipe, never the pretraining defaults
+            from trainer.transfer.config import task_recipe
+
+            source = task_recipe(kind, values.get("task"), sets)  # None: an unknown task, named below
+            if source is not None:
+                typer.echo(f"no --config: reading {source}, the task's recipe", err=True)
+        cfg = load_run_config(kind, source, overrides, sets)  # every setting checked, before the run's imports
         from trainer.train import pretrain, run_options
 
-        if kind == "pretrain":
-            result = pretrain(load_run_config(kind, values["config"], overrides, sets), run_options(values))
+        if isinstance(cfg, PretrainConfig):
+            result = pretrain(cfg, run_options(values))
         else:
-            from trainer.transfer.config import task_recipe
             from trainer.transfer.finetune import finetune
 
-            source = values["config"]
-            if source is None:  # the task's own recipe, never the defaults (the pretraining shape and length)
-                source = task_recipe(kind, values.get("task"), sets)  # None: an unknown task, named below
-                if source is not None:
-                    typer.echo(f"no --config: reading {source}, the task's recipe", err=True)
-            cfg, run = load_run_config(kind, source, overrides, sets), run_options(values)
             with ExitStack() as stack:
                 init = values["init"]
                 weights = stack.enter_context(location(init).fetched()) if init is not None else None
-                result = finetune(cfg, run, weights, _maybe(values["val"]))
+                result = finetune(cfg, run_options(values), weights, _maybe(values["val"]))
     except USER_ERRORS as err:
         raise fail(str(err)) from None
     typer.echo(result.text())
