@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from labelers import builtin
 from labelers.registry import register_labeler
 from labelers.smoke import materialize, tiny_dpt_config
 from labelers.spec import LabelerSpec
@@ -61,51 +62,6 @@ def _build_smoke(spec: LabelerSpec, *, device: str = "cpu", precision: str = "fp
     )
 
 
-_MIDAS_LICENSE = "MIT (MiDaS/DPT weights, Intel ISL)"
-
-register_labeler(
-    LabelerSpec(
-        name="dpt-hybrid-midas",
-        modality="depth",
-        model_class="DPTForDepthEstimation",
-        weights="Intel/dpt-hybrid-midas",
-        revision="main",
-        license=_MIDAS_LICENSE,
-        size=384,
-        geometry="short_side",
-        output="inverse_depth",
-        notes="MiDaS v3 DPT-Hybrid: relative inverse depth (disparity-like).",
-    )
-)(_build)
-
-register_labeler(
-    LabelerSpec(
-        name="dpt-large",
-        modality="depth",
-        model_class="DPTForDepthEstimation",
-        weights="Intel/dpt-large",
-        revision="main",
-        license=_MIDAS_LICENSE,
-        size=384,
-        geometry="short_side",
-        output="inverse_depth",
-        notes="MiDaS v3 DPT-Large: relative inverse depth.",
-    )
-)(_build)
-
-register_labeler(
-    LabelerSpec(
-        name="dpt-smoke",
-        modality="depth",
-        model_class="DPTForDepthEstimation",
-        weights="",
-        license="n/a (random weights)",
-        size=64,
-        geometry="short_side",
-        min_side=32,
-        max_side=128,
-        output="depth",
-        meaningless=True,
-        notes="Tiny random-weight DPT-hybrid of the real class: MEANINGLESS labels, for demos and tests only.",
-    )
-)(_build_smoke)
+register_labeler(builtin.DPT_HYBRID_MIDAS)(_build)
+register_labeler(builtin.DPT_LARGE)(_build)
+register_labeler(builtin.DPT_SMOKE)(_build_smoke)

@@ -6,16 +6,15 @@ the "no object" column dropped, so no pixel is void. RGB channel order, as the t
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from labelers import builtin
 from labelers.registry import register_labeler
 from labelers.smoke import materialize, tiny_mask2former_config
 from labelers.spec import LabelerSpec
-from labelers.standards import IMAGENET_MEAN, IMAGENET_STD
 from labelers.torch_labeler import TorchLabeler
 from labelers.weights import load_pretrained
 
@@ -59,52 +58,7 @@ def _checked(model: Any, spec: LabelerSpec) -> Any:
     return model
 
 
-COCO_PANOPTIC = LabelerSpec(
-    name="mask2former-swin-small-coco-panoptic",
-    modality="semseg",
-    model_class="Mask2FormerForUniversalSegmentation",
-    weights="facebook/mask2former-swin-small-coco-panoptic",
-    revision="main",
-    license="CC-BY-NC-4.0 (Mask2Former model zoo weights)",
-    size=384,
-    geometry="short_side",
-    max_side=1024,
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
-    output="classes",
-    num_classes=133,
-    classes="coco-panoptic-133",
-    notes="COCO panoptic, 133 classes (80 things + 53 stuff) in Mask2Former's contiguous order.",
-)
-ADE_SEMANTIC = dataclasses.replace(
-    COCO_PANOPTIC,
-    name="mask2former-swin-small-ade-semantic",
-    weights="facebook/mask2former-swin-small-ade-semantic",
-    size=512,
-    max_side=2048,
-    num_classes=150,
-    classes="ade20k-150",
-    notes="ADE20K semantic, 150 classes (wall ... flag) in the benchmark's order.",
-)
-
-
-def smoke_of(spec: LabelerSpec, name: str) -> LabelerSpec:
-    """A tiny random-weight model of `spec`'s class and classes: MEANINGLESS labels, for demos and tests."""
-    return dataclasses.replace(
-        spec,
-        name=name,
-        weights="",
-        revision=None,
-        license="n/a (random weights)",
-        size=64,
-        min_side=32,
-        max_side=128,
-        meaningless=True,
-        notes=f"Tiny random-weight Mask2Former with {spec.name}'s classes: MEANINGLESS labels, for demos and tests.",
-    )
-
-
-register_labeler(COCO_PANOPTIC)(_build)
-register_labeler(ADE_SEMANTIC)(_build)
-register_labeler(smoke_of(COCO_PANOPTIC, "mask2former-smoke"))(_build_smoke)
-register_labeler(smoke_of(ADE_SEMANTIC, "mask2former-smoke-ade"))(_build_smoke)
+register_labeler(builtin.COCO_PANOPTIC)(_build)
+register_labeler(builtin.ADE_SEMANTIC)(_build)
+register_labeler(builtin.MASK2FORMER_SMOKE)(_build_smoke)
+register_labeler(builtin.MASK2FORMER_SMOKE_ADE)(_build_smoke)

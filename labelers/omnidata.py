@@ -14,13 +14,14 @@ LICENSE) allows non-commercial research and educational use only.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from labelers import builtin
+from labelers.builtin import NORMAL_WEIGHTS_FILE, NORMAL_WEIGHTS_URLS, WEIGHTS_FILE, WEIGHTS_URLS
 from labelers.dpt import DPTDepthLabeler
 from labelers.registry import register_labeler
 from labelers.smoke import materialize, tiny_dpt_config
@@ -30,19 +31,6 @@ from labelers.weights import WeightsUnavailableError, load_pretrained
 if TYPE_CHECKING:
     from transformers import DPTForDepthEstimation
 
-WEIGHTS_FILE = "omnidata_rgb2depth_dpt_hybrid.pth"
-NORMAL_WEIGHTS_FILE = "omnidata_dpt_normal_v2.ckpt"
-WEIGHTS_URLS = (
-    f"https://datasets.epfl.ch/vilab/iccv21/weights/{WEIGHTS_FILE}",
-    "https://zenodo.org/records/10447888 (omnidata_dpt_depth_v1.ckpt, omnidata_dpt_depth_v2.ckpt; see "
-    "github.com/EPFL-VILAB/omnidata omnidata_tools/torch/tools/download_depth_models.sh)",
-)
-NORMAL_WEIGHTS_URLS = (
-    f"https://zenodo.org/records/10447888/files/{NORMAL_WEIGHTS_FILE}",
-    "https://datasets.epfl.ch/vilab/iccv21/weights/omnidata_rgb2normal_dpt_hybrid.pth (v1; see "
-    "github.com/EPFL-VILAB/omnidata omnidata_tools/torch/tools/download_surface_normal_models.sh)",
-)
-LICENSE = "CC-BY-NC-4.0 (Omnidata DPT-Hybrid weights, EPFL VILAB; non-commercial research use)"
 _CHANNELS = {"depth": 1, "normal": 3}  # the head's output maps for each labeler output
 _WEIGHTS = {"depth": (WEIGHTS_FILE, WEIGHTS_URLS), "normal": (NORMAL_WEIGHTS_FILE, NORMAL_WEIGHTS_URLS)}
 
@@ -103,57 +91,6 @@ def _build_smoke(spec: LabelerSpec, *, device: str = "cpu", precision: str = "fp
     return DPTDepthLabeler(spec, load_omnidata(folder, 3), device=device, precision=precision)
 
 
-register_labeler(
-    LabelerSpec(
-        name="omnidata-dpt-hybrid",
-        modality="depth",
-        model_class="DPTForDepthEstimation",
-        weights=WEIGHTS_FILE,
-        license=LICENSE,
-        size=384,
-        geometry="multiple_of_32",
-        mean=(0.5, 0.5, 0.5),
-        std=(0.5, 0.5, 0.5),
-        output="depth",
-        notes=(
-            "Omnidata DPT-Hybrid (ViT-B/16 + R50 stem), trained at 384 on [-1, 1] inputs; relative depth, "
-            "not inverse (unlike MiDaS). Original-layout weights, converted at load time "
-            f"(labelers.dpt_original). Weights: {WEIGHTS_URLS[0]}"
-        ),
-    ),
-    check=check_omnidata,
-)(_build)
-
-NORMAL = LabelerSpec(
-    name="omnidata-dpt-hybrid-normal",
-    modality="normal",
-    model_class="DPTForSurfaceNormals",
-    weights=NORMAL_WEIGHTS_FILE,
-    license=LICENSE,
-    size=384,
-    geometry="multiple_of_32",
-    mean=(0.0, 0.0, 0.0),  # Omnidata's normal network reads plain [0, 1] pixels (its depth network [-1, 1])
-    std=(1.0, 1.0, 1.0),
-    output="normal",
-    notes=(
-        "Omnidata DPT-Hybrid surface normals (the depth architecture with a 3-channel head), trained at 384 on "
-        "[0, 1] inputs; output clamped to [0, 1] = [-1, 1] as Omnidata does, then scaled to unit length. "
-        f"Original-layout weights (v2 .ckpt or v1 .pth), converted at load time. Weights: {NORMAL_WEIGHTS_URLS[0]}"
-    ),
-)
-register_labeler(NORMAL, check=check_omnidata)(_build)
-
-register_labeler(
-    dataclasses.replace(
-        NORMAL,
-        name="omnidata-normal-smoke",
-        weights="",
-        license="n/a (random weights)",
-        size=64,
-        min_side=32,
-        max_side=128,
-        meaningless=True,
-        notes="Tiny random-weight DPT-hybrid normal network of the real class: MEANINGLESS labels, for demos, tests.",
-    ),
-    check=lambda spec: None,
-)(_build_smoke)
+register_labeler(builtin.OMNIDATA_DEPTH, check=check_omnidata)(_build)
+register_labeler(builtin.OMNIDATA_NORMAL, check=check_omnidata)(_build)
+register_labeler(builtin.OMNIDATA_NORMAL_SMOKE, check=lambda spec: None)(_build_smoke)

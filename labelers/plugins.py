@@ -43,6 +43,12 @@ def load_entry_points(group: str) -> list[PluginError]:
     return failed
 
 
+def extends(group: str) -> bool:
+    """Whether any installed package names a plugin under `group` (read from the packages' metadata; nothing
+    is imported): a registry with none holds its built-in entries only."""
+    return any(True for _ in entry_points(group=group))
+
+
 def unavailable(group: str) -> str:
     """'' or a note for an unknown-name error: the plugins of `group` that failed to load."""
     failed = FAILED.get(group, [])

@@ -11,7 +11,8 @@ from collections.abc import Callable, Mapping
 from importlib import import_module
 from typing import Any
 
-from labelers.plugins import load_entry_points, unavailable
+from labelers import builtin
+from labelers.plugins import extends, load_entry_points, unavailable
 from labelers.spec import Labeler, LabelerSpec
 from labelers.weights import check_weights
 
@@ -57,18 +58,22 @@ def _load_all() -> None:
 
 
 def available() -> list[str]:
-    _load_all()
-    return sorted(_REGISTRY)
+    if extends(ENTRY_POINT_GROUP):
+        _load_all()
+    return sorted({*builtin.SPECS, *_REGISTRY})
 
 
 def resolve_spec(name: str, overrides: Mapping[str, Any] | None = None) -> LabelerSpec:
-    """The registered spec of `name` with recipe overrides applied; unknown names or fields are errors."""
-    _load_all()
-    if name not in _REGISTRY:
+    """The registered spec of `name` with recipe overrides applied; unknown names or fields are errors. A
+    built-in name's spec is read from `labelers.builtin` (its network's module, and torch, are not imported);
+    any other name loads the plugins."""
+    if name not in builtin.SPECS and name not in _REGISTRY and extends(ENTRY_POINT_GROUP):
+        _load_all()
+    spec = builtin.SPECS.get(name) or (_REGISTRY[name][0] if name in _REGISTRY else None)
+    if spec is None:
         raise UnknownLabelerError(
             f"unknown labeler {name!r}; available: {', '.join(available())}{unavailable(ENTRY_POINT_GROUP)}"
         )
-    spec = _REGISTRY[name][0]
     overrides = dict(overrides or {})
     fields = {f.name for f in dataclasses.fields(LabelerSpec)} - {"name", "modality", "output", "model_class"}
     unknown = sorted(set(overrides) - fields)

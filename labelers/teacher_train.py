@@ -45,7 +45,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from labelers.standards import IGNORE_ID
-from labelers.teacher import TASKS, TeacherNet, TeacherTask, depth_metres, normalise, save_teacher, sha256_of
+from labelers.teacher import TeacherNet, depth_metres, normalise, save_teacher, sha256_of
+from labelers.teacher_spec import TASKS, TeacherTask
 
 STORE_DTYPE = torch.float16
 BENCHMARK_SPLITS = ("train", "val", "test")  # the benchmark's splits: a teacher never trains or scores on them

@@ -34,7 +34,7 @@ finally:
 LOOSE_SECONDS = 6.0  # a refusal takes ~0.4 s on an idle 2-core machine; this bound only catches a heavy import
 
 
-def refuse(*args: str, light: bool = True) -> tuple[str, float]:
+def refuse(*args: str) -> tuple[str, float]:
     """Run `mmforge ARGS`; assert exit 2, one `error:` line (a list of problems: its heading, then one
     `  - ` line each), no heavy import; the first line and the wall time."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
@@ -48,7 +48,7 @@ def refuse(*args: str, light: bool = True) -> tuple[str, float]:
     assert lines and lines[0].startswith("error: "), done.stderr
     assert len(lines) == 1 or all(line.startswith("  - ") for line in lines[1:]), done.stderr
     heavy = done.stdout.strip().splitlines()[-1]
-    assert heavy == "heavy:" or not light, f"{args}: imported {heavy} before refusing: {lines[0]}"
+    assert heavy == "heavy:", f"{args}: imported {heavy} before refusing: {lines[0]}"
     assert seconds < LOOSE_SECONDS, (args, seconds)
     return lines[0], seconds
 
@@ -154,13 +154,17 @@ CASE_NAMES = sorted(run_cases({"data": Path("d"), "root": Path("r"), "photos": P
         ["pretrain", "--set", "model.patch_size=0", "--set", "optim.base_lr=-1", "--set", "model.image_size=1000000"],
         ["finetune", "--set", "task.layer_decay=5", "--set", "task.name='nope'"],
         ["probe", "--config", "probe-smoke", "--set", "data.batch_size=0"],
+        ["build-dataset", "--set", "shards.size=0", "--set", "labelers.depth.size=5", "--set", "image.max_side=0"],
     ],
 )
 def test_bad_settings_are_listed_at_once_in_seconds(args: list[str], places: dict[str, Path]) -> None:
-    """Settings are checked against the registries (modalities, tasks), which plugins extend and which live with
-    their torch code: torch is imported, no model is built and nothing is written."""
+    """Every setting is checked, all problems at once, against the registries' built-in entries read without
+    torch (`trainer.model.builtins`, `trainer.transfer.rules`): nothing built, nothing written."""
     kind, *sets = args
-    line, _ = refuse(kind, "--data", str(places["data"]), "--out", str(places["root"] / "run"), *sets, light=False)
+    if kind == "build-dataset":
+        line, _ = refuse(kind, str(places["photos"]), str(places["root"] / "run"), "--recipe", "demo", *sets)
+    else:
+        line, _ = refuse(kind, "--data", str(places["data"]), "--out", str(places["root"] / "run"), *sets)
     assert line.startswith("error: options: ") and ("problems" in line or "must" in line), line
     assert not (places["root"] / "run").exists()
 

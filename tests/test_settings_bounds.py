@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import subprocess
+import sys
 import tomllib
 import typing
 from pathlib import Path
@@ -336,3 +338,77 @@ def test_a_labelers_sides_are_bounded(key: str, good: int, bad: int, fragment: s
     load_recipe("demo", sets=[f"{key}={good}"])
     with pytest.raises(ConfigError, match=fragment):
         load_recipe("demo", sets=[f"{key}={bad}"])
+
+
+# ------------------------------------------------------------------------- checked without the registries
+
+
+def test_the_light_tables_are_the_registries_built_ins() -> None:
+    """Settings are checked against `trainer.model.builtins` and `trainer.transfer.rules` (no torch); these
+    must say what the registries' built-in entries say."""
+    from trainer.config import task_rules
+    from trainer.model import builtins
+    from trainer.model.modalities import _MODALITIES, _TASKS
+    from trainer.transfer import rules
+    from trainer.transfer.protocols import EVAL_PROTOCOLS
+    from trainer.transfer.tasks import _BUILT_IN
+
+    assert {m.name: m.stride for m in _MODALITIES} == builtins.STRIDES
+    assert {t.name: t.source for t in _TASKS} == builtins.SOURCES
+    assert tuple(EVAL_PROTOCOLS) == rules.EVAL_PROTOCOL_NAMES
+    registry = task_rules()  # the registry is imported now: read from it
+    assert {t.name for t in _BUILT_IN} == set(rules.BUILT_IN)
+    assert {name: registry[name] for name in rules.BUILT_IN} == rules.BUILT_IN
+
+
+def test_settings_are_checked_without_torch() -> None:
+    """Every shipped config loads, and a bad one is refused, in a fresh interpreter that never imports torch
+    (no plugin is installed here: the built-in tables are read)."""
+    code = (
+        "import sys\n"
+        "from trainer.config import CONFIGS, ConfigError, load_run_config\n"
+        "for path in sorted(CONFIGS.glob('*.toml')):\n"
+        "    kind = 'pretrain' if 'finetune' not in path.name and 'probe' not in path.name else 'finetune'\n"
+        "    load_run_config('probe' if 'probe' in path.name else kind, path)\n"
+        "for kind, name, key in (('pretrain', None, 'model.patch_size'),\n"
+        "                        ('finetune', 'scenes-finetune-semseg', 'task.preds_per_patch')):\n"
+        "    try:\n"
+        "        load_run_config(kind, name, {key: 3})\n"
+        "    except ConfigError:\n"
+        "        pass\n"
+        "    else:\n"
+        "        raise SystemExit(kind + ' accepted a bad ' + key)\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
+def test_the_built_in_labeler_specs_are_the_registered_ones() -> None:
+    """A recipe is checked against `labelers.builtin.SPECS`; each labeler module registers exactly that spec."""
+    from labelers import builtin, registry
+
+    registry._load_all()
+    assert {name: registry._REGISTRY[name][0] for name in builtin.SPECS} == builtin.SPECS
+    for name, spec in builtin.SPECS.items():
+        assert registry._REGISTRY[name][0] is spec, name
+
+
+def test_recipes_are_checked_without_torch() -> None:
+    """Every shipped recipe loads, and bad values are all listed, in a fresh interpreter that never imports torch
+    (no labeler plugin is installed here)."""
+    code = (
+        "import sys\n"
+        "from pipeline.build.recipe import RECIPES, ConfigError, load_recipe\n"
+        "for path in sorted(RECIPES.glob('*.toml')):\n"
+        "    load_recipe(path)\n"
+        "try:\n"
+        "    load_recipe('demo', sets=['shards.size=0', 'labelers.depth.size=5', 'labelers.semseg.name=\"nope\"'])\n"
+        "except ConfigError as err:\n"
+        "    print(len(err.problems))\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["3", "False"], done.stdout

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from labelers import build_labeler, check_labeler, resolve_spec
-from labelers.teacher import DEPTH_RANGE_M, TASKS, TeacherNet, shipped_path
+from labelers.teacher import TeacherNet
+from labelers.teacher_spec import DEPTH_RANGE_M, TASKS, shipped_path
 from labelers.teacher_train import ClassTally, DepthTally, main, train_teacher
 from labelers.weights import WeightsUnavailableError
 
@@ -40,7 +41,7 @@ def held_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Freshly rendered scenes of a split and seed no teacher trained or was scored on, with the camera the
     shipped teachers' scenes had (their reports record it)."""
     pytest.importorskip("pybullet")
-    from labelers.teacher import shipped_report
+    from labelers.teacher_spec import shipped_report
     from pipeline.synth.scenes import DISTANCE, SceneConfig, render_scenes
 
     camera = shipped_report(TASKS["depth"])["scenes"].get("camera", {})

@@ -10,11 +10,13 @@ checked by the one loader (`pipeline.format.schema`).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import Any, Literal, overload
 
+from labelers.plugins import extends
 from labelers.standards import PRECISIONS
 from pipeline.format.schema import (
     ConfigError,
@@ -25,9 +27,9 @@ from pipeline.format.schema import (
     to_plain,
     with_command_line,
 )
-
-if TYPE_CHECKING:
-    from trainer.transfer.tasks import TransferTask
+from trainer.model import builtins
+from trainer.transfer import rules
+from trainer.transfer.rules import TaskRules
 
 __all__ = [
     "CONFIGS",
@@ -86,12 +88,9 @@ class ModelConfig:
         return (self.image_size // self.patch_size) ** 2 * len(self.inputs)
 
     def problems(self) -> list[str]:
-        from trainer.model.modalities import MODALITIES, TASKS
-
-        found = [
-            f"inputs: unknown modality {n!r}; known: {sorted(MODALITIES)}" for n in self.inputs if n not in MODALITIES
-        ]
-        found += [f"outputs: unknown task {n!r}; known: {sorted(TASKS)}" for n in self.outputs if n not in TASKS]
+        strides, sources = modality_strides(), task_sources()
+        found = [f"inputs: unknown modality {n!r}; known: {sorted(strides)}" for n in self.inputs if n not in strides]
+        found += [f"outputs: unknown task {n!r}; known: {sorted(sources)}" for n in self.outputs if n not in sources]
         if not self.inputs:
             found.append("inputs must name at least one modality")
         found += [f"inputs names {n!r} twice" for n in _twice(self.inputs)]
@@ -100,10 +99,11 @@ class ModelConfig:
             found.append(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
         elif self.image_size // self.patch_size > MAX_GRID:
             found.append(f"image_size / patch_size must be <= {MAX_GRID} ({MAX_GRID**2} tokens per input)")
+        used = {*self.inputs, *(sources[n] for n in self.outputs if n in sources)}  # read or predicted
         found += [
-            f"patch_size {self.patch_size} must be a multiple of {m.stride} (the {m.name} modality's stride)"
-            for m in (MODALITIES[n] for n in sorted(self._modalities()) if n in MODALITIES)
-            if self.patch_size % m.stride
+            f"patch_size {self.patch_size} must be a multiple of {strides[n]} (the {n} modality's stride)"
+            for n in sorted(used)
+            if n in strides and self.patch_size % strides[n]
         ]
         if self.dim % self.heads or self.dim % 4:
             found.append(f"dim {self.dim} must be a multiple of heads {self.heads} and of 4")
@@ -114,12 +114,6 @@ class ModelConfig:
         if self.inputs and self.outputs and self.num_visible >= self.num_tokens:  # masking: pretraining only
             found.append(f"num_visible {self.num_visible} must be < the {self.num_tokens} tokens of the inputs")
         return found
-
-    def _modalities(self) -> set[str]:
-        """The modalities the model reads or predicts (an output's source)."""
-        from trainer.model.modalities import TASKS
-
-        return {*self.inputs, *(TASKS[n].source for n in self.outputs if n in TASKS)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -202,23 +196,60 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+# The registries a config is checked against (modalities, pretraining tasks, transfer tasks) hold torch code:
+# a check reads their built-in entries without them (`trainer.model.builtins`, `trainer.transfer.rules`), and
+# the registry itself once a plugin extends it or it is already imported (then every entry, plugins' too).
+
+
+def _registry_needed(module: str, group: str) -> bool:
+    return module in sys.modules or extends(group)
+
+
+def modality_strides() -> Mapping[str, int]:
+    """Every registered modality's stride, by name."""
+    if not _registry_needed(builtins.REGISTRY, builtins.GROUP):
+        return builtins.STRIDES
+    from trainer.model.modalities import MODALITIES
+
+    return {name: m.stride for name, m in MODALITIES.items()}
+
+
+def task_sources() -> Mapping[str, str]:
+    """Every registered pretraining task's source modality, by name."""
+    if not _registry_needed(builtins.REGISTRY, builtins.GROUP):
+        return builtins.SOURCES
+    from trainer.model.modalities import TASKS
+
+    return {name: t.source for name, t in TASKS.items()}
+
+
+def task_rules() -> Mapping[str, TaskRules]:
+    """What a settings check reads of every registered transfer task, by name."""
+    if not _registry_needed(rules.REGISTRY, rules.GROUP):
+        return rules.BUILT_IN
+    from trainer.transfer.tasks import TRANSFER_TASKS
+
+    return {
+        name: TaskRules(
+            config_problems=t.config_problems,
+            reads_main_input=t.reads_main_input,
+            hooked=t.hooked,
+            probe=t.probe is not None,
+            recipe=t.recipe,
+            probe_recipe=t.probe_recipe,
+        )
+        for name, t in TRANSFER_TASKS.items()
+    }
+
+
 def transfer_task_names() -> tuple[str, ...]:
-    """The registered transfer tasks (`trainer.transfer.tasks`), read when a config is checked: the registry
-    imports torch and the heads, which loading this module must not."""
-    return tuple(_transfer_tasks())
+    """The registered transfer tasks (`trainer.transfer.tasks`), read when a config is checked."""
+    return tuple(task_rules())
 
 
 def eval_protocol_names() -> tuple[str, ...]:
-    """The evaluation protocols (`trainer.transfer.protocols`), read when a config is checked."""
-    from trainer.transfer.protocols import EVAL_PROTOCOLS
-
-    return tuple(EVAL_PROTOCOLS)
-
-
-def _transfer_tasks() -> Mapping[str, TransferTask]:
-    from trainer.transfer.tasks import TRANSFER_TASKS
-
-    return TRANSFER_TASKS
+    """The evaluation protocols (`trainer.transfer.protocols`; not extensible), read when a config is checked."""
+    return rules.EVAL_PROTOCOL_NAMES
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -265,7 +296,7 @@ class TaskConfig:
         return self.readout or (self.main_input,)
 
     def problems(self) -> list[str]:
-        spec = _transfer_tasks().get(self.name)  # an unknown name is the `choices` rule's problem
+        spec = task_rules().get(self.name)  # an unknown name is the `choices` rule's problem
         if spec is None:
             return []
         found = spec.config_problems(self)
@@ -277,8 +308,8 @@ class TaskConfig:
             found.append(f"task.readout names an input twice: {list(self.readout)}")
         if self.readout and not spec.reads_main_input:
             found.append(f"task.readout: the {self.name} task's head reads no input's tokens (nothing to read out)")
-        if self.probe and spec.probe is None:
-            with_probe = ", ".join(name for name, t in _transfer_tasks().items() if t.probe is not None)
+        if self.probe and not spec.probe:
+            with_probe = ", ".join(name for name, t in task_rules().items() if t.probe)
             found.append(f"probe = true: the {self.name} task has no linear probe (tasks with one: {with_probe})")
         return found
 
@@ -293,7 +324,7 @@ class FinetuneConfig:
 
     def problems(self) -> list[str]:
         found = []
-        spec = _transfer_tasks().get(self.task.name)
+        spec = task_rules().get(self.task.name)
         if spec is not None and spec.reads_main_input:
             key = "task.readout" if self.task.readout else "task.main_input"
             found += [

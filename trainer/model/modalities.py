@@ -24,6 +24,7 @@ from labelers.plugins import load_entry_points
 from labelers.standards import IMAGENET_MEAN, IMAGENET_STD
 from trainer.model import losses
 from trainer.model.adapters import ClassMapInputAdapter, PatchInputAdapter
+from trainer.model.builtins import GROUP
 
 
 class ModelShape(Protocol):
@@ -288,7 +289,6 @@ _TASKS = (
     Task(name="normal", source="normal", loss=losses.masked_l1),  # L1 on unit vectors, as depth's
 )
 
-ENTRY_POINT_GROUP = "multimae_forge.modalities"
 _MODALITY_TABLE: dict[str, Modality] = {m.name: m for m in _MODALITIES}
 _TASK_TABLE: dict[str, Task] = {t.name: t for t in _TASKS}
 MODALITIES: Mapping[str, Modality] = MappingProxyType(_MODALITY_TABLE)
@@ -324,7 +324,7 @@ def used_modalities(cfg: ModelShape) -> tuple[str, ...]:
 
 
 def _load_plugins() -> None:
-    load_entry_points(ENTRY_POINT_GROUP)
+    load_entry_points(GROUP)
 
 
 _load_plugins()

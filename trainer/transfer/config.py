@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from trainer.config import RUN_KINDS, FinetuneConfig, TaskConfig, load_run_config
+from trainer.config import RUN_KINDS, FinetuneConfig, TaskConfig, load_run_config, task_rules
 from trainer.errors import ConfigError
 from trainer.options import config_overrides
 
@@ -26,11 +26,9 @@ def task_recipe(kind: str, task: str | None, sets: Sequence[str] = ()) -> str | 
     """The recipe a `kind` run (finetune, probe) reads without `--config`: its task's (the kind's task, else
     `task`, else a `--set task.name=...` of `sets`, else the config's default task); None for an unknown task
     (the loader then names the known ones); a ConfigError when the task ships none."""
-    from trainer.transfer.tasks import TRANSFER_TASKS
-
     fixed = RUN_KINDS[kind].fixed
     name = fixed.get("task.name", task or _set_task(sets) or TaskConfig().name)
-    spec = TRANSFER_TASKS.get(name)
+    spec = task_rules().get(name)
     if spec is None:
         return None
     probe = bool(fixed.get("task.probe"))

@@ -28,7 +28,6 @@ from a `multimae_forge.codecs` entry point, and a map's modality from `multimae_
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -48,8 +47,8 @@ from trainer.model.losses import berhu, valid_l1
 from trainer.model.modalities import MODALITIES, ModelShape
 from trainer.transfer.heads import ConvNeXtHead, DenseProbeHead, DPTHead, LinearHead, ProbeHead
 from trainer.transfer.metrics import ClassificationMetrics, DepthMetrics, SegmentationMetrics
+from trainer.transfer.rules import GROUP, convnext_problems, dpt_problems, no_problems
 
-ENTRY_POINT_GROUP = "multimae_forge.transfer_tasks"
 JSON = CODECS["json"].suffix  # the sample json: per-sample encodings of the value maps
 
 
@@ -171,10 +170,6 @@ TaskLoss = Callable[[Tensor, Tensor, TaskSettings, bool], Tensor]  # (fp32 outpu
 ClassCount = Callable[[Manifest, str, str], int]  # (manifest, dataset shown in errors, target) -> classes
 ClassNames = Callable[[Manifest, str], tuple[str, ...] | None]  # (manifest, target) -> names by id, if recorded
 PERCENT, COUNT = "%", "count"  # the units of `TransferTask.units` that printing knows
-
-
-def no_problems(task: TaskSettings) -> list[str]:
-    return []
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -344,22 +339,6 @@ def hooked_main_tokens(head: nn.Module, e: Encoded) -> Tensor:
     return head([h[:, main.span] for h in e.hooked], main.grid)
 
 
-def convnext_problems(t: TaskSettings) -> list[str]:
-    side = math.isqrt(t.preds_per_patch)
-    if side * side == t.preds_per_patch and t.head_embed_dim % t.preds_per_patch == 0:
-        return []
-    return [
-        f"preds_per_patch {t.preds_per_patch} must be a square (4 x 4 = 16) dividing head_embed_dim {t.head_embed_dim}"
-    ]
-
-
-def dpt_problems(t: TaskSettings) -> list[str]:
-    found = [] if len(t.hooks) == 4 and len(t.layer_dims) == 4 else ["the depth head takes 4 hooks and 4 layer_dims"]
-    if not all(1 <= d <= 8192 for d in t.layer_dims):
-        found.append(f"layer_dims must be 1..8192 channels, got {list(t.layer_dims)}")
-    return found
-
-
 # ------------------------------------------------------------------------------------------------ losses
 
 
@@ -500,11 +479,11 @@ def transfer_task(name: str) -> TransferTask:
         return TRANSFER_TASKS[name]
     except KeyError:
         known = ", ".join(TRANSFER_TASKS)
-        raise KeyError(f"unknown transfer task {name!r}; known: {known}{unavailable(ENTRY_POINT_GROUP)}") from None
+        raise KeyError(f"unknown transfer task {name!r}; known: {known}{unavailable(GROUP)}") from None
 
 
 def _load_plugins() -> None:
-    load_entry_points(ENTRY_POINT_GROUP)
+    load_entry_points(GROUP)
 
 
 _load_plugins()
