@@ -1,6 +1,7 @@
 """Transfer: fine-tuning, probing, evaluation, prediction and export of a pretrained MultiMAE.
 
-Reading order: `config` (typed fine-tuning recipes) -> `heads` (classification, probe, dense probe, ConvNeXt and
+Reading order: `config` (typed fine-tuning recipes) -> `rules` (the built-in tasks' rules on their settings,
+read by the settings checks without torch) -> `heads` (classification, probe, dense probe, ConvNeXt and
 DPT heads with the official names) -> `metrics` (whole-split metrics) -> `tasks` (the transfer-task registry: each
 task's target, head, loss, metrics and main metric; plugins add tasks) -> `classes` (a split's class ids mapped
 onto the model's by name) -> `model` (the pretraining encoder,
