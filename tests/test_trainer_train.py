@@ -142,7 +142,7 @@ def test_atomic_save_leaves_the_old_file_when_writing_fails(tmp_path: Path, monk
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken)
-    with pytest.raises(CheckpointError, match="cannot write checkpoint .*disk full"):  # one line, not a traceback
+    with pytest.raises(CheckpointError, match=r"cannot write checkpoint .*disk full"):  # one line, not a traceback
         checkpoint.atomic_save({"model": {"a": torch.zeros(2)}}, target)
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-1.pt"]
     assert torch.equal(torch.load(target, weights_only=True)["model"]["a"], torch.ones(2))
