@@ -30,16 +30,10 @@ DPT_HYBRID_MIDAS = LabelerSpec(
     notes="MiDaS v3 DPT-Hybrid: relative inverse depth (disparity-like).",
 )
 
-DPT_LARGE = LabelerSpec(
+DPT_LARGE = dataclasses.replace(
+    DPT_HYBRID_MIDAS,
     name="dpt-large",
-    modality="depth",
-    model_class="DPTForDepthEstimation",
     weights="Intel/dpt-large",
-    revision="main",
-    license=_MIDAS_LICENSE,
-    size=384,
-    geometry="short_side",
-    output="inverse_depth",
     notes="MiDaS v3 DPT-Large: relative inverse depth.",
 )
 

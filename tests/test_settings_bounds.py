@@ -361,6 +361,13 @@ def test_the_light_tables_are_the_registries_built_ins() -> None:
     assert {name: registry[name] for name in rules.BUILT_IN} == rules.BUILT_IN
 
 
+def fresh_interpreter(code: str) -> str:
+    """What `code` prints in a new Python process (which has imported nothing yet); it must exit 0."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def test_settings_are_checked_without_torch() -> None:
     """Every shipped config loads, and a bad one is refused, in a fresh interpreter that never imports torch
     (no plugin is installed here: the built-in tables are read)."""
@@ -380,9 +387,7 @@ def test_settings_are_checked_without_torch() -> None:
         "        raise SystemExit(kind + ' accepted a bad ' + key)\n"
         "print('torch' in sys.modules)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "False"
+    assert fresh_interpreter(code).strip() == "False"
 
 
 def test_the_built_in_labeler_specs_are_the_registered_ones() -> None:
@@ -409,6 +414,4 @@ def test_recipes_are_checked_without_torch() -> None:
         "    print(len(err.problems))\n"
         "print('torch' in sys.modules)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["3", "False"], done.stdout
+    assert fresh_interpreter(code).split() == ["3", "False"]
