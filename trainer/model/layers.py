@@ -15,23 +15,23 @@ LN_EPS = 1e-6
 
 
 class DropPath(nn.Module):
-    """Stochastic depth: in training, each sample's residual branch is zeroed with probability `p` and the
-    kept ones scaled by 1 / (1 - p); the identity in evaluation. (timm's `DropPath` computes the same, from the
+    """Stochastic depth: in training, each sample's residual branch is zeroed with probability `drop_prob`
+    and the kept ones scaled by 1 / (1 - drop_prob); the identity in evaluation. (timm's `DropPath` computes the same, from the
     same random draws; importing timm for it would add seconds to every trainer command.)"""
 
-    def __init__(self, p: float) -> None:
+    def __init__(self, drop_prob: float) -> None:
         super().__init__()
-        self.p = p
+        self.drop_prob = drop_prob  # timm's name for it
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.p == 0.0 or not self.training:
+        if self.drop_prob == 0.0 or not self.training:
             return x
-        keep = 1.0 - self.p
+        keep = 1.0 - self.drop_prob
         draws = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
         return x * (draws / keep if keep > 0 else draws)
 
     def extra_repr(self) -> str:
-        return f"p={self.p}"
+        return f"drop_prob={self.drop_prob}"
 
 
 def layer_norm(dim: int) -> nn.LayerNorm:
