@@ -16,8 +16,8 @@ LN_EPS = 1e-6
 
 class DropPath(nn.Module):
     """Stochastic depth: in training, each sample's residual branch is zeroed with probability `drop_prob`
-    and the kept ones scaled by 1 / (1 - drop_prob); the identity in evaluation. (timm's `DropPath` computes the same, from the
-    same random draws; importing timm for it would add seconds to every trainer command.)"""
+    and the kept ones scaled by 1 / (1 - drop_prob); the identity in evaluation. (timm's `DropPath` computes
+    the same, from the same random draws; importing timm for it would add seconds to every trainer command.)"""
 
     def __init__(self, drop_prob: float) -> None:
         super().__init__()
