@@ -27,7 +27,7 @@ from pipeline.format.locations import LocalPath
 from pipeline.format.stores import Location, location
 from pipeline.verify.docs import NotADatasetError, check_documents
 from trainer.engine.checkpoint_kind import Kind, peek, require_kind
-from trainer.engine.run_folder import RunFolder
+from trainer.engine.run_folder import RunFolder, check_apart
 from trainer.errors import ConfigError, DataError
 
 __all__ = [
@@ -97,8 +97,7 @@ def check_run_folder(out: Location, data: Location, kind: Kind) -> None:
     checks `run_folder.claimed` makes again under the lock)."""
     if not isinstance(out, LocalPath):
         return
-    if out.inside(data) or data.inside(out):
-        raise ConfigError(f"--out {out} and --data {data} overlap: a run never writes into its dataset")
+    check_apart(out, data)
     if out.path.exists() and not out.path.is_dir():
         raise ConfigError(f"--out {out} is a file, not a run folder: choose a new folder")
     RunFolder(out, 0).check_owned(kind)

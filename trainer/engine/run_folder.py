@@ -189,9 +189,14 @@ def claimed(out: Location, data: Location, kind: Kind, dist: DistInfo) -> Iterat
         yield folder
 
 
+def check_apart(out: Location, data: Location) -> None:
+    """A run never writes into its dataset: `--out` inside `--data`, or around it, is refused."""
+    if out.inside(data) or data.inside(out):
+        raise ConfigError(f"--out {out} and --data {data} overlap: a run never writes into its dataset")
+
+
 def _take(folder: RunFolder, data: Location, kind: Kind, stack: contextlib.ExitStack) -> None:
-    if folder.out.inside(data) or data.inside(folder.out):
-        raise ConfigError(f"--out {folder.out} and --data {data} overlap: a run never writes into its dataset")
+    check_apart(folder.out, data)
     folder.check_owned(kind, read_marker=not folder.published_to)
     created = not folder.local.exists()
     try:
