@@ -13,6 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
+from typer.testing import CliRunner, Result
+
+from pipeline.cli.app import app
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("MMFORGE_CACHE", os.path.join(tempfile.gettempdir(), "mmforge-test-cache"))
@@ -95,3 +98,15 @@ def source_with_bad_files(tmp_path: Path) -> Path:
     for name, data in {**bad_image_bytes(), **odd_image_bytes()}.items():
         (src / name).write_bytes(data)
     return src
+
+
+def mmforge(*args: str) -> Result:
+    """`mmforge ARGS` in this process (Typer's runner), its output and exit code."""
+    return CliRunner().invoke(app, list(args))
+
+
+def error_line(result: Result) -> str:
+    """The one line of a refused command (exit 2)."""
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    return lines[0]

@@ -14,17 +14,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from typer.testing import CliRunner
 
 from labelers.classes import class_table
 from pipeline.build.images import decode_upright
-from pipeline.cli.app import app
 from pipeline.format.codecs import decode_depth, decode_semseg
 from pipeline.format.contract import DatasetPaths
 from pipeline.format.ownership import BuildLock
 from pipeline.format.stores import location
 from pipeline.synth import rectangles
-from tests.conftest import bad_image_bytes, gradient
+from tests.conftest import bad_image_bytes, error_line, gradient, mmforge
 from trainer.config import load_run_config, smoke_config
 from trainer.engine.checkpoint import payload
 from trainer.model.multimae import MultiMAE
@@ -33,19 +31,8 @@ from trainer.transfer.finetune import load_finetuned
 from trainer.transfer.model import MultiViT
 from trainer.transfer.predict import DEPTH_SCALE, PREDICT_MARKER, model_inputs, predict, resample_back
 
-runner = CliRunner()
 SIZES = {"a.png": (37, 53), "nested/deeper/b.jpg": (64, 20), "c.PNG": (32, 32)}  # (height, width)
 NYU = class_table("nyu40").names
-
-
-def mmforge(*args: str):
-    return runner.invoke(app, list(args))
-
-
-def error_line(result) -> str:
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert result.exit_code == 2 and len(lines) == 1, result.output
-    return lines[0]
 
 
 def fine_tuned(path: Path, config: str, classes: int, names: tuple[str, ...] = (), sets: tuple[str, ...] = ()) -> Path:

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from labelers import LabelerSpec
 from pipeline.build.recipe import Recipe
-from pipeline.cli.app import app
 from pipeline.synth import rectangles
 from pipeline.synth.rectangles import write_digit_images
+from tests.conftest import error_line, mmforge
 from trainer.config import ConfigError, FinetuneConfig, TaskConfig, load_run_config, smoke_config
 from trainer.data.dataset import load_dataset
 from trainer.engine.checkpoint import payload
@@ -28,7 +27,6 @@ from trainer.transfer.config import load_finetune_config, task_recipe
 from trainer.transfer.finetune import eval_batches, read_finetuned, split_ids
 from trainer.transfer.tasks import TRANSFER_TASKS, transfer_task
 
-runner = CliRunner()
 CLS_SMOKE = ["--config", "finetune-cls-smoke", "--set", "model.image_size=32"]
 SEMSEG_SMOKE = ["--config", "finetune-semseg-smoke", "--set", "model.image_size=32"]
 QUIET = ["--device", "cpu", "--no-tensorboard", "--set", "train.progress=false"]
@@ -48,16 +46,6 @@ name = "dpt-smoke"
 batch_size = 10
 precision = "fp32"
 """
-
-
-def mmforge(*args: str):
-    return runner.invoke(app, list(args))
-
-
-def error_line(result) -> str:
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert result.exit_code == 2 and len(lines) == 1, result.output
-    return lines[0]
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
