@@ -367,7 +367,8 @@ def _rank(init: str, seed: int | None = None) -> tuple[int, ...]:
 def submit_transfers(
     pool: Pool, plan: Plan, data: dict[str, Path], runs: Path, init: str, checkpoint: Path | None
 ) -> None:
-    """Every transfer cell (task x mode x seed) of one init."""
+    """Every transfer cell (task x mode x seed) of one init. A cell without its record needs the init's
+    checkpoint: a pretraining recorded as done whose checkpoint is gone is refused before any work starts."""
     for task in TASKS:
         for mode in plan.modes:
             for seed in range(plan.seeds):
@@ -375,6 +376,11 @@ def submit_transfers(
                 cfg = transfer_config(task, mode, seed, plan)
                 out = runs / f"ft-{key.replace('/', '-')}-{digest(str(checkpoint), cfg, str(data['finetune']))}"
                 record = out.parent / f"{out.name}-on-{plan.eval_on}.json"
+                if checkpoint is not None and not checkpoint.is_file() and not record.is_file():
+                    raise Refused(
+                        f"{checkpoint.parent} is recorded as pretrained but has no {checkpoint.name}, which the "
+                        f"cell {key} needs: delete it and {checkpoint.parent.name}.json to pretrain it again"
+                    )
                 args = (checkpoint, task, mode, seed, data["finetune"], data[plan.eval_on], out, plan)
                 pool.submit(Job(_rank(init, seed), key, record, transfer_job, args, nothing))
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from benchmarks import bench_scenes
+from benchmarks.common import Refused
 from trainer.pretrain.cross_modal import align_scale_shift, majority_class_scores, mean_depth
 
 
@@ -58,6 +59,24 @@ def test_scenes_benchmark_refuses_unknown_rows(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exit_info:
         bench_scenes.main(["--quick", "--work", str(tmp_path / "w"), "--inits", "random,imagenet"])
     assert exit_info.value.code == 2
+
+
+def test_a_pretraining_recorded_without_its_checkpoint_is_refused_before_any_work(tmp_path: Path) -> None:
+    """A finished pretraining's record reused, its checkpoint deleted since: its transfer cells cannot run,
+    so the benchmark says which folder to delete instead of failing in a worker after other work started."""
+    pool = bench_scenes.Pool(1)
+    data = {"finetune": tmp_path / "finetune-16-gt", "test": tmp_path / "test-16-gt"}
+    gone = tmp_path / "pre-mae-0123456789" / "checkpoint-last.pt"
+    try:
+        with pytest.raises(Refused, match="pre-mae-0123456789 is recorded as pretrained but has no checkpoint"):
+            bench_scenes.submit_transfers(pool, bench_scenes.Plan.quick(), data, tmp_path, "mae", gone)
+        assert not pool.queue
+        gone.parent.mkdir()
+        gone.write_bytes(b"")  # present: the cells are queued (nothing runs until drain)
+        bench_scenes.submit_transfers(pool, bench_scenes.Plan.quick(), data, tmp_path, "mae", gone)
+        assert len(pool.queue) == len(bench_scenes.TASKS) * len(bench_scenes.MODES) * 2
+    finally:
+        pool.executor.shutdown()
 
 
 def test_alignment_recovers_scale_and_shift() -> None:
