@@ -523,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     stages["train_s"] = time.perf_counter() - started - stages["render_s"] - stages["label_s"]
     rows = table(plan, results)
     pretrains = {k.split("/", 1)[1]: v for k, v in results.items() if k.startswith("pretrain/")}
-    report = {
+    report: dict[str, Any] = {
         "bench": "scenes",
         "plan": dataclasses.asdict(plan),
         "eval_on": plan.eval_on,
