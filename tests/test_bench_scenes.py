@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -41,8 +42,9 @@ def test_scenes_benchmark_quick(tmp_path: Path) -> None:
     gt = pretrained["multimae-gt"]["cross_modal"]
     assert {"depth", "depth_baseline", "semseg", "semseg_baseline"} <= set(gt)
     assert all(math.isfinite(x) for x in _numbers(gt))
-    assert set(report["goal"]) == {"checks", "met_by_row", "met_by_protocol", "met"}
+    assert set(report["goal"]) == {"checks", "met_by_row", "met_by_protocol", "bounds", "met"}
     assert len(report["goal"]["checks"]) == 8 * len(bench_scenes.TEACHER_ROWS)
+    assert len(report["goal"]["bounds"]) == 2 * 4 * len(bench_scenes.TEACHER_ROWS)  # ceiling and control
     assert set(report["goal"]["met_by_protocol"]) == set(bench_scenes.MODES)
 
 
@@ -77,6 +79,30 @@ def test_a_pretraining_recorded_without_its_checkpoint_is_refused_before_any_wor
         assert len(pool.queue) == len(bench_scenes.TASKS) * len(bench_scenes.MODES) * 2
     finally:
         pool.executor.shutdown()
+
+
+def _row(**means: float) -> dict[str, dict[str, Any]]:
+    """A table row with std 0.5 in every goal column: `_row(d=60, m=25)` gives both protocols those means."""
+    columns = {
+        f"{mode} {c}": v
+        for mode in bench_scenes.MODES
+        for c, v in (("depth delta1", means["d"]), ("semseg miou", means["m"]))
+    }
+    return {column: {"mean": value, "std": 0.5, "values": [value]} for column, value in columns.items()}
+
+
+def test_the_goal_needs_the_claim_the_ceiling_and_the_control() -> None:
+    rows = {"random": _row(d=58, m=24), "mae": _row(d=60, m=25), "rgb-visible-teacher": _row(d=63.5, m=29)}
+    assert bench_scenes.goal(rows)["met"]  # the claim alone: no ceiling or control row run
+    short = rows | {"rgb-visible-teacher": _row(d=62.5, m=29)}  # depth 2.5 above mae
+    assert not bench_scenes.goal(short)["met"]
+    assert not bench_scenes.goal(rows | {"rgb-visible-gt": _row(d=61, m=29)})["met"]  # teacher beats the ceiling
+    assert bench_scenes.goal(rows | {"rgb-visible-gt": _row(d=63, m=28.5)})["met"]  # within 2 std of it
+    verdict = bench_scenes.goal(rows | {"rgb-visible-smoke": _row(d=62, m=25)})  # smoke above mae on depth
+    assert not verdict["met"]
+    assert [name for name, b in verdict["bounds"].items() if not b["holds"]] == [
+        f"control: rgb-visible-smoke - mae, {mode} depth delta1" for mode in sorted(bench_scenes.MODES)
+    ]
 
 
 def test_alignment_recovers_scale_and_shift() -> None:
