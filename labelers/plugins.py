@@ -6,16 +6,27 @@ same way.
 
 A plugin that fails to load (raises at import, registers a name that is taken) is left out and named: one
 warning line when its group loads, and `unavailable(group)` for the error of a command that asks for a name
-it would have registered. The built-in entries and the other plugins still work, so a broken labeler or codec
-plugin never stops `verify` of a dataset that does not use it."""
+it would have registered. Left out wholly: what its import registered before it raised is taken back from every
+registry table (`registry`), so no half of a plugin stays usable. The built-in entries and the other plugins
+still work, so a broken labeler or codec plugin never stops `verify` of a dataset that does not use it."""
 
 from __future__ import annotations
 
 import logging
 from importlib.metadata import entry_points
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
 FAILED: dict[str, list[str]] = {}  # group -> one line per entry point of it that failed to load
+_TABLES: list[dict[Any, Any]] = []  # every registry table a plugin's import can fill (`registry`)
+T = TypeVar("T", bound=dict)
+
+
+def registry(table: T) -> T:
+    """Enrol a registry table (name -> entry) that plugins fill at import; returns it. A plugin that raises
+    while loading has its entries taken back from every enrolled table."""
+    _TABLES.append(table)
+    return table
 
 
 class PluginError(RuntimeError):
@@ -27,9 +38,13 @@ def load_entry_points(group: str) -> list[PluginError]:
     its entry point and package."""
     failed = []
     for ep in entry_points(group=group):
+        before = [dict(table) for table in _TABLES]
         try:
             ep.load()
         except Exception as err:  # a plugin's import runs its code: anything it raises is its failure
+            for table, kept in zip(_TABLES, before, strict=False):  # (a table first enrolled by this load: kept)
+                table.clear()
+                table.update(kept)
             dist = ep.dist.name if ep.dist is not None else "?"
             failed.append(
                 PluginError(

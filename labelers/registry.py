@@ -12,7 +12,7 @@ from importlib import import_module
 from typing import Any
 
 from labelers import builtin
-from labelers.plugins import extends, load_entry_points, unavailable
+from labelers.plugins import extends, load_entry_points, registry, unavailable
 from labelers.spec import Labeler, LabelerSpec
 from labelers.weights import check_weights
 
@@ -20,8 +20,8 @@ Factory = Callable[..., Labeler]
 Check = Callable[[LabelerSpec], None]
 ENTRY_POINT_GROUP = "multimae_forge.labelers"
 _BUILTIN_MODULES = ("labelers.dpt", "labelers.mask2former", "labelers.omnidata", "labelers.teacher")
-_REGISTRY: dict[str, tuple[LabelerSpec, Factory]] = {}
-_CHECKS: dict[str, Check] = {}
+_REGISTRY: dict[str, tuple[LabelerSpec, Factory]] = registry({})
+_CHECKS: dict[str, Check] = registry({})
 _loaded = False
 
 

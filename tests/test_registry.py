@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -157,6 +159,45 @@ def test_a_failing_plugin_is_named() -> None:
     finally:
         plugins.entry_points = original
         plugins.FAILED.pop("multimae_forge.codecs", None)
+
+
+def test_a_plugin_that_raises_after_registering_is_left_out_wholly(tmp_path: Path, monkeypatch) -> None:
+    """Entries its import registered before it raised are taken back from every registry table, so no half of a
+    broken plugin stays usable; a later plugin that loads keeps its entries."""
+    from importlib.metadata import EntryPoint
+
+    from labelers import plugins
+    from labelers.registry import _REGISTRY
+
+    (tmp_path / "half_plugin.py").write_text(
+        "import dataclasses\n"
+        "from pipeline.format.codecs import CODECS, register_codec\n"
+        "from labelers.registry import register_labeler\n"
+        "from labelers.builtin import SPECS\n"
+        "register_codec('half', dataclasses.replace(CODECS['depth'], suffix='half.png'))\n"
+        "register_labeler(dataclasses.replace(SPECS['dpt-smoke'], name='half-labeler'))(lambda spec, **kw: None)\n"
+        "raise RuntimeError('broken after registering')\n"
+    )
+    (tmp_path / "whole_plugin.py").write_text(
+        "import dataclasses\n"
+        "from pipeline.format.codecs import CODECS, register_codec\n"
+        "register_codec('whole', dataclasses.replace(CODECS['depth'], suffix='whole.png'))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    group = "multimae_forge.codecs"
+    eps = [EntryPoint(name=n, value=f"{n}_plugin", group=group) for n in ("half", "whole")]
+    monkeypatch.setattr(plugins, "entry_points", lambda group: eps if group == eps[0].group else [])
+    try:
+        [failed] = plugins.load_entry_points(group)
+        assert "half = half_plugin" in str(failed) and "broken after registering" in str(failed)
+        assert "half" not in CODECS and "half.png" not in BY_SUFFIX and "half-labeler" not in _REGISTRY
+        assert CODECS["whole"].suffix == "whole.png" and BY_SUFFIX["whole.png"] == "whole"
+    finally:
+        plugins.FAILED.pop(group, None)
+        CODECS.pop("whole", None)
+        BY_SUFFIX.pop("whole.png", None)
+        for name in ("half_plugin", "whole_plugin"):
+            sys.modules.pop(name, None)
 
 
 def test_mirror_signs_apply_to_integer_tensors_too() -> None:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from labelers.plugins import load_entry_points, unavailable
+from labelers.plugins import load_entry_points, registry, unavailable
 from labelers.standards import FACING
 from labelers.standards import IGNORE_ID as IGNORE_ID  # re-exported: the ignore id of class maps
 from pipeline.format.png import encode_png
@@ -326,6 +326,8 @@ CODECS: dict[str, Codec] = {
 }
 
 BY_SUFFIX: dict[str, str] = {codec.suffix: name for name, codec in CODECS.items()}
+registry(CODECS)  # a plugin that raises while loading: what it registered here is taken back
+registry(BY_SUFFIX)
 
 
 def register_codec(name: str, codec: Codec) -> Codec:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from labelers.plugins import load_entry_points
+from labelers.plugins import load_entry_points, registry
 from labelers.standards import IMAGENET_MEAN, IMAGENET_STD
 from trainer.model import losses
 from trainer.model.adapters import ClassMapInputAdapter, PatchInputAdapter
@@ -289,8 +289,8 @@ _TASKS = (
     Task(name="normal", source="normal", loss=losses.masked_l1),  # L1 on unit vectors, as depth's
 )
 
-_MODALITY_TABLE: dict[str, Modality] = {m.name: m for m in _MODALITIES}
-_TASK_TABLE: dict[str, Task] = {t.name: t for t in _TASKS}
+_MODALITY_TABLE: dict[str, Modality] = registry({m.name: m for m in _MODALITIES})
+_TASK_TABLE: dict[str, Task] = registry({t.name: t for t in _TASKS})
 MODALITIES: Mapping[str, Modality] = MappingProxyType(_MODALITY_TABLE)
 TASKS: Mapping[str, Task] = MappingProxyType(_TASK_TABLE)
 

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from labelers.plugins import load_entry_points, unavailable
+from labelers.plugins import load_entry_points, registry, unavailable
 from pipeline.format.codecs import CODECS, decode_member, dequantize_depth
 from pipeline.format.contract import Manifest
 from trainer.data.augment import Crop, View
@@ -448,7 +448,7 @@ _BUILT_IN = (
     ),
 )
 
-_TABLE: dict[str, TransferTask] = {t.name: t for t in _BUILT_IN}
+_TABLE: dict[str, TransferTask] = registry({t.name: t for t in _BUILT_IN})
 TRANSFER_TASKS: Mapping[str, TransferTask] = MappingProxyType(_TABLE)
 
 
