@@ -7,27 +7,32 @@ export PYTHONDONTWRITEBYTECODE := 1
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 # the demo: rendered scenes, labelled by the shipped teachers, and the pretraining steps (of 64) on them
 DEMO_SCENES ?= 1000
-DEMO_STEPS ?= 300
+DEMO_STEPS ?= 400
 
 .PHONY: install demo test test-fast lint format bench clean
 
-$(VENV)/.installed: pyproject.toml
+# the demo needs the package alone; the tests and linters add the dev extras on top (a fresh `make demo` skips them)
+$(VENV)/.installed-run: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.installed-run
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
 install: $(VENV)/.installed
 
-demo: install
+demo: $(VENV)/.installed-run
 	test -f out/demo/mmforge.json || rm -rf out/demo  # a demo folder of format 1 (before the marker) is not reused
 	$(BIN)/mmforge scenes out/demo-scenes --n $(DEMO_SCENES) --seed 0 --size 96 --distance 1.0:1.8 --split train --quiet
 	$(BIN)/mmforge build-dataset out/demo-scenes/train/rgb out/demo --recipe scenes-teacher --executor local --overwrite --quiet
 	$(BIN)/mmforge verify out/demo --deep
 	rm -rf out/demo-run
-	$(BIN)/mmforge pretrain --data out/demo --config scenes-pretrain --out out/demo-run --device cpu --steps $(DEMO_STEPS) --set train.progress=true
+	$(BIN)/mmforge pretrain --data out/demo --config scenes-demo --out out/demo-run --device cpu --steps $(DEMO_STEPS) --set train.progress=true
 	$(BIN)/mmforge preview out/demo --n 6 --out out/demo-preview.png --html out/demo-report
-	$(BIN)/mmforge reconstruct out/demo-run/checkpoint-last.pt --sample out/demo:train-000000/00000000269 --out out/demo-reconstruction.png
+	$(BIN)/mmforge reconstruct out/demo-run/checkpoint-last.pt --sample out/demo:train-000000/00000000269 --keep rgb=12 --keep depth=12 --keep semseg=12 --out out/demo-reconstruction.png
 
 lint: install
 	$(BIN)/ruff check pipeline labelers trainer tests benchmarks
