@@ -7,7 +7,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 # the demo: rendered scenes, labelled by the shipped teachers, and the pretraining steps (of 64) on them
 DEMO_SCENES ?= 1000
-DEMO_STEPS ?= 400
+DEMO_STEPS ?= 300
 
 .PHONY: install demo test test-fast lint format bench clean
 
