@@ -7,7 +7,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 # the demo: rendered scenes, labelled by the shipped teachers, and the pretraining steps (of 64) on them
 DEMO_SCENES ?= 1000
-DEMO_STEPS ?= 300
+DEMO_STEPS ?= 350
 
 .PHONY: install demo test test-fast lint format bench clean
 
@@ -32,7 +32,8 @@ demo: $(VENV)/.installed-run
 	rm -rf out/demo-run
 	$(BIN)/mmforge pretrain --data out/demo --config scenes-demo --out out/demo-run --device cpu --steps $(DEMO_STEPS) --set train.progress=true
 	$(BIN)/mmforge preview out/demo --n 6 --out out/demo-preview.png --html out/demo-report
-	$(BIN)/mmforge reconstruct out/demo-run/checkpoint-last.pt --sample out/demo:train-000000/00000000269 --keep rgb=12 --keep depth=12 --keep semseg=12 --out out/demo-reconstruction.png
+	$(BIN)/mmforge scenes out/demo-scenes --n 4 --seed 0 --size 96 --distance 1.0:1.8 --split heldout --quiet
+	$(BIN)/mmforge reconstruct out/demo-run/checkpoint-last.pt --image out/demo-scenes/heldout/rgb/data/000003.png --labels-from out/demo --keep rgb=12 --keep depth=12 --keep semseg=12 --out out/demo-reconstruction.png
 
 lint: install
 	$(BIN)/ruff check pipeline labelers trainer tests benchmarks

@@ -187,7 +187,6 @@ def test_a_zero_divisor_is_a_range_problem_never_a_crash(sets: list[str], fragme
         (["model.mlp_ratio=0.01"], "mlp_ratio 0.01 leaves an MLP without units"),
         (['model.inputs=["rgb", "rgb"]'], "inputs names 'rgb' twice"),
         (['model.outputs=["rgb", "depth", "rgb"]'], "outputs names 'rgb' twice"),
-        (["optim.base_lr=1e-4", "optim.min_lr=1e-3"], "min_lr must be <= base_lr"),
         (["optim.betas=[0.9, 1.0]"], "betas must be in [0, 1)"),
         (["data.crop_scale=[0.5, 0.2]"], "crop_scale must be 0 < low <= high <= 1"),
         (["data.crop_ratio=[0.75, 20.0]"], "crop_ratio must be 0.1 <= low <= high <= 10"),

@@ -9,6 +9,7 @@ import torch
 from trainer.config import load_config
 from trainer.engine.optim import build_optimizer, lr_at
 from trainer.engine.run import Schedule
+from trainer.errors import ConfigError
 from trainer.model.multimae import MultiMAE
 
 CONFIGS = Path(__file__).resolve().parents[1] / "trainer" / "configs"
@@ -29,6 +30,22 @@ def test_accumulation_counts_in_the_global_batch():
     cfg2 = type(cfg)(**{**cfg.__dict__, "optim": type(cfg.optim)(**{**cfg.optim.__dict__, "accum_steps": 4})})
     four = Schedule.build(cfg2, total_samples=10_000, world=2)
     assert four.global_batch == 4 * one.global_batch and four.peak_lr == pytest.approx(4 * one.peak_lr)
+
+
+def test_a_min_lr_above_the_runs_peak_is_refused_where_the_batch_is_known():
+    """min_lr is absolute and the peak scales with the global batch: 1e-3 is under the peak of 1e-4 per 256 at
+    batch 4096 (1.6e-3) and above it at batch 64 (2.5e-5), where the cosine would climb instead of decaying."""
+    cfg = load_config(CONFIGS / "smoke.toml")
+    optim = type(cfg.optim)(**{**cfg.optim.__dict__, "base_lr": 1e-4, "min_lr": 1e-3})
+
+    def batch(n: int):
+        data = type(cfg.data)(**{**cfg.data.__dict__, "batch_size": n})
+        return type(cfg)(**{**cfg.__dict__, "optim": optim, "data": data})
+
+    big, small = batch(512), batch(64)
+    assert Schedule.build(big, total_samples=100_000, world=8).peak_lr == pytest.approx(1.6e-3)
+    with pytest.raises(ConfigError, match=r"optim.min_lr 0.001 is above this run's peak lr 2.5e-05 \(base_lr 0.0001 x"):
+        Schedule.build(small, total_samples=100_000, world=1)
 
 
 def test_warmup_then_cosine_to_min():

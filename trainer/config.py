@@ -155,13 +155,14 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = setting(0.05, ge=0, le=10)
     warmup_epochs: float = setting(40.0, ge=0, le=MAX_EPOCHS)
-    min_lr: float = setting(0.0, ge=0, le=10)  # <= base_lr
+    min_lr: float = setting(0.0, ge=0, le=10)  # absolute (not scaled by the batch); <= the peak lr
     clip_grad: float = setting(0.0, ge=0, le=1e6)  # 0: no clipping
     accum_steps: int = setting(1, ge=1, le=4096)
 
     def problems(self) -> list[str]:
-        found = [] if all(0 <= b < 1 for b in self.betas) else [f"betas must be in [0, 1), got {list(self.betas)}"]
-        return found + ([] if self.min_lr <= self.base_lr else ["min_lr must be <= base_lr"])
+        # min_lr is checked against the peak (base_lr x global batch / 256) when the run's batch is known:
+        # `trainer.engine.run.Schedule.build`
+        return [] if all(0 <= b < 1 for b in self.betas) else [f"betas must be in [0, 1), got {list(self.betas)}"]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -19,7 +19,7 @@ from trainer.data.loader import Cursor
 from trainer.engine.distributed import DistInfo
 from trainer.engine.logs import RunLog
 from trainer.engine.optim import peak_lr
-from trainer.errors import DataError
+from trainer.errors import ConfigError, DataError
 
 C = TypeVar("C", PretrainConfig, FinetuneConfig)  # the config type of one kind of run
 
@@ -98,11 +98,17 @@ class Schedule:
                 max(0, total - 1),
                 f"cut to {max(0, total - 1)} steps: the recipe's warmup is longer than the run",
             )
+        peak = peak_lr(cfg.optim, global_batch)
+        if cfg.optim.min_lr > peak:  # the cosine would climb from the peak to min_lr
+            raise ConfigError(
+                f"optim.min_lr {cfg.optim.min_lr:g} is above this run's peak lr {peak:.4g} (base_lr "
+                f"{cfg.optim.base_lr:g} x global batch {global_batch} / 256); min_lr is absolute: set it <= {peak:.4g}"
+            )
         return cls(
             steps_per_epoch=per_epoch,
             total_steps=total,
             warmup_steps=warmup,
-            peak_lr=peak_lr(cfg.optim, global_batch),
+            peak_lr=peak,
             global_batch=global_batch,
             warmup_note=note,
         )
