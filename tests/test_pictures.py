@@ -188,6 +188,64 @@ def test_reconstruct_scores_cross_modal_prediction_beside_the_baselines(
         assert bad.exit_code == 2 and bad.output.startswith("error: --device") and bad.output.count("\n") == 1
 
 
+def test_reconstruct_scores_the_masked_patches_with_visible_tokens(
+    demo: Path, checkpoint: Path, tmp_path: Path
+) -> None:
+    """--score with --keep: depth and classes are inputs too, and only the masked patches are scored; the
+    positions follow --seed; a budget the model cannot take is one line, exit 2."""
+    args = ["reconstruct", str(checkpoint), "--score", str(demo), "--keep", "rgb=4", "--keep", "depth=4"]
+    first = run(*args, "--keep", "semseg=4")
+    assert first.exit_code == 0, first.output
+    lines = first.output.splitlines()
+    assert lines[0] == "prediction of the masked patches with rgb=4, depth=4, semseg=4 tokens visible, 12 samples:"
+    assert re.search(r"delta1 [0-9.]+ % \(per-image mean depth [0-9.]+ %\)", lines[1])
+    assert re.search(r"semseg: mIoU [0-9.]+ % \(majority class [0-9.]+ %\)", lines[2])
+    assert run(*args, "--keep", "semseg=4").output == first.output  # the same seed, the same positions
+    assert run(*args, "--keep", "semseg=4", "--seed", "1").output != first.output
+    every = run(*args, "--keep", "semseg=16")  # all 16 class tokens visible: nothing of semseg to predict
+    assert every.exit_code == 0 and "semseg not scored: every semseg token is visible" in every.output
+    for bad, says in (
+        (["--keep", "semseg=17"], "--keep semseg=17: a semseg input has 16 tokens"),
+        (["--keep", "normal=3"], "--keep normal: scoring reads the inputs among rgb, depth and semseg"),
+        (["--keep", "rgb=x"], "--keep takes MODALITY=TOKENS"),
+    ):
+        refused = run("reconstruct", str(checkpoint), "--score", str(demo), *bad)
+        assert refused.exit_code == 2 and refused.output.count("\n") == 1 and says in refused.output, refused.output
+    none = run("reconstruct", str(checkpoint), "--score", str(demo), "--keep", "rgb=0", "--keep", "depth=0")
+    assert none.exit_code == 2 and "--keep leaves no token visible" in none.output
+
+
+def test_keep_masks_hold_the_budget_per_sample_at_drawn_positions() -> None:
+    import torch
+
+    from trainer.config import ModelConfig
+    from trainer.model.multimae import MultiMAE
+    from trainer.pretrain.cross_modal import keep_masks, masked_pixels
+
+    cfg = ModelConfig(
+        image_size=64,
+        patch_size=16,
+        dim=32,
+        depth=1,
+        heads=2,
+        decoder_dim=16,
+        decoder_heads=2,
+        num_visible=12,
+        num_classes=5,
+        class_emb_dim=4,
+    )
+    model = MultiMAE(cfg)
+    masks = keep_masks(model, 32, {"rgb": 3, "semseg": 5}, torch.Generator().manual_seed(0))
+    assert {n: int((m == 0).sum(1).unique().item()) for n, m in masks.items()} == {"rgb": 3, "depth": 0, "semseg": 5}
+    assert len({tuple(row.tolist()) for row in masks["rgb"]}) > 20  # positions drawn per sample
+    pixels = masked_pixels(masks["semseg"], 64)
+    assert pixels.shape == (32, 64, 64) and float(pixels.float().mean()) == 11 / 16
+    first, last = masks["semseg"][:, 0].bool(), masks["semseg"][:, -1].bool()  # tokens in row-major order
+    assert torch.equal(pixels[:, :16, :16].all(dim=(1, 2)), first) and torch.equal(
+        pixels[:, 48:, 48:].any(dim=(1, 2)), last
+    )
+
+
 def test_reconstruct_an_image_labelled_on_the_fly(demo: Path, checkpoint: Path, tmp_path: Path) -> None:
     photo = sorted(EXAMPLES.glob("*.jpg"))[0]
     out = tmp_path / "recon.png"

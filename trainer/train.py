@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -76,12 +77,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     values = vars(args)
     try:
         cfg = load_run_config("pretrain", args.config, config_overrides(values), args.sets or ())
-        pretrain(cfg, run_options(values))
+        summary = pretrain(cfg, run_options(values))
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except RunStopped as stopped:  # SIGTERM / SIGINT: its line is printed, the checkpoint written
         return int(stopped.code)  # type: ignore[arg-type]
+    if os.environ.get("RANK", "0") == "0":  # the end of the run, once (as `mmforge pretrain` prints it)
+        print(summary.text(), flush=True)
     return 0
 
 

@@ -554,7 +554,8 @@ def reconstruct_cmd(
             parser=location,
             metavar="DATASET",
             help="Score the depth and semseg decoders from rgb alone over this labelled split (delta1, mIoU) "
-            "beside the trivial baselines; with no --image or --sample, no figure.",
+            "beside the trivial baselines; with --keep, their predictions of the masked patches with those visible "
+            "tokens (positions drawn per sample from --seed); with no --image or --sample, no figure.",
         ),
     ] = None,
 ) -> None:
@@ -577,9 +578,9 @@ def reconstruct_cmd(
     from trainer.pretrain.reconstruct import ReconstructConfig, reconstruct
 
     if score is not None and image is None and sample is None:
-        raise _score_cross_modal(checkpoint, score, device)
+        raise _score_cross_modal(checkpoint, score, device, keep, seed)
     if score is not None:
-        _score_cross_modal(checkpoint, score, device)
+        _score_cross_modal(checkpoint, score, device, keep, seed)
     try:
         stack = ExitStack()
         cfg = ReconstructConfig(
@@ -602,14 +603,16 @@ def reconstruct_cmd(
     typer.echo(f"wrote {location(out)} ({len(result.rows)} modalities; visible tokens {shown})")
 
 
-def _score_cross_modal(checkpoint: str, data: str, device: str) -> typer.Exit:
-    """Print the cross-modal scores of `checkpoint` on the split `data` (one line and exit 2 on bad input)."""
+def _score_cross_modal(checkpoint: str, data: str, device: str, keep: list[str] | None, seed: int) -> typer.Exit:
+    """Print the cross-modal scores of `checkpoint` on the split `data`, from rgb alone or with the `keep` visible
+    tokens (one line and exit 2 on bad input)."""
     from trainer.errors import USER_ERRORS
     from trainer.pretrain.cross_modal import cross_modal_scores
 
     try:
+        counts = _keep_counts(keep) if keep else None
         with location(checkpoint).fetched() as weights:
-            scores = cross_modal_scores(weights, location(data), device=device)
+            scores = cross_modal_scores(weights, location(data), device=device, keep=counts, seed=seed)
     except USER_ERRORS as err:
         raise fail(str(err)) from None
     typer.echo(scores.table())

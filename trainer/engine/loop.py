@@ -19,6 +19,7 @@ one beside it), and SIGTERM / SIGINT stop every rank after the same step with a 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import math
@@ -90,6 +91,7 @@ class Trainer(Generic[C]):
     losses: list[float] = field(default_factory=list)
     task_losses: dict[str, list[float]] = field(default_factory=dict)
     started: float = 0.0
+    first_epoch: int = 0  # the epoch this process started in (fresh: 0; resumed: the checkpoint's)
     saved_step: int | None = None  # the step of the last checkpoint there is (written or resumed from)
     stopping: bool = False
 
@@ -180,7 +182,7 @@ class Trainer(Generic[C]):
             config=config_to_dict(self.cfg),
         )
         self.log.announce(self.start_summary())
-        self.started = time.perf_counter()
+        self.started, self.first_epoch = time.perf_counter(), self.state.epoch
         try:
             self.stopping = self._agree_to_stop()  # a signal while the run started
             while self.state.step < self.schedule.total_steps and not self.stopping:
@@ -232,7 +234,8 @@ class Trainer(Generic[C]):
             micro_batches=micro_per_epoch,
         )
         names = [[s.name for s in plan.shards(self.info.shards, w)] for w in range(plan.workers)]
-        log.info(
+        log.log(  # the first epoch of the run shows each rank's share; later ones (reshuffles) only when debugging
+            logging.INFO if self.state.epoch == self.first_epoch else logging.DEBUG,
             "rank %d of %d, epoch %d: %d micro-batches from shards %s",
             dist.rank,
             dist.world,
@@ -503,10 +506,17 @@ def wrap_model(model: nn.Module, cfg: RunConfig, dist: DistInfo) -> nn.Module:
     wrapped: nn.Module = model
     if dist.world > 1:
         ids = [dist.device.index] if dist.device.type == "cuda" else None
-        wrapped = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        wrapped = DistributedDataParallel(model, device_ids=ids, **_no_buffer_sync())
     if cfg.train.compile:
         wrapped = torch.compile(wrapped)  # type: ignore[assignment]
     return wrapped
+
+
+def _no_buffer_sync() -> dict[str, bool]:
+    """DDP without a buffer broadcast before each forward (the buffers are fixed position embeddings, the same
+    on every rank): `forward_sync_buffers=False` where torch has it (it deprecates `broadcast_buffers`)."""
+    known = inspect.signature(DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in known else {"broadcast_buffers": False}
 
 
 def next_batch(batches: Iterator[dict[str, Any]]) -> dict[str, Any]:

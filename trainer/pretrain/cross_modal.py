@@ -2,7 +2,10 @@
 
 Every rgb token is visible and no depth or semseg token is (the other inputs are zeros, fully masked); the
 depth and semseg decoders' outputs are scored over a whole labelled split against its targets, beside the
-trivial baselines that need no model:
+trivial baselines that need no model. With `keep` (visible tokens per input, e.g. 12 of rgb, depth and
+semseg each, at random positions drawn per sample from `seed`) the split's depth and classes are inputs too,
+read as pretraining reads them (depth standardised per sample, classes at the semseg stride), and only the
+masked patches are scored: how well the decoders fill in what the visible tokens leave out.
 
 - depth: the decoder predicts the per-sample standardised depth (the pretraining target: 10-90 % trimmed
   mean and std), so it has no metric scale. As relative-depth benchmarks do, each image's prediction is
@@ -23,6 +26,7 @@ trivial baselines that need no model:
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +40,8 @@ from pipeline.format.codecs import CODECS
 from pipeline.format.stores import Location
 from trainer.config import ModelConfig
 from trainer.data.dataset import DatasetInfo, load_dataset
-from trainer.errors import DataError
-from trainer.model.modalities import MODALITIES
+from trainer.errors import ConfigError, DataError
+from trainer.model.modalities import MODALITIES, standardize_depth_batch
 from trainer.model.multimae import MultiMAE
 from trainer.transfer.config import FinetuneConfig, TaskConfig
 from trainer.transfer.finetune import eval_batches, num_classes_of
@@ -54,9 +58,14 @@ class CrossModalScores:
     semseg: dict[str, float] | None = None  # miou, pixel_acc
     semseg_baseline: dict[str, float] | None = None  # the majority class everywhere
     notes: list[str] = field(default_factory=list)
+    visible: dict[str, int] | None = None  # keep: visible tokens per input (only masked patches scored)
 
     def table(self) -> str:
-        rows = [f"cross-modal prediction from rgb alone, {self.samples} samples:"]
+        if self.visible is None:
+            rows = [f"cross-modal prediction from rgb alone, {self.samples} samples:"]
+        else:
+            shown = ", ".join(f"{n}={k}" for n, k in self.visible.items())
+            rows = [f"prediction of the masked patches with {shown} tokens visible, {self.samples} samples:"]
         if self.depth and self.depth_baseline:
             d, b = self.depth, self.depth_baseline
             rows.append(
@@ -102,6 +111,53 @@ def rgb_only_masks(model: MultiMAE, batch: int) -> dict[str, Tensor]:
     return {n: torch.full((batch, tokens), 0 if n == "rgb" else 1, dtype=torch.long) for n in m.inputs}
 
 
+def keep_masks(model: MultiMAE, batch: int, keep: dict[str, int], generator: torch.Generator) -> dict[str, Tensor]:
+    """(B, N) per input, 1 = masked: `keep[name]` visible tokens (0 when not named) at positions drawn per sample."""
+    m = model.cfg
+    tokens = (m.image_size // m.patch_size) ** 2
+    masks = {}
+    for name in m.inputs:
+        rank = torch.rand(batch, tokens, generator=generator).argsort(dim=1).argsort(dim=1)  # a random order
+        masks[name] = (rank >= keep.get(name, 0)).long()
+    return masks
+
+
+def check_keep(model: MultiMAE, keep: dict[str, int]) -> None:
+    """What scoring with visible tokens can read from a labelled split (rgb, depth, semseg), within each input's
+    token count, with at least one token visible: a ConfigError in one line otherwise."""
+    m = model.cfg
+    tokens = (m.image_size // m.patch_size) ** 2
+    readable = [n for n in m.inputs if n in ("rgb", "depth", "semseg")]
+    for name, k in keep.items():
+        if name not in readable:
+            raise ConfigError(f"--keep {name}: scoring reads the inputs among rgb, depth and semseg: {readable}")
+        if not 0 <= k <= tokens:
+            raise ConfigError(f"--keep {name}={k}: a {name} input has {tokens} tokens")
+    if not any(keep.values()):
+        raise ConfigError("--keep leaves no token visible")
+
+
+def split_inputs(model: MultiMAE, rgb: Tensor, depth: Tensor, ids: Tensor) -> dict[str, Tensor]:
+    """A split's rgb, metric depth (B, H, W) and class ids (B, H, W) at the image size as the model reads them:
+    depth standardised per sample, classes resampled (nearest) to the semseg stride; other inputs zeros."""
+    out = blank_inputs(model, rgb)
+    if "depth" in out:
+        out["depth"] = standardize_depth_batch(depth.unsqueeze(1))
+    if "semseg" in out:
+        size = model.cfg.image_size // MODALITIES["semseg"].stride
+        small = F.interpolate(ids.unsqueeze(1).float(), size=(size, size), mode="nearest-exact")
+        out["semseg"] = small.squeeze(1).long()
+    return out
+
+
+def masked_pixels(mask: Tensor, size: int) -> Tensor:
+    """(B, g*g) token mask, 1 = masked -> (B, size, size) bool, True on the pixels of masked tokens."""
+    b, n = mask.shape
+    g = math.isqrt(n)
+    grid = mask.reshape(b, g, g).bool()
+    return grid.repeat_interleave(size // g, dim=1).repeat_interleave(size // g, dim=2)
+
+
 def blank_inputs(model: MultiMAE, rgb: Tensor) -> dict[str, Tensor]:
     """rgb, and zeros for every other input (its tokens are all masked: the values never reach the encoder)."""
     m, b = model.cfg, rgb.shape[0]
@@ -118,11 +174,14 @@ def blank_inputs(model: MultiMAE, rgb: Tensor) -> dict[str, Tensor]:
     return out
 
 
-def predict_from_rgb(model: MultiMAE, rgb: Tensor) -> dict[str, Tensor]:
-    """rgb (B, 3, S, S) -> the decoders' predictions (fp32, cpu) with only the rgb tokens visible."""
+def predict_from_rgb(
+    model: MultiMAE, rgb: Tensor, inputs: dict[str, Tensor] | None = None, masks: dict[str, Tensor] | None = None
+) -> dict[str, Tensor]:
+    """rgb (B, 3, S, S) -> the decoders' predictions (fp32, cpu) with only the rgb tokens visible (or the given
+    inputs under the given masks)."""
     device = model.global_tokens.device
-    inputs = {n: x.to(device) for n, x in blank_inputs(model, rgb).items()}
-    masks = {n: m.to(device) for n, m in rgb_only_masks(model, rgb.shape[0]).items()}
+    inputs = {n: x.to(device) for n, x in (inputs or blank_inputs(model, rgb)).items()}
+    masks = {n: m.to(device) for n, m in (masks or rgb_only_masks(model, rgb.shape[0])).items()}
     with torch.no_grad():
         preds, _ = model(inputs, masks=masks)
     return {n: p.float().cpu() for n, p in preds.items()}
@@ -162,13 +221,24 @@ def _batches(info: DatasetInfo, model_cfg: ModelConfig, batch: int) -> Iterator[
 
 
 def cross_modal_scores(
-    checkpoint: Path, data: Location, *, batch: int = 32, device: str = "cpu", model: MultiMAE | None = None
+    checkpoint: Path,
+    data: Location,
+    *,
+    batch: int = 32,
+    device: str = "cpu",
+    model: MultiMAE | None = None,
+    keep: dict[str, int] | None = None,
+    seed: int = 0,
 ) -> CrossModalScores:
-    """Score `checkpoint`'s (or `model`'s) rgb-only depth and semseg predictions over the split `data`."""
+    """Score `checkpoint`'s (or `model`'s) rgb-only depth and semseg predictions over the split `data`; with
+    `keep`, its predictions of the masked patches with that many visible tokens per input."""
     from trainer.pretrain.reconstruct import load_model
 
     model = model if model is not None else load_model(checkpoint, device)
     model.eval()
+    if keep is not None:
+        check_keep(model, keep)
+    generator = torch.Generator().manual_seed(seed)
     info = load_dataset(data)
     require_labels(info)
     classes = num_classes_of(info, _target_config(model.cfg, "semseg"))
@@ -180,16 +250,27 @@ def cross_modal_scores(
         if do_semseg or "semseg" not in outputs
         else [f"semseg not scored: the model has {model.cfg.num_classes} classes, the split {classes}"]
     )
+    tokens = (model.cfg.image_size // model.cfg.patch_size) ** 2
+    for name in [n for n, k in (keep or {}).items() if k == tokens and n in ("depth", "semseg")]:
+        notes.append(f"{name} not scored: every {name} token is visible, none is predicted")
+        do_depth, do_semseg = do_depth and name != "depth", do_semseg and name != "semseg"
     depth, depth_base = DepthMetrics(), DepthMetrics()
     seg = SegmentationMetrics(classes, IGNORE_ID)
     counts, samples = torch.zeros(classes, dtype=torch.float64), 0
     for rgb, target, ids in _batches(info, model.cfg, batch):
         samples += rgb.shape[0]
-        preds = predict_from_rgb(model, rgb) if do_depth or do_semseg else {}
+        inputs = masks = None
+        if keep is not None:
+            inputs, masks = split_inputs(model, rgb, target, ids), keep_masks(model, rgb.shape[0], keep, generator)
+        preds = predict_from_rgb(model, rgb, inputs, masks) if do_depth or do_semseg else {}
         valid = target > 0
+        if masks is not None and "depth" in masks:
+            valid = valid & masked_pixels(masks["depth"], target.shape[-1])
+        if masks is not None and "semseg" in masks:
+            ids = ids.masked_fill(~masked_pixels(masks["semseg"], ids.shape[-1]), IGNORE_ID)
         if do_depth:
-            depth.update(align_scale_shift(preds["depth"][:, 0], target, valid), target)
-            depth_base.update(mean_depth(target, valid), target)
+            depth.update(align_scale_shift(preds["depth"][:, 0], target, valid), target, valid)
+            depth_base.update(mean_depth(target, valid), target, valid)
         labelled = ids[ids != IGNORE_ID]
         counts += torch.bincount(labelled.flatten(), minlength=classes)[:classes].double()
         if do_semseg:
@@ -202,6 +283,7 @@ def cross_modal_scores(
         semseg=_seg_part(seg) if do_semseg else None,
         semseg_baseline=majority_class_scores(counts) if do_semseg else None,
         notes=notes,
+        visible=dict(keep) if keep is not None else None,
     )
 
 
