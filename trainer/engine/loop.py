@@ -512,7 +512,7 @@ def wrap_model(model: nn.Module, cfg: RunConfig, dist: DistInfo) -> nn.Module:
     return wrapped
 
 
-def _no_buffer_sync() -> dict[str, bool]:
+def _no_buffer_sync() -> dict[str, Any]:
     """DDP without a buffer broadcast before each forward (the buffers are fixed position embeddings, the same
     on every rank): `forward_sync_buffers=False` where torch has it (it deprecates `broadcast_buffers`)."""
     known = inspect.signature(DistributedDataParallel.__init__).parameters
