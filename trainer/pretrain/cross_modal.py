@@ -111,6 +111,9 @@ def rgb_only_masks(model: MultiMAE, batch: int) -> dict[str, Tensor]:
     return {n: torch.full((batch, tokens), 0 if n == "rgb" else 1, dtype=torch.long) for n in m.inputs}
 
 
+SPLIT_INPUTS = ("rgb", "depth", "semseg")  # what a labelled split gives the model to read (`split_inputs`)
+
+
 def keep_masks(model: MultiMAE, batch: int, keep: dict[str, int], generator: torch.Generator) -> dict[str, Tensor]:
     """(B, N) per input, 1 = masked: `keep[name]` visible tokens (0 when not named) at positions drawn per sample."""
     m = model.cfg
@@ -127,7 +130,7 @@ def check_keep(model: MultiMAE, keep: dict[str, int]) -> None:
     token count, with at least one token visible: a ConfigError in one line otherwise."""
     m = model.cfg
     tokens = (m.image_size // m.patch_size) ** 2
-    readable = [n for n in m.inputs if n in ("rgb", "depth", "semseg")]
+    readable = [n for n in m.inputs if n in SPLIT_INPUTS]
     for name, k in keep.items():
         if name not in readable:
             raise ConfigError(f"--keep {name}: scoring reads the inputs among rgb, depth and semseg: {readable}")
@@ -251,9 +254,10 @@ def cross_modal_scores(
         else [f"semseg not scored: the model has {model.cfg.num_classes} classes, the split {classes}"]
     )
     tokens = (model.cfg.image_size // model.cfg.patch_size) ** 2
-    for name in [n for n, k in (keep or {}).items() if k == tokens and n in ("depth", "semseg")]:
-        notes.append(f"{name} not scored: every {name} token is visible, none is predicted")
-        do_depth, do_semseg = do_depth and name != "depth", do_semseg and name != "semseg"
+    every = {n for n, k in (keep or {}).items() if k == tokens}  # inputs with nothing masked: nothing to score
+    shown = [n for n in sorted(every) if n in outputs and n != "rgb"]  # decoders left nothing to predict
+    notes += [f"{n} not scored: every {n} token is visible, none is predicted" for n in shown]
+    do_depth, do_semseg = do_depth and "depth" not in every, do_semseg and "semseg" not in every
     depth, depth_base = DepthMetrics(), DepthMetrics()
     seg = SegmentationMetrics(classes, IGNORE_ID)
     counts, samples = torch.zeros(classes, dtype=torch.float64), 0
