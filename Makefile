@@ -6,7 +6,8 @@ export HF_HUB_OFFLINE ?= 1
 export PYTHONDONTWRITEBYTECODE := 1
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 # the demo: rendered scenes, labelled by the shipped teachers, and the pretraining steps on them (of 64: two CPU
-# ranks of 32 under torchrun, one torch thread each, about 1.3 x the steps per second of one two-thread process)
+# ranks of 32 under torchrun, one torch thread each, about 1.3 x the steps per second of one two-thread process;
+# the scenes go into two shards, one per rank, whatever DEMO_SCENES is)
 DEMO_SCENES ?= 1000
 DEMO_STEPS ?= 350
 
@@ -28,7 +29,7 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed-run
 	test -f out/demo/mmforge.json || rm -rf out/demo  # a demo folder of format 1 (before the marker) is not reused
 	$(BIN)/mmforge scenes out/demo-scenes --n $(DEMO_SCENES) --seed 0 --size 96 --distance 1.0:1.8 --split train --quiet
-	$(BIN)/mmforge build-dataset out/demo-scenes/train/rgb out/demo --recipe scenes-teacher --executor local --overwrite --quiet
+	$(BIN)/mmforge build-dataset out/demo-scenes/train/rgb out/demo --recipe scenes-teacher --executor local --overwrite --quiet --set shards.size=$$(( ($(DEMO_SCENES) + 1) / 2 ))
 	$(BIN)/mmforge verify out/demo --deep
 	rm -rf out/demo-run
 	OMP_NUM_THREADS=1 $(BIN)/torchrun --standalone --nproc-per-node 2 -m trainer.train --data out/demo --config scenes-demo --out out/demo-run --device cpu --steps $(DEMO_STEPS) --set data.batch_size=32 --set train.progress=true

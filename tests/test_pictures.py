@@ -215,6 +215,26 @@ def test_reconstruct_scores_the_masked_patches_with_visible_tokens(
     assert none.exit_code == 2 and "--keep leaves no token visible" in none.output
 
 
+def test_scoring_with_keep_never_feeds_class_maps_of_another_class_table(demo: Path, checkpoint: Path) -> None:
+    """A model with other classes than the split: its class maps stay out of the input (no out-of-range
+    embedding), depth is still scored, and asking for visible class tokens is one ConfigError."""
+    import dataclasses
+
+    from pipeline.format.stores import location
+    from trainer.errors import ConfigError
+    from trainer.model.multimae import MultiMAE
+    from trainer.pretrain.cross_modal import cross_modal_scores
+    from trainer.pretrain.reconstruct import load_model
+
+    cfg = load_model(checkpoint).cfg
+    other = MultiMAE(dataclasses.replace(cfg, num_classes=cfg.num_classes + 3)).eval()
+    scores = cross_modal_scores(checkpoint, location(str(demo)), model=other, keep={"rgb": 4, "depth": 4})
+    assert scores.depth is not None and scores.semseg is None
+    assert any("semseg not scored" in note for note in scores.notes)
+    with pytest.raises(ConfigError, match=r"--keep semseg=4: .* classes and the model \d+; its class maps cannot"):
+        cross_modal_scores(checkpoint, location(str(demo)), model=other, keep={"rgb": 4, "semseg": 4})
+
+
 def test_keep_masks_hold_the_budget_per_sample_at_drawn_positions() -> None:
     import torch
 

@@ -46,6 +46,12 @@ def test_a_min_lr_above_the_runs_peak_is_refused_where_the_batch_is_known():
     assert Schedule.build(big, total_samples=100_000, world=8).peak_lr == pytest.approx(1.6e-3)
     with pytest.raises(ConfigError, match=r"optim.min_lr 0.001 is above this run's peak lr 2.5e-05 \(base_lr 0.0001 x"):
         Schedule.build(small, total_samples=100_000, world=1)
+    # a floor written as the peak's decimal is the peak, whatever the float rounding of base_lr x 48 / 256
+    held = type(optim)(**{**optim.__dict__, "base_lr": 0.00112, "min_lr": 0.00021})
+    odd = type(cfg)(
+        **{**cfg.__dict__, "optim": held, "data": type(cfg.data)(**{**cfg.data.__dict__, "batch_size": 16})}
+    )
+    assert Schedule.build(odd, total_samples=100_000, world=3).peak_lr == pytest.approx(0.00021)
 
 
 def test_warmup_then_cosine_to_min():

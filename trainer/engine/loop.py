@@ -91,7 +91,7 @@ class Trainer(Generic[C]):
     losses: list[float] = field(default_factory=list)
     task_losses: dict[str, list[float]] = field(default_factory=dict)
     started: float = 0.0
-    first_epoch: int = 0  # the epoch this process started in (fresh: 0; resumed: the checkpoint's)
+    split_logged: bool = False  # this process has shown its ranks' shard split (INFO once, then DEBUG)
     saved_step: int | None = None  # the step of the last checkpoint there is (written or resumed from)
     stopping: bool = False
 
@@ -182,7 +182,7 @@ class Trainer(Generic[C]):
             config=config_to_dict(self.cfg),
         )
         self.log.announce(self.start_summary())
-        self.started, self.first_epoch = time.perf_counter(), self.state.epoch
+        self.started = time.perf_counter()
         try:
             self.stopping = self._agree_to_stop()  # a signal while the run started
             while self.state.step < self.schedule.total_steps and not self.stopping:
@@ -234,8 +234,8 @@ class Trainer(Generic[C]):
             micro_batches=micro_per_epoch,
         )
         names = [[s.name for s in plan.shards(self.info.shards, w)] for w in range(plan.workers)]
-        log.log(  # the first epoch of the run shows each rank's share; later ones (reshuffles) only when debugging
-            logging.INFO if self.state.epoch == self.first_epoch else logging.DEBUG,
+        log.log(  # the first epoch this process reads shows each rank's share; later ones (reshuffles) at DEBUG
+            logging.DEBUG if self.split_logged else logging.INFO,
             "rank %d of %d, epoch %d: %d micro-batches from shards %s",
             dist.rank,
             dist.world,
@@ -243,6 +243,7 @@ class Trainer(Generic[C]):
             micro_per_epoch,
             " | ".join(",".join(n) for n in names),
         )
+        self.split_logged = True
         stream = self.job.stream(self, plan, self.state.micro % plan.workers)
         return iter(make_loader(stream, cfg.data.workers, pin_memory=dist.device.type == "cuda"))
 
@@ -513,8 +514,9 @@ def wrap_model(model: nn.Module, cfg: RunConfig, dist: DistInfo) -> nn.Module:
 
 
 def _no_buffer_sync() -> dict[str, Any]:
-    """DDP without a buffer broadcast before each forward (the buffers are fixed position embeddings, the same
-    on every rank): `forward_sync_buffers=False` where torch has it (it deprecates `broadcast_buffers`)."""
+    """DDP without a buffer broadcast before each forward, as before (fixed position embeddings need none; a
+    probe's BatchNorm statistics stay per rank): `forward_sync_buffers=False` where torch has it (it deprecates
+    `broadcast_buffers`; it still broadcasts the buffers once, at the start)."""
     known = inspect.signature(DistributedDataParallel.__init__).parameters
     return {"forward_sync_buffers": False} if "forward_sync_buffers" in known else {"broadcast_buffers": False}
 

@@ -122,7 +122,8 @@ def check_resume(
         return RunRecord(data=record.data, fingerprint=record.fingerprint, reschedules=past)
     step = ckpt.step or 0
     assert ckpt.config is not None  # a run checkpoint (check_compatible)
-    before, after = Schedule.build(ckpt.config, samples, dist.world), Schedule.build(cfg, samples, dist.world)
+    before = Schedule.build(ckpt.config, samples, dist.world, check_floor=False)  # what ran, as it ran
+    after = Schedule.build(cfg, samples, dist.world)
     listed = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changes.items())
     if after.total_steps < step:
         raise CheckpointError(

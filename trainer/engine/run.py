@@ -79,9 +79,10 @@ class Schedule:
     warmup_note: str = ""  # how the warmup was fitted to the run, when it was
 
     @classmethod
-    def build(cls, cfg: RunConfig, total_samples: int, world: int) -> Schedule:
+    def build(cls, cfg: RunConfig, total_samples: int, world: int, *, check_floor: bool = True) -> Schedule:
         """Steps from epochs (or `train.steps`); warmup from `warmup_epochs`. A run cut to `train.steps` keeps the
-        recipe's warmup fraction (warmup_epochs / epochs), and no warmup is ever longer than the run."""
+        recipe's warmup fraction (warmup_epochs / epochs), and no warmup is ever longer than the run. A `min_lr`
+        above the peak is refused (`check_floor`; off for a checkpoint's own schedule, which has already run)."""
         global_batch = cfg.data.batch_size * world * cfg.optim.accum_steps
         per_epoch = total_samples // global_batch
         if per_epoch < 1:
@@ -99,7 +100,7 @@ class Schedule:
                 f"cut to {max(0, total - 1)} steps: the recipe's warmup is longer than the run",
             )
         peak = peak_lr(cfg.optim, global_batch)
-        if cfg.optim.min_lr > peak:  # the cosine would climb from the peak to min_lr
+        if check_floor and cfg.optim.min_lr > peak * (1 + 1e-9):  # the cosine would climb (beyond float rounding)
             raise ConfigError(
                 f"optim.min_lr {cfg.optim.min_lr:g} is above this run's peak lr {peak:.4g} (base_lr "
                 f"{cfg.optim.base_lr:g} x global batch {global_batch} / 256); min_lr is absolute: set it <= {peak:.4g}"

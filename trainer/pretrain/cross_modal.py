@@ -140,13 +140,14 @@ def check_keep(model: MultiMAE, keep: dict[str, int]) -> None:
         raise ConfigError("--keep leaves no token visible")
 
 
-def split_inputs(model: MultiMAE, rgb: Tensor, depth: Tensor, ids: Tensor) -> dict[str, Tensor]:
+def split_inputs(model: MultiMAE, rgb: Tensor, depth: Tensor, ids: Tensor, classes: bool) -> dict[str, Tensor]:
     """A split's rgb, metric depth (B, H, W) and class ids (B, H, W) at the image size as the model reads them:
-    depth standardised per sample, classes resampled (nearest) to the semseg stride; other inputs zeros."""
+    depth standardised per sample, classes resampled (nearest) to the semseg stride when they are the model's
+    (`classes`); other inputs zeros."""
     out = blank_inputs(model, rgb)
     if "depth" in out:
         out["depth"] = standardize_depth_batch(depth.unsqueeze(1))
-    if "semseg" in out:
+    if "semseg" in out and classes:
         size = model.cfg.image_size // MODALITIES["semseg"].stride
         small = F.interpolate(ids.unsqueeze(1).float(), size=(size, size), mode="nearest-exact")
         out["semseg"] = small.squeeze(1).long()
@@ -253,6 +254,12 @@ def cross_modal_scores(
         if do_semseg or "semseg" not in outputs
         else [f"semseg not scored: the model has {model.cfg.num_classes} classes, the split {classes}"]
     )
+    same_classes = model.cfg.num_classes == classes
+    if keep and keep.get("semseg", 0) and not same_classes:
+        raise ConfigError(
+            f"--keep semseg={keep['semseg']}: {info.root} has {classes} classes and the model {model.cfg.num_classes}; "
+            "its class maps cannot be the model's input"
+        )
     tokens = (model.cfg.image_size // model.cfg.patch_size) ** 2
     every = {n for n, k in (keep or {}).items() if k == tokens}  # inputs with nothing masked: nothing to score
     shown = [n for n in sorted(every) if n in outputs and n != "rgb"]  # decoders left nothing to predict
@@ -265,7 +272,8 @@ def cross_modal_scores(
         samples += rgb.shape[0]
         inputs = masks = None
         if keep is not None:
-            inputs, masks = split_inputs(model, rgb, target, ids), keep_masks(model, rgb.shape[0], keep, generator)
+            inputs = split_inputs(model, rgb, target, ids, same_classes)
+            masks = keep_masks(model, rgb.shape[0], keep, generator)
         preds = predict_from_rgb(model, rgb, inputs, masks) if do_depth or do_semseg else {}
         valid = target > 0
         if masks is not None and "depth" in masks:
