@@ -6,6 +6,7 @@ the official release. Randomness comes from torch's global generators (saved in 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -19,10 +20,22 @@ def sample_budgets(batch: int, modalities: int, num_visible: int, alpha: float) 
     return (p * num_visible).round().long()
 
 
-def random_mask(batch: int, tokens: int, budget: Tensor, device: torch.device) -> Tensor:
-    """(B, N) mask with `budget[b]` visible tokens at random positions of sample b."""
-    rank = torch.rand(batch, tokens, device=device).argsort(dim=1).argsort(dim=1)  # random permutation
+def random_mask(
+    batch: int, tokens: int, budget: Tensor, device: torch.device, generator: torch.Generator | None = None
+) -> Tensor:
+    """(B, N) mask with `budget[b]` visible tokens at random positions of sample b (drawn from `generator`, one
+    on `device`, or the global one)."""
+    draw = torch.rand(batch, tokens, device=device, generator=generator)
+    rank = draw.argsort(dim=1).argsort(dim=1)  # random permutation
     return (rank >= budget.to(device).unsqueeze(1)).long()
+
+
+def masked_pixels(mask: Tensor, size: int) -> Tensor:
+    """(B, g*g) token mask, 1 = masked -> (B, size, size) bool, True on the pixels of masked tokens."""
+    b, n = mask.shape
+    g = math.isqrt(n)
+    grid = mask.reshape(b, g, g).bool()
+    return grid.repeat_interleave(size // g, dim=1).repeat_interleave(size // g, dim=2)
 
 
 def fill_or_trim(mask_all: Tensor, num_visible: int) -> Tensor:

@@ -26,7 +26,6 @@ masked patches are scored: how well the decoders fill in what the visible tokens
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ from pipeline.format.stores import Location
 from trainer.config import ModelConfig
 from trainer.data.dataset import DatasetInfo, load_dataset
 from trainer.errors import ConfigError, DataError
+from trainer.model.masking import masked_pixels, random_mask
 from trainer.model.modalities import MODALITIES, standardize_depth_batch
 from trainer.model.multimae import MultiMAE
 from trainer.transfer.config import FinetuneConfig, TaskConfig
@@ -118,11 +118,8 @@ def keep_masks(model: MultiMAE, batch: int, keep: dict[str, int], generator: tor
     """(B, N) per input, 1 = masked: `keep[name]` visible tokens (0 when not named) at positions drawn per sample."""
     m = model.cfg
     tokens = (m.image_size // m.patch_size) ** 2
-    masks = {}
-    for name in m.inputs:
-        rank = torch.rand(batch, tokens, generator=generator).argsort(dim=1).argsort(dim=1)  # a random order
-        masks[name] = (rank >= keep.get(name, 0)).long()
-    return masks
+    cpu = torch.device("cpu")
+    return {n: random_mask(batch, tokens, torch.full((batch,), keep.get(n, 0)), cpu, generator) for n in m.inputs}
 
 
 def check_keep(model: MultiMAE, keep: dict[str, int]) -> None:
@@ -152,14 +149,6 @@ def split_inputs(model: MultiMAE, rgb: Tensor, depth: Tensor, ids: Tensor, class
         small = F.interpolate(ids.unsqueeze(1).float(), size=(size, size), mode="nearest-exact")
         out["semseg"] = small.squeeze(1).long()
     return out
-
-
-def masked_pixels(mask: Tensor, size: int) -> Tensor:
-    """(B, g*g) token mask, 1 = masked -> (B, size, size) bool, True on the pixels of masked tokens."""
-    b, n = mask.shape
-    g = math.isqrt(n)
-    grid = mask.reshape(b, g, g).bool()
-    return grid.repeat_interleave(size // g, dim=1).repeat_interleave(size // g, dim=2)
 
 
 def blank_inputs(model: MultiMAE, rgb: Tensor) -> dict[str, Tensor]:

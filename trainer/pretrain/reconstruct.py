@@ -45,7 +45,7 @@ from trainer.engine.checkpoint import first_sentence, read_checkpoint
 from trainer.engine.checkpoint_kind import RECONSTRUCTS
 from trainer.engine.distributed import pick_device
 from trainer.errors import CheckpointError, DataError
-from trainer.model.masking import draw_masks, random_mask
+from trainer.model.masking import draw_masks, masked_pixels, random_mask
 from trainer.model.modalities import MODALITIES, TASKS
 from trainer.model.multimae import MultiMAE
 
@@ -252,12 +252,6 @@ def _mask_file(path: Path, tokens: dict[str, int]) -> dict[str, Tensor]:
 # ------------------------------------------------------------------------------------------------ figure
 
 
-def _pixel_mask(mask: Tensor, size: int, grid: int) -> np.ndarray:
-    """(1, g*g) token mask -> (size, size) bool, True where masked."""
-    m = mask.reshape(grid, grid).numpy().astype(bool)
-    return np.kron(m, np.ones((size // grid, size // grid), dtype=bool))
-
-
 def _arrays(kind: str, pred: Tensor, target: Tensor) -> tuple[np.ndarray, np.ndarray]:
     """The model's prediction and target as arrays `picture` draws by their codec kind: class ids (h, w),
     vectors in [-1, 1] and rgb in [0, 1] (h, w, 3), values (h, w)."""
@@ -303,7 +297,7 @@ def render(
         if target.ndim == 2:  # class ids (h, w)
             target = inputs[name][0]
         mask = masks[name] if name in masks else torch.ones(1, grid * grid, dtype=torch.long)  # a target only
-        masked = _pixel_mask(mask.cpu(), target.shape[-1], grid)
+        masked = masked_pixels(mask.cpu(), target.shape[-1])[0].numpy()
         pics = _pictures(name, pred, target.cpu(), masked, palette)
         visible = int((mask == 0).sum())
         kind = CODECS[MODALITIES[name].codec].kind
