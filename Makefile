@@ -27,6 +27,8 @@ $(VENV)/.installed: $(VENV)/.installed-run
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed-run
+	@test "$(DEMO_SCENES)" -ge 64 2>/dev/null || { echo "error: DEMO_SCENES must be a whole number >= 64 (one global batch of 64), got '$(DEMO_SCENES)'"; exit 2; }
+	@test "$(DEMO_STEPS)" -ge 1 2>/dev/null || { echo "error: DEMO_STEPS must be a whole number >= 1, got '$(DEMO_STEPS)'"; exit 2; }
 	test -f out/demo/mmforge.json || rm -rf out/demo  # a demo folder of format 1 (before the marker) is not reused
 	$(BIN)/mmforge scenes out/demo-scenes --n $(DEMO_SCENES) --seed 0 --size 96 --distance 1.0:1.8 --split train --quiet
 	$(BIN)/mmforge build-dataset out/demo-scenes/train/rgb out/demo --recipe scenes-teacher --executor local --overwrite --quiet --set shards.size=$$(( ($(DEMO_SCENES) + 1) / 2 ))
