@@ -1,7 +1,8 @@
 """Multi-modal token masking: Dirichlet budgets over input modalities, then a random fill/trim to exactly V.
 
 Masks are (B, N_modality) long tensors, 1 = masked (hidden from the encoder), 0 = visible, the convention of
-the official release. Randomness comes from torch's global generators (saved in checkpoints).
+the official release. Randomness comes from torch's global generators (saved in checkpoints), or from a
+generator passed to `random_mask` (`reconstruct --score --keep`: the same positions for the same `--seed`).
 """
 
 from __future__ import annotations

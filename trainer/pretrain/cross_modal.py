@@ -236,14 +236,14 @@ def cross_modal_scores(
     require_labels(info)
     classes = num_classes_of(info, _target_config(model.cfg, "semseg"))
     outputs = set(model.cfg.outputs)
+    same_classes = model.cfg.num_classes == classes
     do_depth = "depth" in outputs
-    do_semseg = "semseg" in outputs and model.cfg.num_classes == classes
+    do_semseg = "semseg" in outputs and same_classes
     notes = (
         []
         if do_semseg or "semseg" not in outputs
         else [f"semseg not scored: the model has {model.cfg.num_classes} classes, the split {classes}"]
     )
-    same_classes = model.cfg.num_classes == classes
     if keep and keep.get("semseg", 0) and not same_classes:
         raise ConfigError(
             f"--keep semseg={keep['semseg']}: {info.root} has {classes} classes and the model {model.cfg.num_classes}; "
