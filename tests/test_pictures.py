@@ -308,6 +308,20 @@ def test_reconstruct_refuses_bad_inputs(demo: Path, checkpoint: Path, tmp_path: 
     assert "cannot read checkpoint" in run("reconstruct", str(tmp_path / "x.pt"), "--image", "y.jpg", *out).stderr
 
 
+def test_reconstruct_refuses_a_model_with_no_modality_to_draw(demo: Path, tmp_path: Path) -> None:
+    """MAE on its own target (norm_rgb alone, as scenes-mae.toml) has nothing a figure can draw: one line, exit 2,
+    no file, instead of an empty figure."""
+    run_dir, out = tmp_path / "mae", tmp_path / "r.png"
+    sets = ["--set", 'model.inputs=["rgb"]', "--set", 'model.outputs=["norm_rgb"]', "--set", "model.num_visible=4"]
+    trained = run("pretrain", "--data", str(demo), "--out", str(run_dir), "--config", str(SMOKE_CONFIG), *sets,
+                  "--steps", "1", "--device", "cpu", "--no-tensorboard")  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    sample = f"{demo}:train-000000/00000000000"
+    result = run("reconstruct", str(run_dir / "checkpoint-last.pt"), "--sample", sample, "--out", str(out))
+    assert result.exit_code == 2 and "predicts norm_rgb only: no modality to draw" in result.stderr, result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
 def test_an_official_layout_checkpoint_loads(demo: Path, tmp_path: Path) -> None:
     """A checkpoint with only the official ViT-B state dict (no config of ours) is read as ViT-B."""
     import torch

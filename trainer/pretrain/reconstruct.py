@@ -280,6 +280,12 @@ def _pictures(name: str, pred: Tensor, target: Tensor, masked: np.ndarray, palet
     return pics
 
 
+def drawn_outputs(cfg: ModelConfig) -> list[str]:
+    """The outputs a figure draws: those that predict a modality as it is stored (norm_rgb, a per-patch
+    normalised target, has no picture of its own)."""
+    return [t for t in cfg.outputs if TASKS[t].source == t]
+
+
 def render(
     model: MultiMAE,
     inputs: Mapping[str, Tensor],
@@ -290,7 +296,7 @@ def render(
     missing: set[str] | None = None,
 ) -> Grid:
     mc, grid = model.cfg, model.cfg.image_size // model.cfg.patch_size
-    rows = [t for t in mc.outputs if TASKS[t].source == t and t in inputs]
+    rows = [t for t in drawn_outputs(mc) if t in inputs]
     tiles, labels = [], []
     for name in rows:
         target, pred = inputs[name][0].float(), preds[name][0].float().cpu()
@@ -334,6 +340,11 @@ def reconstruct(cfg: ReconstructConfig) -> Reconstruction:
         raise ConfigError(f"--out {cfg.out}{problem}")
     check_output(cfg.out, "--out", (cfg.checkpoint, cfg.image, cfg.mask, cfg.labels_from))
     model = load_model(cfg.checkpoint, cfg.device)
+    if not drawn_outputs(model.cfg):
+        raise ConfigError(
+            f"{cfg.checkpoint} predicts {', '.join(model.cfg.outputs) or 'nothing'} only: no modality to draw "
+            "(norm_rgb is normalised per patch; a figure needs an rgb, depth, semseg or other modality output)"
+        )
     arrays, manifest = read_sample(cfg.sample) if cfg.sample else label_image(cfg.image, cfg.labels_from)  # type: ignore[arg-type]
     try:
         inputs, missing = prepare(arrays, model.cfg)
